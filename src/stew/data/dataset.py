@@ -1,0 +1,87 @@
+"""stew's in-memory data model.
+
+A :class:`Dataset` is a list of :class:`Sequence` objects. A sequence is one recording (RECOLA: 7,500
+frames of 40 ms) or one video of utterances (CMU-MOSI). Every sequence carries, per modality, a
+``[T, d_m]`` float32 feature array and a ``[T]`` boolean mask that is False where the modality is
+missing at that step (face not found, utterance without audio). Targets are ``[T, n_targets]``
+float32; for classification the single target column holds the class index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+Task = Literal["regression", "binary", "multiclass"]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Sequence:
+    """One recording or video: aligned per-modality features, targets and step ids."""
+
+    id: str
+    group: str
+    split: str
+    features: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    targets: np.ndarray
+    step_ids: list[str]
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def with_split(self, split: str) -> Sequence:
+        return replace(self, split=split)
+
+
+@dataclass
+class Dataset:
+    """A set of sequences that share modalities, targets and task."""
+
+    name: str
+    task: Task
+    targets: list[str]
+    modalities: dict[str, int]
+    sequences: list[Sequence]
+    n_classes: int | None = None
+    label_range: tuple[float, float] | None = None
+    step_rate_hz: float | None = None
+    meta: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> list[Sequence]:
+        return [s for s in self.sequences if s.split == name]
+
+    def splits(self) -> dict[str, int]:
+        return {sp: n for sp in SPLITS if (n := sum(s.split == sp for s in self.sequences))}
+
+    def groups(self, split: str) -> list[str]:
+        return sorted({s.group for s in self.sequences if s.split == split})
+
+    def n_steps(self, split: str | None = None) -> int:
+        return sum(len(s) for s in self.sequences if split is None or s.split == split)
+
+    def replace_sequences(self, sequences: Iterable[Sequence]) -> Dataset:
+        return replace(self, sequences=list(sequences))
+
+    def select_modalities(self, names: Iterable[str]) -> Dataset:
+        names = list(names)
+        seqs = [
+            replace(s, features={m: s.features[m] for m in names}, masks={m: s.masks[m] for m in names})
+            for s in self.sequences
+        ]
+        return replace(self, modalities={m: self.modalities[m] for m in names}, sequences=seqs)
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the model output: one per regression target, 1 for binary, C for multiclass."""
+        if self.task == "multiclass":
+            assert self.n_classes is not None
+            return self.n_classes
+        return len(self.targets) if self.task == "regression" else 1
+
+    def __iter__(self) -> Iterator[Sequence]:
+        return iter(self.sequences)

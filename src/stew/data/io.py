@@ -1,0 +1,35 @@
+"""Format auto-detection: the one entry point that turns a folder into a Dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stew.data.dataset import Dataset
+from stew.errors import DataError
+
+
+def load_dataset(path: str | Path, *, feature_set: str | None = None) -> Dataset:
+    """Load a dataset folder, detecting its layout.
+
+    - stew native: ``manifest.yaml``;
+    - CMU-MOSI utterance release: ``{train,test}_ids.csv`` with ``{audio,video,text}_{split}0.csv``;
+    - AVEC 2016 RECOLA: ``ratings_gold_standard/`` plus ``features_*`` folders. ``feature_set`` picks
+      the arousal or valence feature set (default: arousal).
+    """
+    from stew.data import mosi, native, recola
+
+    root = Path(path)
+    if not root.exists():
+        raise DataError("missing folder", file=root)
+    if not root.is_dir():
+        raise DataError("not a folder", file=root)
+    if native.is_native(root):
+        return native.read_native(root)
+    if mosi.is_mosi(root):
+        return mosi.read_mosi(root)
+    if recola.is_recola(root):
+        return recola.read_recola(root, feature_set=feature_set or "arousal")
+    raise DataError(
+        "unknown dataset layout (expected manifest.yaml, CMU-MOSI *_ids.csv, or AVEC 2016 ratings_gold_standard/)",
+        file=root,
+    )

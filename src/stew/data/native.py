@@ -1,0 +1,219 @@
+"""stew's own dataset format: a YAML manifest plus one table per modality (Parquet or NPZ).
+
+Layout::
+
+    DIR/manifest.yaml
+    DIR/index.parquet      # one row per step: sequence, step, step_id, group, split, <target columns>
+    DIR/<modality>.parquet # one row per step: sequence, step, f0..f{d-1} [, present]
+
+``manifest.yaml``::
+
+    stew_format: 1
+    name: synth-recola
+    task: regression            # regression | binary | multiclass
+    targets: [arousal, valence]
+    label_range: [-1.0, 1.0]    # regression only
+    n_classes: 2                # binary (2) / multiclass only
+    step_rate_hz: 25.0          # frames; null for utterance-level data
+    index: index.parquet
+    modalities:
+      audio: {dim: 88, file: audio.parquet}
+
+Every table may be ``.parquet`` or ``.npz`` (an NPZ holds one array per column; features may be one
+2-D array named ``features`` instead of ``f0..``). Rows of a modality table must carry the same
+``(sequence, step)`` keys, in the same order, as the index. The optional boolean ``present`` column
+is the missing-step mask; without it a step whose features are all zero counts as missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from stew.data.dataset import SPLITS, Dataset, Sequence
+from stew.data.validate import check_dim, check_finite, check_labels, check_unique, require_file
+from stew.errors import DataError
+
+MANIFEST = "manifest.yaml"
+FORMAT_VERSION = 1
+
+
+def is_native(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def _read_table(path: Path) -> dict[str, np.ndarray]:
+    require_file(path)
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+            return {c: df[c].to_numpy() for c in df.columns}
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read table: {e}", file=path) from e
+    raise DataError("unsupported table type (use .parquet or .npz)", file=path)
+
+
+def _feature_matrix(cols: dict[str, np.ndarray], path: Path) -> tuple[np.ndarray, list[str]]:
+    if "features" in cols:
+        x = np.asarray(cols["features"], dtype=np.float64)
+        if x.ndim != 2:
+            raise DataError("'features' must be a 2-D array", file=path)
+        return x, [f"features[{j}]" for j in range(x.shape[1])]
+    names = [c for c in cols if c.startswith("f") and c[1:].isdigit()]
+    names.sort(key=lambda c: int(c[1:]))
+    if [int(c[1:]) for c in names] != list(range(len(names))):
+        raise DataError("feature columns must be f0..f{d-1} without gaps", file=path)
+    if not names:
+        raise DataError("no feature columns (f0..f{d-1})", file=path)
+    try:
+        return np.stack([np.asarray(cols[c], dtype=np.float64) for c in names], axis=1), names
+    except (TypeError, ValueError) as e:
+        raise DataError(f"non-numeric feature values: {e}", file=path) from e
+
+
+def read_native(root: Path) -> Dataset:
+    """Read and validate a native-format dataset folder."""
+    mpath = root / MANIFEST
+    try:
+        man = yaml.safe_load(mpath.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"invalid YAML: {e}", file=mpath) from e
+    for key in ("task", "targets", "modalities", "index"):
+        if key not in man:
+            raise DataError(f"manifest lacks '{key}'", file=mpath)
+    task = man["task"]
+    if task not in ("regression", "binary", "multiclass"):
+        raise DataError(f"unknown task {task!r}", file=mpath, column="task")
+    targets = list(man["targets"])
+    n_classes = man.get("n_classes", 2 if task == "binary" else None)
+    if task == "multiclass" and not n_classes:
+        raise DataError("multiclass datasets must declare n_classes", file=mpath)
+    label_range = tuple(man["label_range"]) if man.get("label_range") is not None else None
+
+    ipath = root / man["index"]
+    idx = _read_table(ipath)
+    for c in ("sequence", "step", "group", "split", *targets):
+        if c not in idx:
+            raise DataError(f"index lacks column '{c}'", file=ipath, column=c)
+    seq_col = idx["sequence"].astype(str)
+    step_col = np.asarray(idx["step"]).astype(np.int64)
+    keys = [f"{a}\x00{b}" for a, b in zip(seq_col, step_col, strict=True)]
+    step_ids = idx["step_id"].astype(str) if "step_id" in idx else np.array([k.replace("\x00", "_") for k in keys])
+    check_unique(list(step_ids), ipath, "step_id")
+    check_unique(keys, ipath, "sequence,step")
+    bad_split = [i for i, s in enumerate(idx["split"].astype(str)) if s not in SPLITS]
+    if bad_split:
+        raise DataError(f"split must be one of {SPLITS}", file=ipath, row=bad_split[0] + 1, column="split")
+    y = np.stack([np.asarray(idx[t], dtype=np.float64) for t in targets], axis=1)
+    check_labels(y, ipath, targets, label_range=label_range, n_classes=n_classes if task != "regression" else None)
+
+    feats: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    dims: dict[str, int] = {}
+    for mod, spec in man["modalities"].items():
+        fpath = root / spec["file"]
+        cols = _read_table(fpath)
+        for c in ("sequence", "step"):
+            if c not in cols:
+                raise DataError(f"lacks column '{c}'", file=fpath, column=c)
+        if len(cols["sequence"]) != len(keys):
+            raise DataError(f"{len(cols['sequence'])} rows but the index has {len(keys)}", file=fpath)
+        mseq, mstep = cols["sequence"].astype(str), np.asarray(cols["step"]).astype(np.int64)
+        mismatch = np.flatnonzero((mseq != seq_col) | (mstep != step_col))
+        if mismatch.size:
+            r = int(mismatch[0])
+            raise DataError(
+                f"ids disagree with the index ({mseq[r]}/{mstep[r]} vs {seq_col[r]}/{step_col[r]})",
+                file=fpath, row=r + 1, column="sequence,step",
+            )
+        x, names = _feature_matrix(cols, fpath)
+        check_dim(x.shape[1], spec.get("dim"), fpath)
+        check_finite(x, fpath, names)
+        feats[mod], dims[mod] = x.astype(np.float32), x.shape[1]
+        present[mod] = cols["present"].astype(bool) if "present" in cols else np.any(x != 0, axis=1)
+
+    sequences = []
+    order = np.lexsort((step_col, seq_col))
+    seq_sorted = seq_col[order]
+    bounds = np.flatnonzero(np.r_[True, seq_sorted[1:] != seq_sorted[:-1], True])
+    groups, splits = idx["group"].astype(str), idx["split"].astype(str)
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        rows = order[a:b]
+        sid = seq_sorted[a]
+        for col, vals in (("group", groups[rows]), ("split", splits[rows])):
+            if len(set(vals)) != 1:
+                raise DataError(f"sequence {sid!r} has more than one {col}", file=ipath, row=int(rows[0]) + 1, column=col)
+        sequences.append(
+            Sequence(
+                id=sid, group=groups[rows[0]], split=splits[rows[0]],
+                features={m: feats[m][rows] for m in feats}, masks={m: present[m][rows] for m in feats},
+                targets=y[rows].astype(np.float32), step_ids=list(step_ids[rows]),
+            )
+        )
+    if not sequences:
+        raise DataError("dataset has no rows", file=ipath)
+    return Dataset(
+        name=str(man.get("name", root.name)), task=task, targets=targets, modalities=dims,
+        sequences=sequences, n_classes=n_classes, label_range=label_range,
+        step_rate_hz=man.get("step_rate_hz"), meta=dict(man.get("meta", {})),
+    )
+
+
+def write_native(ds: Dataset, out: Path, fmt: str = "parquet") -> Path:
+    """Write ``ds`` to ``out`` atomically (a temporary sibling folder renamed into place)."""
+    if fmt not in ("parquet", "npz"):
+        raise ValueError(f"fmt must be parquet or npz, not {fmt!r}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DataError("output folder exists and is not empty", file=out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        seq = np.concatenate([[s.id] * len(s) for s in ds.sequences])
+        step = np.concatenate([np.arange(len(s)) for s in ds.sequences])
+        index = {
+            "sequence": seq, "step": step,
+            "step_id": np.concatenate([s.step_ids for s in ds.sequences]),
+            "group": np.concatenate([[s.group] * len(s) for s in ds.sequences]),
+            "split": np.concatenate([[s.split] * len(s) for s in ds.sequences]),
+        }
+        y = np.concatenate([s.targets for s in ds.sequences])
+        for j, t in enumerate(ds.targets):
+            index[t] = y[:, j]
+        _write_table(index, tmp / f"index.{fmt}")
+        mods = {}
+        for m, d in ds.modalities.items():
+            x = np.concatenate([s.features[m] for s in ds.sequences]).astype(np.float32)
+            cols: dict[str, np.ndarray] = {"sequence": seq, "step": step}
+            cols |= {f"f{j}": x[:, j] for j in range(d)}
+            cols["present"] = np.concatenate([s.masks[m] for s in ds.sequences])
+            _write_table(cols, tmp / f"{m}.{fmt}")
+            mods[m] = {"dim": d, "file": f"{m}.{fmt}"}
+        man = {
+            "stew_format": FORMAT_VERSION, "name": ds.name, "task": ds.task, "targets": ds.targets,
+            "label_range": list(ds.label_range) if ds.label_range else None, "n_classes": ds.n_classes,
+            "step_rate_hz": ds.step_rate_hz, "index": f"index.{fmt}", "modalities": mods, "meta": ds.meta,
+        }
+        (tmp / MANIFEST).write_text(yaml.safe_dump(man, sort_keys=False))
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_table(cols: dict[str, np.ndarray], path: Path) -> None:
+    if path.suffix == ".parquet":
+        pd.DataFrame(cols).to_parquet(path, index=False)
+    else:
+        np.savez_compressed(path, **{k: np.asarray(v) if v.dtype != object else v.astype(str) for k, v in cols.items()})
