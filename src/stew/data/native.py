@@ -150,7 +150,9 @@ def read_native(root: Path) -> Dataset:
         sid = seq_sorted[a]
         for col, vals in (("group", groups[rows]), ("split", splits[rows])):
             if len(set(vals)) != 1:
-                raise DataError(f"sequence {sid!r} has more than one {col}", file=ipath, row=int(rows[0]) + 1, column=col)
+                raise DataError(
+                    f"sequence {sid!r} has more than one {col}", file=ipath, row=int(rows[0]) + 1, column=col
+                )
         sequences.append(
             Sequence(
                 id=sid, group=groups[rows[0]], split=splits[rows[0]],

@@ -1,0 +1,184 @@
+"""The ``stew`` command line. Bad input exits with code 2 and one line naming the problem."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from stew.errors import DataError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="stew: train with every modality, deploy with one."
+)
+data_app = typer.Typer(no_args_is_help=True, help="Check and synthesise datasets.")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def cli_errors(fn: Callable) -> Callable:
+    """DataError -> one line on stderr, exit code 2 (writers are atomic, so nothing half-written remains)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DataError as e:
+            err_console.print(f"error: {e}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+class Kind(StrEnum):
+    recola = "recola"
+    mosi = "mosi"
+
+
+@data_app.command("synth")
+@cli_errors
+def data_synth(
+    kind: Annotated[Kind, typer.Option(help="recola: RECOLA-like frames; mosi: MOSI-like utterances")],
+    out: Annotated[Path, typer.Option(help="output folder (must not exist or be empty)")],
+    seed: Annotated[int, typer.Option()] = 0,
+    speakers: Annotated[int, typer.Option(help="recola: speakers, a multiple of 3")] = 27,
+    minutes: Annotated[float, typer.Option(help="recola: minutes per recording")] = 5.0,
+    videos: Annotated[int, typer.Option(help="mosi: number of videos")] = 93,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or npz")] = "parquet",
+) -> None:
+    """Write a synthetic dataset in stew's native format (deterministic per seed)."""
+    from stew.data.native import write_native
+    from stew.data.synthetic import synth_mosi, synth_recola
+
+    if kind == Kind.recola:
+        ds = synth_recola(seed, n_speakers=speakers, minutes=minutes)
+    else:
+        ds = synth_mosi(seed, n_videos=videos)
+    write_native(ds, out, fmt=fmt)
+    console.print(f"wrote {ds.name}: {len(ds.sequences)} sequences, {ds.n_steps()} steps, {ds.splits()} -> {out}")
+
+
+@data_app.command("check")
+@cli_errors
+def data_check(
+    path: Annotated[Path, typer.Argument(help="dataset folder")],
+    feature_set: Annotated[str | None, typer.Option(help="AVEC RECOLA: arousal or valence features")] = None,
+    folds: Annotated[int, typer.Option(help="grouped folds of the leakage probe")] = 5,
+) -> None:
+    """Validate a dataset and print its summary and a leakage probe."""
+    from stew.data.check import check_dataset, render_report
+    from stew.data.io import load_dataset
+
+    ds = load_dataset(path, feature_set=feature_set)
+    render_report(check_dataset(ds, folds=folds), console)
+
+
+def _train_config(config: Path | None, **overrides: Any):
+    from stew.config import load_config
+
+    return load_config(config, overrides)
+
+
+@app.command()
+@cli_errors
+def train(
+    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    method: Annotated[str | None, typer.Option(help="unimodal | sew | cmstew")] = None,
+    modality: Annotated[str | None, typer.Option(help="the (weaker) modality the model is deployed on")] = None,
+    teacher: Annotated[str | None, typer.Option(help="the stronger modality (sew, cmstew)")] = None,
+    target: Annotated[str | None, typer.Option(help="regression target; default all")] = None,
+    arch: Annotated[str | None, typer.Option(help="classifier | bigru | bigru-te | gru4")] = None,
+    loss: Annotated[str | None, typer.Option(help="mse | ccc | pcc | bce | ce")] = None,
+    ablation: Annotated[str | None, typer.Option(help="sew: -SD2 -CCA -SD1 -(CCA&SD1); cmstew: -LFA -Decoder")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder")] = None,
+    cv: Annotated[int | None, typer.Option(help="grouped K-fold over training groups")] = None,
+    max_epochs: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    resume: Annotated[bool | None, typer.Option(help="continue from RUN/checkpoints/last.ckpt")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")] = None,
+) -> None:
+    """Train one model; write RUN/metrics.json, RUN/predictions.csv and RUN/model/."""
+    from stew.training import run
+
+    cfg = _train_config(
+        config, data=data, method=method, modality=modality, teacher=teacher, target=target, arch=arch,
+        loss=loss, ablation=ablation, seed=seed, out=out, cv=cv, max_epochs=max_epochs, lr=lr, resume=resume,
+    )
+    if cfg.out is None:
+        raise DataError("--out is required (the run folder)")
+    t0 = time.time()
+    r = run(cfg)
+    console.print_json(json.dumps({k: r[k] for k in ("val", "test") if k in r}))
+    console.print(f"run written to {cfg.out} in {time.time() - t0:.1f}s")
+
+
+@app.command()
+@cli_errors
+def rank(
+    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 5,
+    arch: Annotated[str | None, typer.Option()] = None,
+    target: Annotated[str | None, typer.Option()] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for the runs and rank.json")] = None,
+    max_epochs: Annotated[int | None, typer.Option()] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")] = None,
+) -> None:
+    """Train every modality's unimodal model over seeds and print the ranking (validation decides)."""
+    from stew.rank import rank_modalities, render_ranking
+
+    cfg = _train_config(config, data=data, arch=arch, target=target, max_epochs=max_epochs)
+    res = rank_modalities(cfg, list(range(seeds)), out, console)
+    render_ranking(res, console)
+
+
+@app.command()
+@cli_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
+    out: Annotated[Path, typer.Option(help="model folder to write")],
+) -> None:
+    """Write the deployable single-modality model: safetensors + JSON, no pickle."""
+    from stew.deploy import export as do_export
+
+    do_export(run_dir, out)
+    console.print(f"exported {run_dir} -> {out}")
+
+
+@app.command()
+@cli_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="exported model folder")],
+    data: Annotated[Path, typer.Option(help="dataset folder (only the model's modality is needed)")],
+    out: Annotated[Path, typer.Option(help="predictions CSV")],
+) -> None:
+    """Predict every step of every sequence in DATA."""
+    from stew.deploy import predict_dataset
+
+    df = predict_dataset(model, data, out)
+    console.print(f"{len(df)} predictions -> {out}")
+
+
+@app.command()
+@cli_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for the demo's data and runs")] = Path("demo-out"),
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Synthesise RECOLA-like data, rank the modalities, train the baselines (a few minutes on 2 cores)."""
+    from stew.demo import run_demo
+
+    run_demo(out, seed, console)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,119 @@
+"""Run configuration, validated with pydantic. Every CLI option is a field here; YAML files use the
+same names, and unknown keys are an error.
+
+Defaults marked [U] are choices where the papers are silent (see docs/choices.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stew.errors import DataError
+
+Arch = Literal["classifier", "bigru", "bigru-te", "gru4"]
+LossName = Literal["mse", "ccc", "pcc", "bce", "ce"]
+MethodName = Literal["unimodal", "sew", "cmstew"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SEWConfig(Strict):
+    """SEW (spec §5): L = alpha*translation + beta*autoencode + gamma*(-CCA) + prediction."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1.0
+    k: int | None = 10
+    r1: float = 1e-3
+    r2: float = 1e-3
+    latent: int | None = None  # None: 168 with video_app, else 128 (spec §5.3)
+
+
+class CMStEWConfig(Strict):
+    """CM-StEW (spec §6): L = L_p + alpha*(-corr) + beta*MAE(translation)."""
+
+    alpha: float | None = None  # None: selected on validation from alpha_grid
+    beta: float | None = None
+    alpha_grid: list[float] = [0.001, 0.01, 0.1, 1.0]
+    beta_grid: list[float] = [0.001, 0.01, 0.1, 1.0]
+    k: int | None = None  # None: all singular values (the paper's trace norm)
+    r1: float = 1e-3
+    r2: float = 1e-3
+    decoder_units: int | None = None  # [U] None: 250, or 500 when the teacher is 168/632-d video
+    decoder_layers: int = 2
+    teacher_run: Path | None = None  # reuse a unimodal run of the teacher modality as stage 1
+
+
+class TrainConfig(Strict):
+    data: Path
+    method: MethodName = "unimodal"
+    modality: str | None = None
+    teacher: str | None = None
+    target: str | None = None
+    ablation: str | None = None
+    arch: Arch = "bigru-te"
+    loss: LossName | None = None  # None: mse (regression), bce (binary), ce (multiclass)
+    seed: int = 0
+    out: Path | None = None
+
+    # data and preprocessing
+    val_groups: int = 10  # groups carved from train when the data has no validation split
+    cv: int | None = None
+    label_delay_s: float | None = None  # None: 2.4 s for SEW, 2.8 s otherwise; frame-level data only
+    window_s: float = 3.0
+    hop_s: float = 1.0
+    feature_set: str | None = None  # AVEC RECOLA: arousal or valence feature set (default: the target)
+
+    # model
+    gru_units: int | None = None  # None: the input dimension (spec §6.3)
+    gru_layers: int | None = None  # None: 1 for frame-level audio and for text, else 2 (spec §6.3)
+    d_model: int = 100
+    heads: int = 2
+    ffn: int = 400
+    te_layers: int = 2
+    dropout: float = 0.3
+    clf_hidden: int = 300
+    clf_dropout: float = 0.3
+
+    # optimisation
+    optimizer: Literal["adam", "sgd"] | None = None  # None: adam; sgd for SEW (spec §5.5)
+    lr: float | None = None  # None: 1e-4 utterance-level, 1e-5 frame-level (CM-StEW paper); SEW 1e-3
+    momentum: float = 0.7
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    max_epochs: int = 200
+    min_epochs: int = 1
+    patience: int = 20
+    threads: int | None = None
+    progress: bool = True
+    resume: bool = False
+
+    sew: SEWConfig = Field(default_factory=SEWConfig)
+    cmstew: CMStEWConfig = Field(default_factory=CMStEWConfig)
+
+
+def load_config(path: Path | None, overrides: dict) -> TrainConfig:
+    """YAML file (if any) first, then explicit command-line overrides; validated as a whole."""
+    raw: dict = {}
+    if path is not None:
+        if not path.is_file():
+            raise DataError("missing file", file=path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise DataError(f"invalid YAML: {e}", file=path) from e
+        if not isinstance(raw, dict):
+            raise DataError("config must be a mapping", file=path)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise DataError(f"invalid config key '{loc}': {err['msg']}", file=path) from e

@@ -1,0 +1,181 @@
+"""Preprocessing fitted on the training split only: standardisation, label delay, windows, stitching.
+
+Frame-level data (``step_rate_hz`` set, e.g. RECOLA at 25 Hz) is cut into training windows (3 s with
+a 1 s hop by default) and non-overlapping evaluation windows; evaluation predictions are stitched
+back to whole recordings before any metric. Utterance-level data (CMU-MOSI) is not windowed: a
+sequence is one video.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stew.data.dataset import Sequence
+
+
+@dataclass
+class Standardizer:
+    """Per-modality z-scoring with statistics from present (mask True) training steps.
+
+    Missing steps stay exactly zero after transformation, i.e. at the training mean, so that a
+    run of face-not-found frames reads as "no information" rather than an extreme value.
+    """
+
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+
+    @classmethod
+    def fit(cls, seqs: list[Sequence], modalities: list[str]) -> Standardizer:
+        mean, std = {}, {}
+        for m in modalities:
+            x = np.concatenate([s.features[m][s.masks[m]] for s in seqs]).astype(np.float64)
+            if len(x) == 0:
+                x = np.zeros((1, seqs[0].features[m].shape[1]))
+            mean[m] = x.mean(0).astype(np.float32)
+            sd = x.std(0)
+            # A constant feature would divide by zero; leave it centred instead of scaled.
+            std[m] = np.where(sd > 1e-8, sd, 1.0).astype(np.float32)
+        return cls(mean, std)
+
+    def transform(self, m: str, x: np.ndarray, present: np.ndarray) -> np.ndarray:
+        z = (x - self.mean[m]) / self.std[m]
+        return np.where(present[:, None], z, 0.0).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {m: {"mean": self.mean[m].tolist(), "std": self.std[m].tolist()} for m in self.mean}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Standardizer:
+        return cls(
+            {m: np.asarray(v["mean"], np.float32) for m, v in d.items()},
+            {m: np.asarray(v["std"], np.float32) for m, v in d.items()},
+        )
+
+
+def delay_steps(delay_s: float, step_rate_hz: float | None) -> int:
+    return 0 if not step_rate_hz or not delay_s else int(round(delay_s * step_rate_hz))
+
+
+def shift_labels(y: np.ndarray, k: int) -> np.ndarray:
+    """Pair the features at step t with the label at t + k (annotators react k steps late).
+
+    The last k steps have no future label; they repeat the final one.
+    """
+    if k <= 0:
+        return y
+    return np.concatenate([y[k:], np.repeat(y[-1:], min(k, len(y)), axis=0)])[: len(y)]
+
+
+def unshift_predictions(p: np.ndarray, k: int) -> np.ndarray:
+    """Move predictions back onto the original label time axis (inverse of :func:`shift_labels`)."""
+    if k <= 0:
+        return p
+    return np.concatenate([np.repeat(p[:1], min(k, len(p)), axis=0), p[:-k] if k < len(p) else p[:0]])[: len(p)]
+
+
+def window_starts(length: int, win: int, hop: int) -> list[int]:
+    """Window starts that cover the whole sequence; the last window is end-aligned if needed."""
+    if length <= win:
+        return [0]
+    starts = list(range(0, length - win + 1, hop))
+    if starts[-1] + win < length:
+        starts.append(length - win)
+    return starts
+
+
+def eval_windows(length: int, win: int) -> list[tuple[int, int]]:
+    """Non-overlapping windows; the last one may be shorter (it is padded and masked)."""
+    return [(a, min(a + win, length)) for a in range(0, length, win)]
+
+
+@dataclass
+class PreparedSequence:
+    """A sequence ready for the model: standardised tensors and delay-shifted targets."""
+
+    source: Sequence
+    x: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    y: torch.Tensor
+
+
+def prepare(
+    seqs: list[Sequence], modalities: list[str], target_cols: list[int], scaler: Standardizer, k_delay: int
+) -> list[PreparedSequence]:
+    out = []
+    for s in seqs:
+        out.append(
+            PreparedSequence(
+                source=s,
+                x={m: torch.from_numpy(scaler.transform(m, s.features[m], s.masks[m])) for m in modalities},
+                present={m: torch.from_numpy(s.masks[m].copy()) for m in modalities},
+                y=torch.from_numpy(shift_labels(s.targets[:, target_cols], k_delay).astype(np.float32)),
+            )
+        )
+    return out
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Items are (sequence index, start, end) slices of prepared sequences."""
+
+    def __init__(self, seqs: list[PreparedSequence], spans: list[tuple[int, int, int]]) -> None:
+        self.seqs, self.spans = seqs, spans
+
+    @classmethod
+    def for_training(cls, seqs: list[PreparedSequence], win: int | None, hop: int | None) -> WindowDataset:
+        spans = []
+        for i, s in enumerate(seqs):
+            n = len(s.y)
+            spans += [(i, a, min(a + win, n)) for a in window_starts(n, win, hop)] if win else [(i, 0, n)]
+        return cls(seqs, spans)
+
+    @classmethod
+    def for_evaluation(cls, seqs: list[PreparedSequence], win: int | None) -> WindowDataset:
+        spans = []
+        for i, s in enumerate(seqs):
+            n = len(s.y)
+            spans += [(i, a, b) for a, b in eval_windows(n, win)] if win else [(i, 0, n)]
+        return cls(seqs, spans)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __getitem__(self, i: int) -> tuple[int, int, int]:
+        return self.spans[i]
+
+    def collate(self, items: list[tuple[int, int, int]]) -> dict:
+        """Pad to the longest item; ``mask`` is True on real steps, False on padding."""
+        t_max = max(b - a for _, a, b in items)
+        n = len(items)
+        first = self.seqs[items[0][0]]
+        x = {m: torch.zeros(n, t_max, v.shape[1]) for m, v in first.x.items()}
+        present = {m: torch.zeros(n, t_max, dtype=torch.bool) for m in first.x}
+        y = torch.zeros(n, t_max, first.y.shape[1])
+        mask = torch.zeros(n, t_max, dtype=torch.bool)
+        for j, (i, a, b) in enumerate(items):
+            s, t = self.seqs[i], b - a
+            for m in x:
+                x[m][j, :t] = s.x[m][a:b]
+                present[m][j, :t] = s.present[m][a:b]
+            y[j, :t] = s.y[a:b]
+            mask[j, :t] = True
+        return {"x": x, "present": present, "y": y, "mask": mask, "spans": torch.tensor(items)}
+
+
+def stitch(lengths: list[int], spans: torch.Tensor, outputs: torch.Tensor) -> list[np.ndarray]:
+    """Reassemble per-window outputs [N, T, k] into whole sequences (non-overlapping spans)."""
+    k = outputs.shape[-1]
+    full = [np.full((n, k), np.nan, dtype=np.float32) for n in lengths]
+    for (i, a, b), o in zip(spans.tolist(), outputs, strict=True):
+        full[i][a:b] = o[: b - a].numpy()
+    for i, f in enumerate(full):
+        if np.isnan(f).any():
+            raise RuntimeError(f"sequence {i}: some steps were never predicted")
+    return full
+
+
+def steps_for(seconds: float, step_rate_hz: float | None) -> int | None:
+    return None if not step_rate_hz else max(1, math.ceil(seconds * step_rate_hz - 1e-9))

@@ -1,0 +1,53 @@
+"""Validation carve-outs and grouped cross-validation, always by whole groups (speaker or video)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stew.data.dataset import Dataset
+from stew.errors import DataError
+
+
+def _train_groups(ds: Dataset, seed: int) -> list[str]:
+    groups = ds.groups("train")
+    if not groups:
+        raise DataError(f"dataset {ds.name!r} has no training split")
+    return [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+
+
+def carve_validation(ds: Dataset, n_groups: int, seed: int) -> Dataset:
+    """Move ``n_groups`` whole training groups to a new ``val`` split, deterministically for ``seed``.
+
+    A dataset that already has a validation split is returned unchanged.
+    """
+    if ds.split("val"):
+        return ds
+    groups = _train_groups(ds, seed)
+    if n_groups < 1 or n_groups >= len(groups):
+        raise DataError(f"cannot carve {n_groups} validation groups from {len(groups)} training groups")
+    val = set(groups[:n_groups])
+    return ds.replace_sequences(
+        s.with_split("val") if s.split == "train" and s.group in val else s for s in ds.sequences
+    )
+
+
+def grouped_folds(ds: Dataset, k: int, seed: int) -> list[Dataset]:
+    """K datasets for grouped K-fold CV over the training groups (fold i validates on chunk i).
+
+    An existing validation split is merged back into train first, so every training group is
+    validated on exactly once. The test split is untouched.
+    """
+    merged = ds.replace_sequences(s.with_split("train") if s.split == "val" else s for s in ds.sequences)
+    groups = _train_groups(merged, seed)
+    if k < 2 or k > len(groups):
+        raise DataError(f"--cv {k} needs between 2 and {len(groups)} folds")
+    chunks = np.array_split(np.array(groups, dtype=object), k)
+    folds = []
+    for chunk in chunks:
+        val = set(chunk.tolist())
+        folds.append(
+            merged.replace_sequences(
+                s.with_split("val") if s.split == "train" and s.group in val else s for s in merged.sequences
+            )
+        )
+    return folds

@@ -1,0 +1,48 @@
+"""Methods: one readable file each. They compose parts from stew.models and stew.objectives.
+
+The registry below is how the shared trainer finds them; every method is configured by the same
+:class:`stew.config.TrainConfig` and trained by the same loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stew.errors import DataError
+
+if TYPE_CHECKING:
+    from stew.config import TrainConfig
+    from stew.methods.base import Method
+    from stew.training import Bundle
+
+
+def required_modalities(cfg: TrainConfig) -> list[str]:
+    """The modalities a method reads while training: the student's, plus the teacher's if any."""
+    assert cfg.modality is not None
+    if cfg.method == "unimodal":
+        return [cfg.modality]
+    if cfg.teacher is None:
+        raise DataError(f"--method {cfg.method} needs --teacher (the stronger modality)")
+    if cfg.teacher == cfg.modality:
+        raise DataError("--teacher must differ from --modality")
+    return [cfg.modality, cfg.teacher]
+
+
+def build_method(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Method:
+    if cfg.method == "unimodal":
+        from stew.methods.unimodal import Unimodal
+        from stew.training import student_spec
+
+        if cfg.ablation:
+            raise DataError("--ablation applies to sew and cmstew only")
+        return Unimodal(student_spec(cfg, bundle.ds, cfg.modality), cfg.loss)
+    if cfg.method == "sew":
+        from stew.methods.sew import build
+
+        return build(cfg, bundle, run_dir)
+    if cfg.method == "cmstew":
+        from stew.methods.cmstew import build
+
+        return build(cfg, bundle, run_dir)
+    raise DataError(f"unknown method {cfg.method!r}")

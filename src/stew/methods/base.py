@@ -1,0 +1,50 @@
+"""What every method provides to the shared trainer.
+
+A method is an ``nn.Module`` holding a deployable ``student`` (one encoder + one head over the
+weaker modality) plus whatever it needs only while training (teachers, decoders, alignment). It
+defines one thing: its training loss. Configuration, data, the training loop, checkpoints, early
+stopping, evaluation and artefacts are shared (see :mod:`stew.training`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from stew.data.dataset import Task
+from stew.models.student import SingleModalityModel
+from stew.objectives import ccc_loss, masked_bce, masked_ce, masked_mse, pcc_loss
+
+
+class Method(nn.Module):
+    student: SingleModalityModel
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def predict(self, batch: dict) -> torch.Tensor:
+        """Activated outputs of the deployable student on its own modality."""
+        return self.student.predict(batch)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def extra_record(self) -> dict:
+        """Method-specific facts written to metrics.json (e.g. the teacher used)."""
+        return {}
+
+
+def prediction_loss(out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, task: Task, loss: str) -> torch.Tensor:
+    """L_p on pre-activation outputs ``out`` [B, T, k]; padded steps are excluded by ``mask``."""
+    if task == "binary":
+        return masked_bce(out, y, mask)
+    if task == "multiclass":
+        return masked_ce(out, y[..., 0].long(), mask)
+    pred = torch.tanh(out)
+    if loss == "ccc":
+        return ccc_loss(pred, y, mask)
+    if loss == "pcc":
+        return pcc_loss(pred, y, mask)
+    return masked_mse(pred, y, mask)

@@ -1,0 +1,26 @@
+"""Unimodal baselines (spec §6.5, §5.3): one modality, one encoder, one head, the prediction loss.
+
+Architectures: ``classifier`` (per-step Dense(300)+Dropout+Dense), ``bigru`` (Bi-GRU + classifier),
+``bigru-te`` (Bi-GRU + transformer encoder + classifier, the CM-StEW encoder) and ``gru4`` (SEW's
+4-layer single-step GRU regressor). These models rank the modalities and are the teachers of
+CM-StEW.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stew.methods.base import Method, prediction_loss
+from stew.models.student import SingleModalityModel, StudentSpec
+
+
+class Unimodal(Method):
+    def __init__(self, spec: StudentSpec, loss: str) -> None:
+        super().__init__()
+        self.student = SingleModalityModel(spec)
+        self.loss_name = loss
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.student(batch["x"][self.student.spec.modality], batch["mask"])
+        loss = prediction_loss(out, batch["y"], batch["mask"], self.student.spec.task, self.loss_name)
+        return loss, {"prediction": loss}

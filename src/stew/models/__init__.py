@@ -1,0 +1,1 @@
+"""Building blocks: encoders, heads and decoders. Methods compose these."""

@@ -1,0 +1,91 @@
+"""Modality ranking: train every modality's unimodal model over seeds and order them on validation.
+
+The ranking (never the test scores) decides which modality teaches which in ``stew transfer``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from stew import metrics
+from stew.config import TrainConfig
+from stew.data.io import load_dataset
+from stew.training import run
+
+
+@dataclass
+class RankResult:
+    """Per target: modality -> per-seed validation and test scores of the selection metric."""
+
+    metric: str
+    val: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    test: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def ranking(self, target: str) -> list[str]:
+        v = self.val[target]
+        return sorted(v, key=lambda m: -sum(v[m]) / len(v[m]))
+
+    def to_json(self) -> dict:
+        return {
+            "metric": self.metric,
+            "targets": {
+                t: {"ranking": self.ranking(t), "val": self.val[t], "test": self.test[t]} for t in self.val
+            },
+        }
+
+
+def targets_of(cfg: TrainConfig) -> tuple[list[str | None], list[str]]:
+    ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target)
+    targets: list[str | None] = [cfg.target] if cfg.target else list(ds.targets)
+    if ds.task != "regression":
+        targets = [None]
+    return targets, list(ds.modalities)
+
+
+def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, console: Console) -> RankResult:
+    targets, modalities = targets_of(base)
+    jobs = [(t, m, s) for t in targets for m in modalities for s in seeds]
+    res: RankResult | None = None
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("ranking modalities", total=len(jobs))
+        for t, m, s in jobs:
+            bar.update(task, description=f"{t or 'label'} / {m} / seed {s}")
+            cfg = base.model_copy(update={
+                "method": "unimodal", "modality": m, "target": t, "seed": s, "progress": False,
+                "out": (out / (t or "label") / m / f"seed{s}") if out else None,
+            })
+            r = run(cfg, load_dataset(cfg.data, feature_set=cfg.feature_set or t))
+            key = metrics.selection_metric(r["_bundle"].task, r["_bundle"].targets)
+            res = res or RankResult(metric=key)
+            tk = t or "label"
+            res.val.setdefault(tk, {}).setdefault(m, []).append(r["val"][key])
+            if r["test"]:
+                res.test.setdefault(tk, {}).setdefault(m, []).append(r["test"][key])
+            bar.advance(task)
+    assert res is not None
+    for t in res.val:
+        res.test.setdefault(t, {})
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rank.json").write_text(json.dumps(res.to_json(), indent=2))
+    return res
+
+
+def render_ranking(res: RankResult, console: Console, digits: int = 3) -> None:
+    for t in res.val:
+        table = Table(title=f"Modality ranking ({t}): {res.metric}, mean ± std over seeds; ranked on validation")
+        for col in ("rank", "modality", f"val {res.metric}", f"test {res.metric}", "seeds"):
+            table.add_column(col)
+        for i, m in enumerate(res.ranking(t), 1):
+            test = res.test[t].get(m)
+            table.add_row(
+                str(i), m, metrics.format_mean_std(res.val[t][m], digits),
+                metrics.format_mean_std(test, digits) if test else "-", str(len(res.val[t][m])),
+            )
+        console.print(table)

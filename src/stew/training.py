@@ -1,0 +1,370 @@
+"""The one training loop, shared by every method.
+
+``run(cfg)`` loads and validates the data, carves validation by whole groups, fits preprocessing on
+train, builds the method, trains it with Lightning (progress bar, early stopping and selection on a
+validation metric, resumable checkpoints, CSV logs), then evaluates the best epoch on validation and
+test and writes ``metrics.json``, ``predictions.csv`` and the deployable ``model/`` folder.
+The test split is never used for any choice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from stew import metrics
+from stew.config import TrainConfig
+from stew.data.dataset import Dataset
+from stew.data.io import load_dataset
+from stew.data.preprocess import (
+    PreparedSequence,
+    Standardizer,
+    WindowDataset,
+    delay_steps,
+    prepare,
+    steps_for,
+    stitch,
+    unshift_predictions,
+)
+from stew.data.splits import carve_validation, grouped_folds
+from stew.errors import DataError
+from stew.methods.base import Method
+from stew.models.encoders import EncoderSpec
+from stew.models.heads import HeadSpec
+from stew.models.student import StudentSpec
+
+for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=r".*(does not have many workers|num_workers|LeafSpec).*")
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration defaults that depend on the data
+
+
+def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
+    """Fill the data-dependent defaults and check names against the dataset."""
+    upd: dict = {}
+    mods = list(ds.modalities)
+    if cfg.modality is None:
+        if len(mods) != 1:
+            raise DataError(f"choose --modality among {mods}")
+        upd["modality"] = mods[0]
+    for name in (cfg.modality, cfg.teacher):
+        if name is not None and name not in ds.modalities:
+            raise DataError(f"unknown modality {name!r}; the data has {mods}")
+    if cfg.target is not None and cfg.target not in ds.targets:
+        raise DataError(f"unknown target {cfg.target!r}; the data has {ds.targets}")
+    if cfg.loss is None:
+        upd["loss"] = {"regression": "mse", "binary": "bce", "multiclass": "ce"}[ds.task]
+    elif (cfg.loss in ("bce",)) != (ds.task == "binary") or (cfg.loss == "ce") != (ds.task == "multiclass"):
+        raise DataError(f"--loss {cfg.loss} does not fit a {ds.task} task")
+    frame_level = ds.step_rate_hz is not None
+    if cfg.label_delay_s is None:
+        upd["label_delay_s"] = (2.4 if cfg.method == "sew" else 2.8) if frame_level else 0.0
+    if cfg.optimizer is None:
+        upd["optimizer"] = "sgd" if cfg.method == "sew" else "adam"
+    if cfg.lr is None:
+        upd["lr"] = 1e-3 if cfg.method == "sew" else (1e-5 if frame_level else 1e-4)
+    return cfg.model_copy(update=upd)
+
+
+def target_names(cfg: TrainConfig, ds: Dataset) -> list[str]:
+    return [cfg.target] if cfg.target else list(ds.targets)
+
+
+def student_spec(cfg: TrainConfig, ds: Dataset, modality: str, arch: str | None = None) -> StudentSpec:
+    """The encoder + head of the unimodal architectures (spec §6.3, §6.5, §5.3)."""
+    arch = arch or cfg.arch
+    d_in = ds.modalities[modality]
+    targets = target_names(cfg, ds)
+    n_out = ds.n_outputs if ds.task != "regression" else len(targets)
+    # Spec §6.3: one Bi-GRU layer for the RECOLA audio models and the MOSI text model, two otherwise.
+    one_layer = modality == "text" or (ds.step_rate_hz is not None and modality == "audio")
+    enc = EncoderSpec(
+        kind={"classifier": "identity", "bigru": "bigru", "bigru-te": "bigru-te", "gru4": "identity"}[arch],
+        d_in=d_in, gru_units=cfg.gru_units or d_in, gru_layers=cfg.gru_layers or (1 if one_layer else 2),
+        d_model=cfg.d_model, heads=cfg.heads, ffn=cfg.ffn, te_layers=cfg.te_layers, dropout=cfg.dropout,
+    )
+    head = HeadSpec(
+        kind="gru4" if arch == "gru4" else "classifier", d_in=enc.out_dim, n_out=n_out,
+        hidden=cfg.clf_hidden, dropout=cfg.clf_dropout,
+    )
+    return StudentSpec(modality=modality, task=ds.task, targets=targets, encoder=enc, head=head)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Bundle:
+    """A dataset split and preprocessed for one run."""
+
+    ds: Dataset
+    modalities: list[str]
+    targets: list[str]
+    scaler: Standardizer
+    k_delay: int
+    win: int | None
+    hop: int | None
+    train: list[PreparedSequence]
+    val: list[PreparedSequence]
+    test: list[PreparedSequence]
+
+    @property
+    def task(self) -> str:
+        return self.ds.task
+
+
+def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
+    for sp in ("train", "val"):
+        if not ds.split(sp):
+            raise DataError(f"dataset {ds.name!r} has an empty {sp!r} split")
+    targets = target_names(cfg, ds)
+    cols = [ds.targets.index(t) for t in targets]
+    scaler = Standardizer.fit(ds.split("train"), modalities)
+    k = delay_steps(cfg.label_delay_s or 0.0, ds.step_rate_hz)
+    parts = {sp: prepare(ds.split(sp), modalities, cols, scaler, k) for sp in ("train", "val", "test")}
+    return Bundle(
+        ds=ds, modalities=modalities, targets=targets, scaler=scaler, k_delay=k,
+        win=steps_for(cfg.window_s, ds.step_rate_hz), hop=steps_for(cfg.hop_s, ds.step_rate_hz), **parts,
+    )
+
+
+def loader(ds: WindowDataset, batch_size: int, shuffle: bool, seed: int = 0) -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, collate_fn=ds.collate, generator=g, num_workers=0
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Prediction and metrics on whole sequences
+
+
+@torch.no_grad()
+def predict_windows(
+    model: torch.nn.Module, seqs: list[PreparedSequence], win: int | None, k_delay: int, batch_size: int = 64
+) -> list[np.ndarray]:
+    """Activated outputs of ``model.predict(batch)`` per whole sequence, on the original label time axis.
+
+    Evaluation windows do not overlap, so stitching is concatenation; the label delay is undone last.
+    """
+    if not seqs:
+        return []
+    was_training = model.training
+    model.eval()
+    wds = WindowDataset.for_evaluation(seqs, win)
+    spans, outs = [], []
+    for batch in loader(wds, batch_size, shuffle=False):
+        spans.append(batch["spans"])
+        outs.append(model.predict(batch))
+    model.train(was_training)
+    t_max = max(o.shape[1] for o in outs)
+    outs = [torch.nn.functional.pad(o, (0, 0, 0, t_max - o.shape[1])) for o in outs]
+    full = stitch([len(s.y) for s in seqs], torch.cat(spans), torch.cat(outs))
+    return [unshift_predictions(p, k_delay) for p in full]
+
+
+def predict_sequences(method: Method, seqs: list[PreparedSequence], bundle: Bundle) -> list[np.ndarray]:
+    return predict_windows(method, seqs, bundle.win, bundle.k_delay)
+
+
+def score(preds: list[np.ndarray], seqs: list[PreparedSequence], bundle: Bundle) -> dict[str, float]:
+    cols = [bundle.ds.targets.index(t) for t in bundle.targets]
+    y = np.concatenate([s.source.targets[:, cols] for s in seqs])
+    ids = np.concatenate([[i] * len(s.y) for i, s in enumerate(seqs)])
+    return metrics.task_metrics(bundle.task, bundle.targets, y, np.concatenate(preds), sequence_ids=ids)
+
+
+def predictions_frame(
+    split: str, preds: list[np.ndarray], seqs: list[PreparedSequence], bundle: Bundle
+) -> pd.DataFrame:
+    cols = [bundle.ds.targets.index(t) for t in bundle.targets]
+    rows = []
+    for p, s in zip(preds, seqs, strict=True):
+        src = s.source
+        df = pd.DataFrame({
+            "split": split, "sequence": src.id, "group": src.group, "step": np.arange(len(src)),
+            "step_id": src.step_ids,
+        })
+        y = src.targets[:, cols]
+        if bundle.task == "regression":
+            for j, t in enumerate(bundle.targets):
+                df[f"y_{t}"], df[f"pred_{t}"] = y[:, j], p[:, j]
+        elif bundle.task == "binary":
+            df["y"], df["prob"], df["pred"] = y[:, 0].astype(int), p[:, 0], (p[:, 0] >= 0.5).astype(int)
+        else:
+            df["y"], df["pred"] = y[:, 0].astype(int), p.argmax(1)
+            for c in range(p.shape[1]):
+                df[f"prob_{c}"] = p[:, c]
+        rows.append(df)
+    return pd.concat(rows, ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lightning glue
+
+
+class StewModule(L.LightningModule):
+    """Wraps any Method: the loss comes from the method, everything else is shared."""
+
+    def __init__(self, method: Method, cfg: TrainConfig, bundle: Bundle) -> None:
+        super().__init__()
+        self.method, self.cfg, self.bundle = method, cfg, bundle
+        self.selection = metrics.selection_metric(bundle.task, bundle.targets)
+        self.best_score = -float("inf")
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, parts = self.method.training_loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at epoch {self.current_epoch}: {parts}")
+        n = int(batch["mask"].shape[0])
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
+        for k, v in parts.items():
+            self.log(f"train_{k}", v, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Validation on whole stitched recordings, outside Lightning's per-batch loop.
+        m = score(predict_sequences(self.method, self.bundle.val, self.bundle), self.bundle.val, self.bundle)
+        val = m[self.selection]
+        self.log("val_score", val, prog_bar=True)
+        self.history.append({"epoch": self.current_epoch, "val_score": val})
+        if val > self.best_score:
+            self.best_score, self.best_epoch = val, self.current_epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = list(self.method.trainable_parameters())
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(
+                params, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
+            )
+        return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["stew_best"] = {
+            "score": self.best_score, "epoch": self.best_epoch, "state": self.best_state, "history": self.history,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        b = checkpoint.get("stew_best", {})
+        self.best_score, self.best_epoch = b.get("score", -float("inf")), b.get("epoch", -1)
+        self.best_state, self.history = b.get("state"), b.get("history", [])
+
+
+def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> StewModule:
+    """Train ``method`` and leave it holding the weights of its best validation epoch."""
+    module = StewModule(method, cfg, bundle)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs, min_epochs=cfg.min_epochs, accelerator="cpu", devices=1, deterministic=True,
+        logger=CSVLogger(run_dir, name="logs", version=""), enable_model_summary=False,
+        enable_progress_bar=cfg.progress, num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[
+            EarlyStopping(monitor="val_score", mode="max", patience=cfg.patience, check_on_train_epoch_end=True),
+            ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0),
+        ],
+    )
+    train_ds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop)
+    ckpt = str(last) if cfg.resume and last.is_file() else None
+    trainer.fit(module, train_dataloaders=loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed), ckpt_path=ckpt)
+    if module.best_state is not None:
+        method.load_state_dict(module.best_state)
+    return module
+
+
+# --------------------------------------------------------------------------------------------------
+# A whole run
+
+
+def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
+    """Train, select and evaluate one configuration; write its artefacts under ``cfg.out``."""
+    from stew.methods import build_method, required_modalities
+
+    t0 = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if ds is None:
+        ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target)
+    cfg = resolve(cfg, ds)
+    out = Path(cfg.out) if cfg.out else None
+    if cfg.cv:
+        return _run_cv(cfg, ds, out)
+    ds = carve_validation(ds, cfg.val_groups, cfg.seed)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    bundle = make_bundle(cfg, ds, required_modalities(cfg))
+    work = out or Path(tempfile.mkdtemp(prefix="stew-run-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        method = build_method(cfg, bundle, work)
+        module = fit(method, cfg, bundle, work)
+    finally:
+        if out is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    result: dict = {"val": {}, "test": {}}
+    frames = []
+    for split in ("val", "test"):
+        seqs = getattr(bundle, split)
+        if seqs:
+            preds = predict_sequences(method, seqs, bundle)
+            result[split] = score(preds, seqs, bundle)
+            frames.append(predictions_frame(split, preds, seqs, bundle))
+    result["config"] = json.loads(cfg.model_dump_json())
+    result["selection"] = {
+        "metric": f"val.{module.selection}", "best_epoch": module.best_epoch, "epochs_run": len(module.history),
+    }
+    result["method"] = {"name": cfg.method, **method.extra_record()}
+    result["data"] = {
+        "name": ds.name, "val_groups": ds.groups("val"), "label_delay_steps": bundle.k_delay,
+        "window_steps": bundle.win, "hop_steps": bundle.hop,
+    }
+    result["wall_s"] = round(time.time() - t0, 2)
+    if out is not None:
+        from stew.deploy import save_model
+
+        save_model(method.student, bundle, cfg, out / "model")
+        pd.concat(frames, ignore_index=True).to_csv(out / "predictions.csv", index=False)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    result["_method"] = method
+    result["_bundle"] = bundle
+    return result
+
+
+def _run_cv(cfg: TrainConfig, ds: Dataset, out: Path | None) -> dict:
+    """Grouped K-fold over the training groups: one run per fold, then mean and std of each metric."""
+    folds = grouped_folds(ds, cfg.cv, cfg.seed)
+    results = []
+    for i, fold_ds in enumerate(folds):
+        fold_cfg = cfg.model_copy(update={"cv": None, "out": (out / f"fold{i}") if out else None})
+        results.append(run(fold_cfg, fold_ds))
+    summary: dict = {"config": json.loads(cfg.model_dump_json()), "folds": []}
+    for split in ("val", "test"):
+        keys = results[0][split].keys()
+        summary[split] = {k: float(np.mean([r[split][k] for r in results])) for k in keys}
+        summary[f"{split}_std"] = {k: float(np.std([r[split][k] for r in results], ddof=1)) for k in keys}
+    summary["folds"] = [{"val": r["val"], "test": r["test"]} for r in results]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary
