@@ -66,8 +66,9 @@ class TrainConfig(Strict):
     val_groups: int = 10  # groups carved from train when the data has no validation split
     cv: int | None = None
     label_delay_s: float | None = None  # None: 2.4 s for SEW, 2.8 s otherwise; frame-level data only
-    window_s: float = 3.0
-    hop_s: float = 1.0
+    window_s: float | None = None  # None: 3 s (1 step for SEW, which sees frames one at a time)
+    hop_s: float | None = None  # None: 1 s (1 step for SEW)
+    eval_window_s: float | None = None  # None: window_s; 3 s for SEW (per-step models ignore context)
     feature_set: str | None = None  # AVEC RECOLA: arousal or valence feature set (default: the target)
 
     # model

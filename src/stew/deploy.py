@@ -45,7 +45,7 @@ def save_model(student: SingleModalityModel, bundle: Bundle, cfg: TrainConfig, o
         "standardizer": Standardizer({m: bundle.scaler.mean[m]}, {m: bundle.scaler.std[m]}).to_json(),
         "step_rate_hz": bundle.ds.step_rate_hz,
         "label_delay_steps": bundle.k_delay,
-        "window_steps": bundle.win,
+        "window_steps": bundle.eval_win,
         "provenance": {"method": cfg.method, "teacher": cfg.teacher, "seed": cfg.seed, "data": str(cfg.data)},
     }
     _write_atomically(out, {k: v.detach().contiguous() for k, v in student.state_dict().items()}, meta)

@@ -77,6 +77,12 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
         upd["label_delay_s"] = (2.4 if cfg.method == "sew" else 2.8) if frame_level else 0.0
     if cfg.optimizer is None:
         upd["optimizer"] = "sgd" if cfg.method == "sew" else "adam"
+    if cfg.window_s is None:
+        upd["window_s"] = 1.0 / ds.step_rate_hz if (cfg.method == "sew" and frame_level) else 3.0
+    if cfg.hop_s is None:
+        upd["hop_s"] = 1.0 / ds.step_rate_hz if (cfg.method == "sew" and frame_level) else 1.0
+    if cfg.eval_window_s is None:
+        upd["eval_window_s"] = 3.0 if cfg.method == "sew" else upd.get("window_s", cfg.window_s)
     if cfg.lr is None:
         upd["lr"] = 1e-3 if cfg.method == "sew" else (1e-5 if frame_level else 1e-4)
     return cfg.model_copy(update=upd)
@@ -121,6 +127,7 @@ class Bundle:
     k_delay: int
     win: int | None
     hop: int | None
+    eval_win: int | None
     train: list[PreparedSequence]
     val: list[PreparedSequence]
     test: list[PreparedSequence]
@@ -141,7 +148,8 @@ def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
     parts = {sp: prepare(ds.split(sp), modalities, cols, scaler, k) for sp in ("train", "val", "test")}
     return Bundle(
         ds=ds, modalities=modalities, targets=targets, scaler=scaler, k_delay=k,
-        win=steps_for(cfg.window_s, ds.step_rate_hz), hop=steps_for(cfg.hop_s, ds.step_rate_hz), **parts,
+        win=steps_for(cfg.window_s, ds.step_rate_hz), hop=steps_for(cfg.hop_s, ds.step_rate_hz),
+        eval_win=steps_for(cfg.eval_window_s, ds.step_rate_hz), **parts,
     )
 
 
@@ -181,7 +189,7 @@ def predict_windows(
 
 
 def predict_sequences(method: Method, seqs: list[PreparedSequence], bundle: Bundle) -> list[np.ndarray]:
-    return predict_windows(method, seqs, bundle.win, bundle.k_delay)
+    return predict_windows(method, seqs, bundle.eval_win, bundle.k_delay)
 
 
 def score(preds: list[np.ndarray], seqs: list[PreparedSequence], bundle: Bundle) -> dict[str, float]:
@@ -298,8 +306,12 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
 
 
 def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
-    """Train, select and evaluate one configuration; write its artefacts under ``cfg.out``."""
-    from stew.methods import build_method, required_modalities
+    """Train, select and evaluate one configuration; write its artefacts under ``cfg.out``.
+
+    Methods with a validation grid (CM-StEW's alpha and beta) train one candidate per grid point
+    and keep the best on validation; the others are recorded in ``metrics.json``.
+    """
+    from stew.methods import prepare, search_space
 
     t0 = time.time()
     if cfg.threads:
@@ -311,44 +323,70 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     if cfg.cv:
         return _run_cv(cfg, ds, out)
     ds = carve_validation(ds, cfg.val_groups, cfg.seed)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    bundle = make_bundle(cfg, ds, required_modalities(cfg))
     work = out or Path(tempfile.mkdtemp(prefix="stew-run-"))
-    work.mkdir(parents=True, exist_ok=True)
     try:
-        method = build_method(cfg, bundle, work)
-        module = fit(method, cfg, bundle, work)
+        cfg = prepare(cfg, ds, work)
+        candidates = search_space(cfg)
+        if len(candidates) == 1:
+            result = _fit_one(candidates[0], ds, work)
+        else:
+            results = [_fit_one(c, ds, work / "grid" / _grid_name(c)) for c in candidates]
+            result = max(results, key=lambda r: r["val"][r["selection"]["key"]])
+            result["selection"]["grid"] = [
+                {**r["method"], f"val_{r['selection']['key']}": r["val"][r["selection"]["key"]]} for r in results
+            ]
     finally:
         if out is None:
             shutil.rmtree(work, ignore_errors=True)
+    result["wall_s"] = round(time.time() - t0, 2)
+    if out is not None:
+        _write_run(result, out)
+    return result
 
-    result: dict = {"val": {}, "test": {}}
-    frames = []
+
+def _grid_name(cfg: TrainConfig) -> str:
+    return f"alpha{cfg.cmstew.alpha:g}_beta{cfg.cmstew.beta:g}"
+
+
+def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
+    """One candidate: build the method, fit it, evaluate its best epoch on validation and test."""
+    from stew.methods import build_method, required_modalities
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    bundle = make_bundle(cfg, ds, required_modalities(cfg))
+    fit_dir.mkdir(parents=True, exist_ok=True)
+    method = build_method(cfg, bundle, fit_dir)
+    module = fit(method, cfg, bundle, fit_dir)
+    result: dict = {"val": {}, "test": {}, "_frames": []}
     for split in ("val", "test"):
         seqs = getattr(bundle, split)
         if seqs:
             preds = predict_sequences(method, seqs, bundle)
             result[split] = score(preds, seqs, bundle)
-            frames.append(predictions_frame(split, preds, seqs, bundle))
+            result["_frames"].append(predictions_frame(split, preds, seqs, bundle))
     result["config"] = json.loads(cfg.model_dump_json())
     result["selection"] = {
-        "metric": f"val.{module.selection}", "best_epoch": module.best_epoch, "epochs_run": len(module.history),
+        "key": module.selection, "best_epoch": module.best_epoch, "epochs_run": len(module.history),
     }
     result["method"] = {"name": cfg.method, **method.extra_record()}
+    if cfg.method == "cmstew":
+        result["method"]["stage1_run"] = str(cfg.cmstew.teacher_run)
     result["data"] = {
         "name": ds.name, "val_groups": ds.groups("val"), "label_delay_steps": bundle.k_delay,
-        "window_steps": bundle.win, "hop_steps": bundle.hop,
+        "window_steps": bundle.win, "hop_steps": bundle.hop, "eval_window_steps": bundle.eval_win,
     }
-    result["wall_s"] = round(time.time() - t0, 2)
-    if out is not None:
-        from stew.deploy import save_model
-
-        save_model(method.student, bundle, cfg, out / "model")
-        pd.concat(frames, ignore_index=True).to_csv(out / "predictions.csv", index=False)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    result["_method"] = method
-    result["_bundle"] = bundle
+    result["_method"], result["_bundle"], result["_cfg"] = method, bundle, cfg
     return result
+
+
+def _write_run(result: dict, out: Path) -> None:
+    from stew.deploy import save_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(result["_method"].student, result["_bundle"], result["_cfg"], out / "model")
+    pd.concat(result["_frames"], ignore_index=True).to_csv(out / "predictions.csv", index=False)
+    public = {k: v for k, v in result.items() if not k.startswith("_")}
+    (out / "metrics.json").write_text(json.dumps(public, indent=2))
 
 
 def _run_cv(cfg: TrainConfig, ds: Dataset, out: Path | None) -> dict:

@@ -147,7 +147,7 @@ def read_native(root: Path) -> Dataset:
     groups, splits = idx["group"].astype(str), idx["split"].astype(str)
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         rows = order[a:b]
-        sid = seq_sorted[a]
+        sid = str(seq_sorted[a])
         for col, vals in (("group", groups[rows]), ("split", splits[rows])):
             if len(set(vals)) != 1:
                 raise DataError(
@@ -155,9 +155,9 @@ def read_native(root: Path) -> Dataset:
                 )
         sequences.append(
             Sequence(
-                id=sid, group=groups[rows[0]], split=splits[rows[0]],
+                id=sid, group=str(groups[rows[0]]), split=str(splits[rows[0]]),
                 features={m: feats[m][rows] for m in feats}, masks={m: present[m][rows] for m in feats},
-                targets=y[rows].astype(np.float32), step_ids=list(step_ids[rows]),
+                targets=y[rows].astype(np.float32), step_ids=[str(i) for i in step_ids[rows]],
             )
         )
     if not sequences:

@@ -29,6 +29,24 @@ def required_modalities(cfg: TrainConfig) -> list[str]:
     return [cfg.modality, cfg.teacher]
 
 
+def prepare(cfg: TrainConfig, ds, work: Path) -> TrainConfig:
+    """Work done once per run before any candidate is trained (CM-StEW's stage 1)."""
+    if cfg.method == "cmstew":
+        from stew.methods.cmstew import prepare as prepare_cmstew
+
+        return prepare_cmstew(cfg, ds, work)
+    return cfg
+
+
+def search_space(cfg: TrainConfig) -> list[TrainConfig]:
+    """Candidate configurations to select among on validation (one unless a grid is open)."""
+    if cfg.method == "cmstew":
+        from stew.methods.cmstew import search_space as cmstew_space
+
+        return cmstew_space(cfg)
+    return [cfg]
+
+
 def build_method(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Method:
     if cfg.method == "unimodal":
         from stew.methods.unimodal import Unimodal

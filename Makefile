@@ -1,0 +1,32 @@
+# Two commands for a fresh machine (Python 3.11, no torch):
+#   make demo   installs everything and runs the demo
+#   make test   installs everything and runs the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test install lint bench clean
+
+demo: install
+	$(BIN)/stew demo
+
+test: install
+	$(BIN)/python -m pytest -n 2 -p no:cacheprovider
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 is pinned exactly, so pip takes the local CPU wheel instead of a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python benchmarks/bench_dcca.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,390 @@
+"""Evaluation measures and significance tests (spec ``methods.md`` §0, ``emobed_cermtl.md`` §1.5).
+
+Every function takes numpy arrays (or anything ``np.asarray`` accepts) and returns python floats.
+The implementations are deliberately plain: each is cross-checked in ``tests/test_metrics.py``
+against torchmetrics, scikit-learn or scipy.
+
+Conventions:
+
+- Correlations (:func:`ccc`, :func:`pcc`) return ``0.0``, not NaN, when either input is constant:
+  a constant prediction carries no information about the ranking, and a NaN would poison the
+  model selection that maximises these scores.
+- Classification measures return fractions in ``[0, 1]``; :func:`task_metrics` reports them in %.
+- The thesis (ch. 4, spec §0.6) calls overall accuracy "UWA" and mean per-class recall "WA", the
+  reverse of common SER usage. This module offers them only as :func:`accuracy` (thesis UWA) and
+  :func:`mean_class_recall` (thesis WA) so that no name can be read two ways.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+Tail = Literal["two", "greater", "less", "one"]
+
+__all__ = [
+    "accuracy",
+    "binary_accuracy",
+    "ccc",
+    "ccc_per_sequence",
+    "f1_macro",
+    "f1_weighted",
+    "fisher_r_to_z",
+    "format_mean_std",
+    "mean_class_recall",
+    "mean_std",
+    "paired_ttest",
+    "pcc",
+    "rescale_to_range",
+    "selection_metric",
+    "task_metrics",
+    "uar",
+    "unpaired_ttest",
+    "war",
+]
+
+
+def _pair(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten two inputs to float64 vectors of the same, non-zero length."""
+    t = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(y_pred, dtype=np.float64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} values, y_pred {p.size}")
+    if t.size == 0:
+        raise ValueError("empty input")
+    return t, p
+
+
+def _labels(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(y_true).ravel()
+    p = np.asarray(y_pred).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} labels, y_pred {p.size}")
+    if t.size == 0:
+        raise ValueError("empty input")
+    return t, p
+
+
+# --------------------------------------------------------------------------------------------------
+# Regression
+
+
+def ccc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Lin's concordance correlation coefficient over all values (spec §0.2).
+
+    ``2·s_xy / (s_x² + s_y² + (μ_x − μ_y)²)`` with population (1/N) moments. Computed on the
+    concatenation of all steps of a partition, this is the AVEC convention; see
+    :func:`ccc_per_sequence` for the mean over recordings. torchmetrics uses 1/(N−1) moments,
+    which differs by O(1/N) when the means differ. Returns 0.0 when both inputs are constant and
+    equal (0/0); a constant input otherwise gives 0.0 naturally (zero covariance).
+    """
+    t, p = _pair(y_true, y_pred)
+    mt, mp = t.mean(), p.mean()
+    cov = np.mean((t - mt) * (p - mp))
+    denom = t.var() + p.var() + (mt - mp) ** 2
+    if denom <= 0.0:
+        return 0.0
+    return float(2.0 * cov / denom)
+
+
+def pcc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Pearson correlation (spec §0.1). Returns 0.0 when either input is constant."""
+    t, p = _pair(y_true, y_pred)
+    dt, dp = t - t.mean(), p - p.mean()
+    denom = math.sqrt(float(np.dot(dt, dt)) * float(np.dot(dp, dp)))
+    if denom == 0.0:
+        return 0.0
+    # Rounding can push |r| a hair above 1 for (anti-)identical inputs.
+    return float(np.clip(np.dot(dt, dp) / denom, -1.0, 1.0))
+
+
+def ccc_per_sequence(y_true_list: Sequence[ArrayLike], y_pred_list: Sequence[ArrayLike]) -> float:
+    """Mean over recordings of the per-recording :func:`ccc` (every recording weighs the same).
+
+    The thesis does not say whether its CCC is per recording or concatenated (spec §0.2); the
+    concatenated :func:`ccc` is the AVEC convention and the headline number. A recording whose
+    labels and predictions are both constant contributes 0.0.
+    """
+    if len(y_true_list) != len(y_pred_list):
+        raise ValueError(f"{len(y_true_list)} label sequences but {len(y_pred_list)} prediction sequences")
+    if not y_true_list:
+        raise ValueError("no sequences")
+    return float(np.mean([ccc(t, p) for t, p in zip(y_true_list, y_pred_list, strict=True)]))
+
+
+def rescale_to_range(pred: ArrayLike, lo: float, hi: float) -> np.ndarray:
+    """Min-max map predictions onto ``[lo, hi]``, the training-label range (spec §0.7).
+
+    ``[min(pred), max(pred)]`` goes to ``[lo, hi]``, as in the ConflictNET code. A constant
+    prediction has no range to map and goes to the midpoint ``(lo + hi) / 2``.
+    """
+    p = np.asarray(pred, dtype=np.float64)
+    pmin, pmax = float(p.min()), float(p.max())
+    if pmax == pmin:
+        return np.full_like(p, (lo + hi) / 2.0)
+    return lo + (p - pmin) * (hi - lo) / (pmax - pmin)
+
+
+# --------------------------------------------------------------------------------------------------
+# Classification
+
+
+def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Overall accuracy: the fraction of correct labels. The thesis calls this "UWA" (spec §0.6)."""
+    t, p = _labels(y_true, y_pred)
+    return float(np.mean(t == p))
+
+
+def binary_accuracy(y_true: ArrayLike, p: ArrayLike, threshold: float = 0.5) -> float:
+    """Accuracy of probabilities ``p`` thresholded at ``threshold`` (``p >= threshold`` is class 1)."""
+    t, prob = _pair(y_true, p)
+    return accuracy(t.astype(int), (prob >= threshold).astype(int))
+
+
+def mean_class_recall(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Mean per-class recall (balanced accuracy). The thesis calls this "WA" (spec §0.6).
+
+    Averaged over the classes present in ``y_true`` (as scikit-learn's balanced accuracy).
+    """
+    t, p = _labels(y_true, y_pred)
+    return float(np.mean([np.mean(p[t == c] == c) for c in np.unique(t)]))
+
+
+def _f1_per_class(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class F1 and support over the union of labels seen in either input.
+
+    F1 is 0 where precision + recall is 0 or undefined (scikit-learn's ``zero_division=0``).
+    """
+    classes = np.union1d(t, p)
+    f1 = np.zeros(len(classes))
+    support = np.zeros(len(classes))
+    for i, c in enumerate(classes):
+        tp = np.sum((p == c) & (t == c))
+        n_pred, n_true = np.sum(p == c), np.sum(t == c)
+        support[i] = n_true
+        # 2PR/(P+R) simplifies to 2TP/(n_pred + n_true), defined whenever the class appears at all.
+        f1[i] = 2.0 * tp / (n_pred + n_true) if tp > 0 else 0.0
+    return f1, support
+
+
+def f1_weighted(y_true: ArrayLike, y_pred_labels: ArrayLike) -> float:
+    """Support-weighted mean of per-class F1 (spec §0.8; scikit-learn ``average='weighted'``)."""
+    f1, support = _f1_per_class(*_labels(y_true, y_pred_labels))
+    return float(np.sum(f1 * support) / np.sum(support))
+
+
+def f1_macro(y_true: ArrayLike, y_pred_labels: ArrayLike) -> float:
+    """Unweighted mean of per-class F1 over the labels seen in either input (``average='macro'``)."""
+    f1, _ = _f1_per_class(*_labels(y_true, y_pred_labels))
+    return float(np.mean(f1))
+
+
+def _signs(y_true: ArrayLike, y_pred: ArrayLike, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    t, p = _pair(y_true, y_pred)
+    return (t >= threshold).astype(int), (p >= threshold).astype(int)
+
+
+def uar(y_true: ArrayLike, y_pred: ArrayLike, threshold: float = 0.0) -> float:
+    """Unweighted average recall of real-valued scores binarised at ``threshold`` (spec §0.7).
+
+    Both labels and predictions are binarised: ``>= threshold`` is the positive ("high") class.
+    If ``y_true`` holds only one class, that class's recall is returned.
+    """
+    return mean_class_recall(*_signs(y_true, y_pred, threshold))
+
+
+def war(y_true: ArrayLike, y_pred: ArrayLike, threshold: float = 0.0) -> float:
+    """Weighted average recall, i.e. overall accuracy after binarising at ``threshold`` (spec §0.7)."""
+    return accuracy(*_signs(y_true, y_pred, threshold))
+
+
+# --------------------------------------------------------------------------------------------------
+# Significance
+
+
+def fisher_r_to_z(r1: float, n1: int, r2: float, n2: int, tail: Tail = "two") -> tuple[float, float]:
+    """z-test of two correlations from independent samples via Fisher's r-to-z (emobed_cermtl §1.5).
+
+    ``z = (atanh r1 − atanh r2) / sqrt(1/(n1−3) + 1/(n2−3))``. ``tail``: ``"two"`` (r1 ≠ r2),
+    ``"greater"`` (r1 > r2; ``"one"`` is an alias, the one-tailed test of the papers) or
+    ``"less"``. Correlations of ±1 are clipped just inside the interval so that z stays finite.
+    Returns ``(nan, nan)`` when a sample has 3 or fewer pairs (the variance 1/(n−3) is undefined).
+    """
+    if n1 <= 3 or n2 <= 3:
+        return math.nan, math.nan
+    eps = 1e-12
+    z1 = math.atanh(min(max(r1, -1 + eps), 1 - eps))
+    z2 = math.atanh(min(max(r2, -1 + eps), 1 - eps))
+    z = (z1 - z2) / math.sqrt(1.0 / (n1 - 3) + 1.0 / (n2 - 3))
+    if tail == "two":
+        p = 2.0 * stats.norm.sf(abs(z))
+    elif tail in ("greater", "one"):
+        p = stats.norm.sf(z)
+    elif tail == "less":
+        p = stats.norm.cdf(z)
+    else:
+        raise ValueError(f"tail must be 'two', 'greater', 'less' or 'one', not {tail!r}")
+    return float(z), float(p)
+
+
+def _vector(a: ArrayLike) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).ravel()
+
+
+def paired_ttest(a: ArrayLike, b: ArrayLike) -> tuple[float, float]:
+    """Two-tailed paired t-test of ``a − b`` (e.g. two methods over the same seeds and folds).
+
+    Returns ``(t, p)``; ``(nan, nan)`` when undefined: fewer than 2 pairs or zero variance of the
+    differences (scipy returns ±inf and p = 0 in the latter case when the mean difference is not 0).
+    """
+    x, y = _vector(a), _vector(b)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples differ in length: {x.size} and {y.size}")
+    d = x - y
+    n = d.size
+    if n < 2:
+        return math.nan, math.nan
+    sd = float(np.std(d, ddof=1))
+    if sd == 0.0:
+        return math.nan, math.nan
+    t = float(np.mean(d)) / (sd / math.sqrt(n))
+    return t, float(2.0 * stats.t.sf(abs(t), n - 1))
+
+
+def unpaired_ttest(a: ArrayLike, b: ArrayLike, equal_var: bool = False) -> tuple[float, float]:
+    """Two-tailed independent t-test: Welch's by default, Student's with ``equal_var=True``.
+
+    Returns ``(t, p)``; ``(nan, nan)`` when undefined: a sample with fewer than 2 values, or a
+    standard error of 0 (both samples constant).
+    """
+    x, y = _vector(a), _vector(b)
+    nx, ny = x.size, y.size
+    if nx < 2 or ny < 2:
+        return math.nan, math.nan
+    vx, vy = float(np.var(x, ddof=1)), float(np.var(y, ddof=1))
+    if equal_var:
+        pooled = ((nx - 1) * vx + (ny - 1) * vy) / (nx + ny - 2)
+        se2 = pooled * (1.0 / nx + 1.0 / ny)
+        df = float(nx + ny - 2)
+    else:
+        se2 = vx / nx + vy / ny
+        # Welch-Satterthwaite degrees of freedom.
+        df = se2**2 / ((vx / nx) ** 2 / (nx - 1) + (vy / ny) ** 2 / (ny - 1)) if se2 > 0 else math.nan
+    if se2 == 0.0:
+        return math.nan, math.nan
+    t = (float(np.mean(x)) - float(np.mean(y))) / math.sqrt(se2)
+    return t, float(2.0 * stats.t.sf(abs(t), df))
+
+
+# --------------------------------------------------------------------------------------------------
+# Summaries over seeds
+
+
+def mean_std(values: ArrayLike) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
+    v = _vector(values)
+    if v.size == 0:
+        raise ValueError("mean_std of no values")
+    std = float(np.std(v, ddof=1)) if v.size > 1 else 0.0
+    return float(np.mean(v)), std
+
+
+def format_mean_std(values: ArrayLike, digits: int = 1) -> str:
+    """``"80.1 ± 1.2"``: :func:`mean_std` with ``digits`` decimals, for result tables."""
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer's entry points
+
+
+def selection_metric(task: str, targets: Sequence[str]) -> str:
+    """The :func:`task_metrics` key that model selection maximises on validation.
+
+    Regression: ``ccc`` (one target) or ``ccc_mean`` (several); binary: ``f1_weighted``;
+    multiclass: ``acc`` (overall accuracy, the thesis's "UWA", spec §0.6).
+    """
+    if task == "regression":
+        return "ccc" if len(targets) == 1 else "ccc_mean"
+    if task == "binary":
+        return "f1_weighted"
+    if task == "multiclass":
+        return "acc"
+    raise ValueError(f"unknown task {task!r}")
+
+
+def task_metrics(
+    task: str,
+    targets: Sequence[str],
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    sequence_ids: ArrayLike | None = None,
+) -> dict[str, float]:
+    """All metrics of one partition, keyed by a fixed public contract.
+
+    ``y_true`` is ``[N, n_targets]`` (the class index for classification); ``y_pred`` is the
+    activated model output: binary, a probability ``[N]`` or ``[N, 1]`` (class 1 if ``>= 0.5``);
+    multiclass, probabilities or logits ``[N, C]`` (argmax); regression, ``[N, n_targets]``.
+
+    Keys, always with ``n`` (the number of steps):
+
+    - binary: ``acc``, ``f1_weighted``, ``f1_macro``, ``recall_mean`` (all in %);
+    - multiclass: ``acc``, ``f1_macro``, ``recall_mean`` (in %);
+    - regression, one target: ``ccc``, ``pcc`` and, given ``sequence_ids``, ``ccc_seq`` (the mean
+      per-sequence CCC); several targets: ``ccc_<t>``, ``pcc_<t>``, ``ccc_seq_<t>`` per target and
+      ``ccc_mean`` (the mean of ``ccc_<t>``).
+    """
+    yt = np.asarray(y_true, dtype=np.float64)
+    yp = np.asarray(y_pred, dtype=np.float64)
+    n = yt.shape[0] if yt.ndim else 0
+    if n == 0:
+        raise ValueError("task_metrics needs at least one step")
+    if yp.shape[0] != n:
+        raise ValueError(f"y_true has {n} steps, y_pred {yp.shape[0]}")
+    out: dict[str, float] = {}
+
+    if task in ("binary", "multiclass"):
+        labels = yt.reshape(n, -1)[:, 0].astype(int)
+        if task == "binary":
+            pred = (yp.reshape(n, -1)[:, 0] >= 0.5).astype(int)
+        else:
+            if yp.ndim != 2:
+                raise ValueError(f"multiclass y_pred must be [N, C], got shape {yp.shape}")
+            pred = yp.argmax(axis=1)
+        out["acc"] = 100.0 * accuracy(labels, pred)
+        if task == "binary":
+            out["f1_weighted"] = 100.0 * f1_weighted(labels, pred)
+        out["f1_macro"] = 100.0 * f1_macro(labels, pred)
+        out["recall_mean"] = 100.0 * mean_class_recall(labels, pred)
+    elif task == "regression":
+        k = len(targets)
+        yt, yp = yt.reshape(n, -1), yp.reshape(n, -1)
+        if yt.shape[1] != k or yp.shape[1] != k:
+            raise ValueError(f"{k} targets, but y_true is {yt.shape} and y_pred {yp.shape}")
+        seq_index = None
+        if sequence_ids is not None:
+            ids = np.asarray(sequence_ids).ravel()
+            if ids.size != n:
+                raise ValueError(f"{ids.size} sequence ids for {n} steps")
+            _, seq_index = np.unique(ids, return_inverse=True)
+        for j, name in enumerate(targets):
+            suffix = "" if k == 1 else f"_{name}"
+            out[f"ccc{suffix}"] = ccc(yt[:, j], yp[:, j])
+            out[f"pcc{suffix}"] = pcc(yt[:, j], yp[:, j])
+            if seq_index is not None:
+                parts = [seq_index == s for s in range(seq_index.max() + 1)]
+                out[f"ccc_seq{suffix}"] = ccc_per_sequence(
+                    [yt[m, j] for m in parts], [yp[m, j] for m in parts]
+                )
+        if k > 1:
+            out["ccc_mean"] = float(np.mean([out[f"ccc_{t}"] for t in targets]))
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    out["n"] = n
+    return out

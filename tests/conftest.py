@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny in-memory datasets (frame-level and utterance-level) that train in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stew.data.dataset import Dataset, Sequence
+from stew.data.native import write_native
+
+MOSI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu-mosi-utterance"
+needs_mosi = pytest.mark.skipif(not (MOSI_DIR / "train_ids.csv").is_file(), reason="CMU-MOSI features not present")
+
+
+def tiny_frames(seed: int = 0, n_per_split: int = 3, length: int = 120) -> Dataset:
+    """Regression at 25 Hz: 'a' carries the target clearly, 'b' weakly. Some 'b' steps are missing."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for split in ("train", "val", "test"):
+        for i in range(n_per_split):
+            t = np.cumsum(rng.normal(0, 0.2, size=length))
+            y = np.tanh(t / (np.abs(t).max() + 1e-6) * 2)[:, None].astype(np.float32)
+            a = np.concatenate([y + rng.normal(0, 0.1, (length, 1)), rng.normal(0, 1, (length, 3))], 1)
+            b = np.concatenate([y + rng.normal(0, 1.0, (length, 1)), rng.normal(0, 1, (length, 4))], 1)
+            present_b = np.ones(length, bool)
+            present_b[10:20] = False
+            b[~present_b] = 0
+            sid = f"{split}{i}"
+            seqs.append(Sequence(
+                id=sid, group=sid, split=split,
+                features={"a": a.astype(np.float32), "b": b.astype(np.float32)},
+                masks={"a": np.ones(length, bool), "b": present_b},
+                targets=y, step_ids=[f"{sid}_{k}" for k in range(length)],
+            ))
+    return Dataset(name="tiny-frames", task="regression", targets=["y"], modalities={"a": 4, "b": 5},
+                   sequences=seqs, label_range=(-1.0, 1.0), step_rate_hz=25.0)
+
+
+def tiny_utterances(seed: int = 0, n_videos: int = 24) -> Dataset:
+    """Binary, utterance-level, variable-length videos (padding is exercised); no val split."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for v in range(n_videos):
+        n = int(rng.integers(3, 9))
+        bias = rng.normal()
+        y = (bias + rng.normal(0, 0.7, n) > 0).astype(np.float32)[:, None]
+        strong = np.concatenate([(2 * y - 1) + rng.normal(0, 0.3, (n, 1)), rng.normal(0, 1, (n, 2))], 1)
+        weak = np.concatenate([(2 * y - 1) + rng.normal(0, 2.0, (n, 1)), rng.normal(0, 1, (n, 3))], 1)
+        sid = f"vid{v:02d}"
+        seqs.append(Sequence(
+            id=sid, group=sid, split="test" if v >= n_videos - 6 else "train",
+            features={"text": strong.astype(np.float32), "audio": weak.astype(np.float32)},
+            masks={"text": np.ones(n, bool), "audio": np.ones(n, bool)},
+            targets=y, step_ids=[f"{sid}_{k + 1}" for k in range(n)],
+        ))
+    return Dataset(name="tiny-utt", task="binary", targets=["sentiment"], modalities={"text": 3, "audio": 4},
+                   sequences=seqs, n_classes=2)
+
+
+@pytest.fixture
+def frames_dir(tmp_path: Path) -> Path:
+    return write_native(tiny_frames(), tmp_path / "frames")
+
+
+@pytest.fixture
+def utt_dir(tmp_path: Path) -> Path:
+    return write_native(tiny_utterances(), tmp_path / "utt")
+
+
+# Small and quick model settings for training tests.
+FAST = {"gru_units": 8, "d_model": 8, "ffn": 16, "clf_hidden": 16, "max_epochs": 3, "patience": 3,
+        "lr": 1e-2, "progress": False, "val_groups": 4}

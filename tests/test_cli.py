@@ -1,0 +1,82 @@
+"""The command-line contract: exit codes, one-line errors, export and predict."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from stew.cli import app
+from tests.conftest import FAST
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def write_cfg(path, **kw):
+    path.write_text(yaml.safe_dump({**FAST, **kw}))
+    return path
+
+
+def one_line_error(res):
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    return lines[0]
+
+
+def test_missing_data_folder(tmp_path):
+    line = one_line_error(invoke("train", "--data", tmp_path / "nope", "--modality", "a", "--out", tmp_path / "r"))
+    assert "nope" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_config_key_is_an_error(frames_dir, tmp_path):
+    c = write_cfg(tmp_path / "c.yaml", modality="a", learning_rate=0.1)
+    line = one_line_error(invoke("train", "--data", frames_dir, "--config", c, "--out", tmp_path / "r"))
+    assert "learning_rate" in line and "c.yaml" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_modality(frames_dir, tmp_path):
+    line = one_line_error(invoke("train", "--data", frames_dir, "--modality", "zz", "--out", tmp_path / "r"))
+    assert "zz" in line
+
+
+def test_train_export_predict_roundtrip(frames_dir, tmp_path):
+    c = write_cfg(tmp_path / "c.yaml", modality="b")
+    run_dir = tmp_path / "run"
+    res = invoke("train", "--data", frames_dir, "--config", c, "--out", run_dir, "--seed", 2)
+    assert res.exit_code == 0, res.output
+    assert json.loads((run_dir / "metrics.json").read_text())["config"]["seed"] == 2
+    res = invoke("export", run_dir, "--out", tmp_path / "model")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.json", "model.safetensors"]
+    res = invoke("predict", tmp_path / "model", "--data", frames_dir, "--out", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    pred = pd.read_csv(tmp_path / "p.csv")
+    train_preds = pd.read_csv(run_dir / "predictions.csv")
+    merged = train_preds.merge(pred, on=["sequence", "step"], suffixes=("_train", "_deploy"))
+    assert len(merged) == len(train_preds)
+    np.testing.assert_allclose(merged["pred_y_train"], merged["pred_y_deploy"], atol=1e-6)
+    assert len(pred) == 9 * 120  # every step of every sequence, train included
+
+
+def test_predict_dimension_mismatch(frames_dir, utt_dir, tmp_path):
+    c = write_cfg(tmp_path / "c.yaml", modality="a", max_epochs=1)
+    assert invoke("train", "--data", frames_dir, "--config", c, "--out", tmp_path / "run").exit_code == 0
+    # utt_dir has no modality 'a': the error names the modality.
+    line = one_line_error(invoke("predict", tmp_path / "run" / "model", "--data", utt_dir, "--out", tmp_path / "p.csv"))
+    assert "'a'" in line
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("args", [["--kind", "nope"], []])
+def test_synth_bad_arguments(tmp_path, args):
+    res = invoke("data", "synth", *args, "--out", tmp_path / "s")
+    assert res.exit_code == 2

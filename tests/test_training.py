@@ -1,0 +1,87 @@
+"""End-to-end behaviour of the shared trainer on tiny data (seconds per run)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from stew.config import TrainConfig
+from stew.data.native import read_native, write_native
+from stew.training import run
+from tests.conftest import FAST, tiny_frames
+
+
+def cfg(data, out=None, **kw):
+    return TrainConfig(data=data, out=out, **{**FAST, **kw})
+
+
+def test_regression_run_writes_the_contract(frames_dir, tmp_path):
+    out = tmp_path / "run"
+    r = run(cfg(frames_dir, out, modality="b", arch="bigru-te"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m) >= {"val", "test", "config"}
+    assert set(m["val"]) >= {"ccc", "pcc"} and set(m["test"]) >= {"ccc", "pcc"}
+    assert m["config"]["modality"] == "b" and m["config"]["label_delay_s"] == 2.8
+    assert m["val"]["ccc"] == pytest.approx(r["val"]["ccc"])
+    preds = pd.read_csv(out / "predictions.csv")
+    assert set(preds["split"]) == {"val", "test"}
+    assert len(preds) == 6 * 120  # every val and test step, stitched back to whole recordings
+    assert {"y_y", "pred_y"} <= set(preds.columns) and preds["pred_y"].between(-1, 1).all()
+    assert (out / "logs" / "metrics.csv").is_file()
+    # The deployable model is safetensors + JSON: nothing to unpickle.
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    assert all(k.startswith(("encoder.", "head.")) for k in weights)
+    meta = json.loads((out / "model" / "model.json").read_text())
+    assert meta["modality"] == "b" and meta["dim"] == 5 and meta["label_delay_steps"] == 70
+
+
+@pytest.mark.parametrize("arch", ["classifier", "bigru", "gru4"])
+def test_every_arch_trains(frames_dir, arch):
+    r = run(cfg(frames_dir, modality="a", arch=arch, max_epochs=2))
+    assert np.isfinite(r["val"]["ccc"])
+
+
+def test_binary_run_keys_and_validation_carve(utt_dir, tmp_path):
+    r = run(cfg(utt_dir, tmp_path / "r", modality="text"))
+    assert set(r["val"]) >= {"acc", "f1_weighted"} and 0 <= r["val"]["acc"] <= 100
+    assert len(r["data"]["val_groups"]) == 4
+    preds = pd.read_csv(tmp_path / "r" / "predictions.csv")
+    assert {"y", "prob", "pred"} <= set(preds.columns)
+
+
+def test_deterministic_for_a_seed(utt_dir):
+    a = run(cfg(utt_dir, modality="audio", seed=1))
+    b = run(cfg(utt_dir, modality="audio", seed=1))
+    assert a["val"] == b["val"] and a["test"] == b["test"]
+    for k, v in a["_method"].state_dict().items():
+        assert np.array_equal(v.numpy(), b["_method"].state_dict()[k].numpy())
+
+
+def test_test_labels_never_influence_training_or_selection(tmp_path):
+    ds = tiny_frames()
+    flipped = ds.replace_sequences(
+        s if s.split != "test" else type(s)(**{**s.__dict__, "targets": -s.targets}) for s in ds.sequences
+    )
+    a = run(cfg(write_native(ds, tmp_path / "a"), modality="a"))
+    b = run(cfg(write_native(flipped, tmp_path / "b"), modality="a"))
+    assert a["val"] == b["val"] and a["selection"] == b["selection"]
+    assert a["test"]["ccc"] == pytest.approx(-b["test"]["ccc"], abs=1e-6)
+
+
+def test_resume_continues_from_last_checkpoint(frames_dir, tmp_path):
+    out = tmp_path / "run"
+    first = run(cfg(frames_dir, out, modality="a", max_epochs=2, patience=10))
+    assert first["selection"]["epochs_run"] == 2
+    resumed = run(cfg(frames_dir, out, modality="a", max_epochs=4, patience=10, resume=True))
+    assert resumed["selection"]["epochs_run"] == 4
+    hist = pd.read_csv(out / "logs" / "metrics.csv")
+    assert hist["epoch"].max() == 3
+
+
+def test_grouped_cv(utt_dir, tmp_path):
+    r = run(cfg(utt_dir, tmp_path / "cv", modality="text", cv=3, max_epochs=1))
+    assert len(r["folds"]) == 3 and "acc" in r["val"] and "acc" in r["val_std"]
+    assert (tmp_path / "cv" / "fold2" / "metrics.json").is_file()
+    assert read_native(utt_dir).name == "tiny-utt"
