@@ -67,7 +67,7 @@ def test_test_labels_never_influence_training_or_selection(tmp_path):
     a = run(cfg(write_native(ds, tmp_path / "a"), modality="a"))
     b = run(cfg(write_native(flipped, tmp_path / "b"), modality="a"))
     assert a["val"] == b["val"] and a["selection"] == b["selection"]
-    assert a["test"]["ccc"] == pytest.approx(-b["test"]["ccc"], abs=1e-6)
+    assert a["test"]["pcc"] == pytest.approx(-b["test"]["pcc"], abs=1e-6)
 
 
 def test_resume_continues_from_last_checkpoint(frames_dir, tmp_path):
@@ -76,8 +76,9 @@ def test_resume_continues_from_last_checkpoint(frames_dir, tmp_path):
     assert first["selection"]["epochs_run"] == 2
     resumed = run(cfg(frames_dir, out, modality="a", max_epochs=4, patience=10, resume=True))
     assert resumed["selection"]["epochs_run"] == 4
-    hist = pd.read_csv(out / "logs" / "metrics.csv")
-    assert hist["epoch"].max() == 3
+    assert pd.read_csv(out / "logs" / "metrics.csv")["epoch"].max() == 1
+    resumed_log = pd.read_csv(out / "logs" / "resumed-0" / "metrics.csv")
+    assert sorted(resumed_log["epoch"].dropna().unique()) == [2, 3]  # started where the first run stopped
 
 
 def test_grouped_cv(utt_dir, tmp_path):

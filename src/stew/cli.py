@@ -22,7 +22,6 @@ app = typer.Typer(
 data_app = typer.Typer(no_args_is_help=True, help="Check and synthesise datasets.")
 app.add_typer(data_app, name="data")
 console = Console()
-err_console = Console(stderr=True)
 
 
 def cli_errors(fn: Callable) -> Callable:
@@ -33,7 +32,7 @@ def cli_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except DataError as e:
-            err_console.print(f"error: {e}", markup=False, highlight=False)
+            typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -49,6 +49,8 @@ from stew.models.student import StudentSpec
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=r".*(does not have many workers|num_workers|LeafSpec).*")
+# CM-StEW's frozen teacher is in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,17 +286,20 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
     module = StewModule(method, cfg, bundle)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    resuming = cfg.resume and last.is_file()
+    # A resumed run logs beside the original logs instead of overwriting them.
+    version = f"resumed-{len(list((run_dir / 'logs').glob('resumed-*')))}" if resuming else ""
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, min_epochs=cfg.min_epochs, accelerator="cpu", devices=1, deterministic=True,
-        logger=CSVLogger(run_dir, name="logs", version=""), enable_model_summary=False,
-        enable_progress_bar=cfg.progress, num_sanity_val_steps=0, limit_val_batches=0,
+        logger=CSVLogger(run_dir, name="logs", version=version), enable_model_summary=False,
+        enable_progress_bar=cfg.progress, num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1,
         callbacks=[
             EarlyStopping(monitor="val_score", mode="max", patience=cfg.patience, check_on_train_epoch_end=True),
             ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0),
         ],
     )
     train_ds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop)
-    ckpt = str(last) if cfg.resume and last.is_file() else None
+    ckpt = str(last) if resuming else None
     trainer.fit(module, train_dataloaders=loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed), ckpt_path=ckpt)
     if module.best_state is not None:
         method.load_state_dict(module.best_state)
