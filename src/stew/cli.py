@@ -140,6 +140,24 @@ def rank(
     render_ranking(res, console)
 
 
+@app.command("transfer")
+@cli_errors
+def transfer_cmd(
+    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    method: Annotated[str, typer.Option(help="transfer method (cmstew)")] = "cmstew",
+    seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 5,
+    gap: Annotated[float | None, typer.Option(help="minimum validation gap (default 0.05 CCC, 5 pp F1)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for all runs and transfer.json")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")] = None,
+) -> None:
+    """Rank the modalities, run every clear stronger-to-weaker pair, compare with the weaker unimodal."""
+    from stew.transfer import transfer
+
+    if method != "cmstew":
+        raise DataError("stew transfer supports --method cmstew")
+    transfer(_train_config(config, data=data), list(range(seeds)), out, console, gap)
+
+
 @app.command()
 @cli_errors
 def export(

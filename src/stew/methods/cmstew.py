@@ -74,7 +74,8 @@ class CMStEW(Method):
         with torch.no_grad():
             m_ss = self.strong_encoder(m_s, mask)
 
-        pred_loss = prediction_loss(self.weak_classifier(m_sw), batch["y"], mask, self.student.spec.task, self.loss_name)
+        task = self.student.spec.task
+        pred_loss = prediction_loss(self.weak_classifier(m_sw), batch["y"], mask, task, self.loss_name)
         loss, parts = pred_loss, {"prediction": pred_loss.detach()}
         if self.alpha:
             alignment_loss = dcca_loss(m_ss, m_sw, mask, k=self.k, r1=self.r1, r2=self.r2)

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from stew.config import TrainConfig
     from stew.training import Bundle
 
-ABLATIONS = {"-SD2": {"beta": 0.0}, "-CCA": {"gamma": 0.0}, "-SD1": {"alpha": 0.0}, "-(CCA&SD1)": {"alpha": 0.0, "gamma": 0.0}}
+ABLATIONS = {
+    "-SD2": {"beta": 0.0}, "-CCA": {"gamma": 0.0}, "-SD1": {"alpha": 0.0}, "-(CCA&SD1)": {"alpha": 0.0, "gamma": 0.0},
+}
 
 # Encoder and decoder sizes of spec §5.3, by RECOLA modality. The last encoder size is the latent.
 SIZES = {
@@ -86,7 +88,8 @@ class SEW(Method):
         translation_loss = masked_mse(self.strong_decoder(m_sw), m_s, mask)
         autoencode_loss = masked_mse(self.strong_autodecoder(m_ss), m_s, mask)
         alignment_loss = dcca_loss(m_ss, m_sw, mask, k=self.k, r1=self.r1, r2=self.r2)
-        pred_loss = prediction_loss(self.regressor(m_sw, mask), batch["y"], mask, self.student.spec.task, self.loss_name)
+        task = self.student.spec.task
+        pred_loss = prediction_loss(self.regressor(m_sw, mask), batch["y"], mask, task, self.loss_name)
 
         loss = pred_loss
         # Terms switched off by an ablation are left out entirely, so they cannot leak gradients.

@@ -54,6 +54,8 @@ class BiGRU(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if bool(mask.all()):  # training windows are full: packing would only cost time
+            return self.gru(x)[0]
         lengths = mask.sum(1).clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
