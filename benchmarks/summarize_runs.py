@@ -27,7 +27,7 @@ def main() -> None:
     for f in sorted(a.runs.rglob("metrics.json")):
         if f.parent.name.startswith("seed") and "grid" not in f.parts and "teacher" not in f.parts:
             groups[str(f.parent.parent.relative_to(a.runs))].append(json.loads(f.read_text())[a.split])
-    print(f"| run | seeds | " + " | ".join(f"{a.split} {m}" for m in a.metrics) + " |")
+    print("| run | seeds | " + " | ".join(f"{a.split} {m}" for m in a.metrics) + " |")
     print("|---|---|" + "---|" * len(a.metrics))
     for g, rows in groups.items():
         cells = [format_mean_std([r[m] for r in rows], a.digits) for m in a.metrics]

@@ -222,7 +222,7 @@ _RECOLA_VIEWS = {
     "video_app": _View(
         n_out=84,
         view_noise={"arousal": 0.4, "valence": 0.55},
-        lin={"arousal": 0.05, "valence": 0.6, "shared": 0.6, "face": 1.0, "app_own": 0.8},
+        lin={"arousal": 0.1, "valence": 0.6, "shared": 0.6, "face": 1.0, "app_own": 0.8},
         gated=("arousal", "face", 1.0),
         nonlin={"arousal": 0.6, "valence": 1.0, "shared": 1.5, "face": 2.0, "app_own": 1.5},
         nl_scale=1.0, noise=0.5, white=1.0, hetero={"shared": 0.4},
