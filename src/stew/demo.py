@@ -28,6 +28,7 @@ SEEDS = [0, 1]
 DEMO = {
     "gru_units": 32, "gru_layers": 1, "d_model": 32, "ffn": 64, "clf_hidden": 64, "lr": 2e-3,
     "max_epochs": 8, "patience": 3, "batch_size": 32, "progress": False, "threads": 2,
+    "label_delay_s": 2.4,  # the synthetic raters' mean reaction delay (Dataset.meta["label_delay_s"])
 }
 
 
@@ -61,12 +62,12 @@ def run_demo(out: Path, seed: int, console: Console) -> None:
     cms = CMStEWConfig(alpha=0.1, beta=0.1)
     transfer = []
     for s in SEEDS:
+        # Stage 1 reuses the ranking's teacher run: same data, carve and seed.
+        teacher = cms.model_copy(update={"teacher_run": out / "rank" / target / strong / f"seed{s}"})
         cfg = base.model_copy(update={
-            "method": "cmstew", "modality": weak, "teacher": strong, "target": target, "seed": s, "cmstew": cms,
+            "method": "cmstew", "modality": weak, "teacher": strong, "target": target, "seed": s, "cmstew": teacher,
             "out": out / "cmstew" / f"seed{s}",
         })
-        # Stage 1 reuses the ranking's teacher run: same data, carve and seed.
-        cfg.cmstew = cms.model_copy(update={"teacher_run": out / "rank" / target / strong / f"seed{s}"})
         transfer.append(run(cfg)["val"])
     key = ranked.metric
     uni = ranked.val[target][weak]

@@ -11,16 +11,16 @@ plus noise. The views differ on purpose, to reproduce the modality strengths of 
   badly: a product with a nuisance factor (``f * tanh(q)``, whose sign flips with ``q``) and a
   saturating random ``tanh`` layer in which it is entangled with nuisance factors of larger variance.
 
-Why a weak-modality model can gain from a strong one: labels are noisy (RECOLA's gold standard is
-the mean of 6 raters with their own drifts, biases and reaction delays; MOSI's is a thresholded
-annotator mean), while the strong modality shows the shared factor nearly cleanly and linearly. With
-few training speakers/videos and slow latent dynamics (a small effective sample), a flexible weak
-model fits label noise and nuisance directions that happen to correlate with the label in the
-training set. A teacher trained on the strong modality, or the strong features themselves, are a
-denser and less noisy image of the shared factors, so translating weak -> strong features or
+Why a weak-modality model can gain from a strong one: with few training speakers/videos and slow
+latent dynamics (a small effective sample), a flexible weak model fits nuisance directions and label
+noise that happen to correlate with the label in the training set; the labels are noisy (RECOLA's
+gold standard is the mean of 6 raters with their own drifts, biases and reaction delays; MOSI's a
+noisy, thresholded annotator mean). The strong modality shows the shared factor nearly linearly and
+in step with the weak features, so a teacher trained on it, or the strong features themselves, are
+a denser target without the label's unlearnable parts: translating weak -> strong features or
 aligning to the teacher's latent is extra supervision for the hard weak-side decoding. The headroom
-is real: the same weak model trained on three times as many speakers does clearly better (numbers
-in ``docs/synthetic.md``).
+is real: the same weak model trained on three times as many speakers does clearly better, and even a
+naive teacher signal recovers part of that for a nonlinear student (numbers in docs/synthetic.md).
 
 Everything is deterministic per seed: the same arguments give bit-identical arrays.
 """
