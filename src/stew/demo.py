@@ -23,11 +23,11 @@ from stew.config import CMStEWConfig, TrainConfig
 from stew.data.native import is_native, write_native
 from stew.data.synthetic import synth_recola
 
-DATA = {"n_speakers": 9, "minutes": 1.5}
+DATA = {"n_speakers": 9, "minutes": 1.0}
 SEEDS = [0, 1]
 DEMO = {
     "gru_units": 32, "gru_layers": 1, "d_model": 32, "ffn": 64, "clf_hidden": 64, "lr": 2e-3,
-    "max_epochs": 8, "patience": 3, "batch_size": 32, "progress": False, "threads": 2,
+    "max_epochs": 6, "patience": 3, "batch_size": 32, "progress": False, "threads": 2,
     "label_delay_s": 2.4,  # the synthetic raters' mean reaction delay (Dataset.meta["label_delay_s"])
 }
 
