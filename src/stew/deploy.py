@@ -8,8 +8,6 @@ without the training config and without executing code.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +16,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from stew.atomic import atomic_dir
 from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
 from stew.data.preprocess import Standardizer, prepare
@@ -53,17 +52,9 @@ def save_model(student: SingleModalityModel, bundle: Bundle, cfg: TrainConfig, o
 
 
 def _write_atomically(out: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=True) as tmp:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / META).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export(run_dir: Path, out: Path) -> Path:

@@ -27,14 +27,13 @@ is the missing-step mask; without it a step whose features are all zero counts a
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
+from stew.atomic import atomic_dir
 from stew.data.dataset import SPLITS, Dataset, Sequence
 from stew.data.validate import check_dim, check_finite, check_labels, check_unique, require_file
 from stew.errors import DataError
@@ -174,11 +173,7 @@ def write_native(ds: Dataset, out: Path, fmt: str = "parquet") -> Path:
     if fmt not in ("parquet", "npz"):
         raise ValueError(f"fmt must be parquet or npz, not {fmt!r}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise DataError("output folder exists and is not empty", file=out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         seq = np.concatenate([[s.id] * len(s) for s in ds.sequences])
         step = np.concatenate([np.arange(len(s)) for s in ds.sequences])
         index = {
@@ -205,12 +200,6 @@ def write_native(ds: Dataset, out: Path, fmt: str = "parquet") -> Path:
             "step_rate_hz": ds.step_rate_hz, "index": f"index.{fmt}", "modalities": mods, "meta": ds.meta,
         }
         (tmp / MANIFEST).write_text(yaml.safe_dump(man, sort_keys=False))
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stew.atomic import atomic_dir
 from stew.data.dataset import Dataset, Sequence
 from stew.data.validate import check_dim, check_finite, check_labels
 from stew.errors import DataError
@@ -353,12 +352,8 @@ def write_recola_layout(ds: Dataset, root: Path, fmt: str = "arff") -> Path:
     if not ds.targets or set(ds.targets) - set(TARGETS):
         raise ValueError(f"targets must be among {TARGETS}, not {tuple(ds.targets)}")
     root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        raise DataError("output folder exists and is not empty", file=root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     rate = ds.step_rate_hz or STEP_RATE_HZ
-    try:
+    with atomic_dir(root) as tmp:
         for seq, name in zip(ds.sequences, _recording_names(ds), strict=True):
             times = np.arange(len(seq)) / rate
             for m in ds.modalities:
@@ -373,10 +368,4 @@ def write_recola_layout(ds: Dataset, root: Path, fmt: str = "arff") -> Path:
                 path = tmp / LABEL_DIR / t / f"{name}.{fmt}"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(_format_table(fmt, ["GoldStandard"], times, seq.targets[:, j : j + 1], name))
-        if root.exists():
-            root.rmdir()
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
