@@ -80,3 +80,50 @@ def test_predict_dimension_mismatch(frames_dir, utt_dir, tmp_path):
 def test_synth_bad_arguments(tmp_path, args):
     res = invoke("data", "synth", *args, "--out", tmp_path / "s")
     assert res.exit_code == 2
+
+
+def test_predict_wrong_feature_dimension(frames_dir, tmp_path):
+    from stew.data.native import write_native
+    from tests.conftest import tiny_frames
+
+    c = write_cfg(tmp_path / "c.yaml", modality="a", max_epochs=1)
+    assert invoke("train", "--data", frames_dir, "--config", c, "--out", tmp_path / "run").exit_code == 0
+    narrow = tiny_frames()
+    narrow.modalities["a"] = 3
+    for s in narrow.sequences:
+        s.features["a"] = s.features["a"][:, :3]
+    data = write_native(narrow, tmp_path / "narrow")
+    line = one_line_error(invoke("predict", tmp_path / "run" / "model", "--data", data, "--out", tmp_path / "p.csv"))
+    assert "dimension mismatch" in line and "3" in line and "4" in line
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_needs_only_the_model_modality(tmp_path):
+    """A MOSI-layout folder holding only audio_test0.csv and test_ids.csv is enough to predict."""
+    from stew.data.native import write_native
+    from tests.conftest import tiny_utterances
+
+    ds = tiny_utterances()
+    data = write_native(ds, tmp_path / "utt")
+    c = write_cfg(tmp_path / "c.yaml", modality="audio", max_epochs=1)
+    assert invoke("train", "--data", data, "--config", c, "--out", tmp_path / "run").exit_code == 0
+    mosi = tmp_path / "mosi"
+    mosi.mkdir()
+    test = [s for s in ds.sequences if s.split == "test"]
+    ids = [i for s in test for i in s.step_ids]
+    rows = [
+        ",".join(f'"{v}"' for v in [*feat, lab])
+        for s in test
+        for feat, lab in zip(s.features["audio"], s.targets[:, 0], strict=True)
+    ]
+    (mosi / "test_ids.csv").write_bytes(("utterance_id\r\n" + "\r\n".join(ids) + "\r\n").encode())
+    (mosi / "audio_test0.csv").write_bytes(("\r\n".join(rows) + "\r\n").encode())
+    res = invoke("predict", tmp_path / "run" / "model", "--data", mosi, "--out", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert len(pred) == len(ids) and pred["prob"].between(0, 1).all()
+    # Same predictions as the training run on those test videos.
+    train_preds = pd.read_csv(tmp_path / "run" / "predictions.csv").query("split == 'test'")
+    merged = train_preds.merge(pred, on=["sequence", "step"], suffixes=("_train", "_deploy"))
+    assert len(merged) == len(ids)
+    np.testing.assert_allclose(merged["prob_train"], merged["prob_deploy"], atol=1e-6)
