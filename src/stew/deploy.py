@@ -8,6 +8,7 @@ without the training config and without executing code.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,7 +129,5 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
 
 def _prepare_unlabelled(seqs: list, modality: str, scaler: Standardizer) -> list:
     # Prediction needs no labels: targets are placeholders of the right length, never read.
-    from dataclasses import replace
-
     stripped = [replace(s, targets=np.zeros((len(s), 1), np.float32)) for s in seqs]
     return prepare(stripped, [modality], [0], scaler, 0)

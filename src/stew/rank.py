@@ -40,16 +40,15 @@ class RankResult:
         }
 
 
-def targets_of(cfg: TrainConfig) -> tuple[list[str | None], list[str]]:
-    ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target)
-    targets: list[str | None] = [cfg.target] if cfg.target else list(ds.targets)
-    if ds.task != "regression":
-        targets = [None]
-    return targets, list(ds.modalities)
-
-
 def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, console: Console) -> RankResult:
-    targets, modalities = targets_of(base)
+    first = load_dataset(base.data, feature_set=base.feature_set or base.target)
+    targets: list[str | None] = [base.target] if base.target else list(first.targets)
+    if first.task != "regression":
+        targets = [None]
+    modalities = list(first.modalities)
+    # Loaded once per target: AVEC RECOLA keeps a separate feature set per target.
+    data = {t: first if (base.feature_set or t) == (base.feature_set or base.target) else
+            load_dataset(base.data, feature_set=base.feature_set or t) for t in targets}
     jobs = [(t, m, s) for t in targets for m in modalities for s in seeds]
     res: RankResult | None = None
     with Progress(console=console, transient=True) as bar:
@@ -60,7 +59,7 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
                 "method": "unimodal", "modality": m, "target": t, "seed": s, "progress": False,
                 "out": (out / (t or "label") / m / f"seed{s}") if out else None,
             })
-            r = run(cfg, load_dataset(cfg.data, feature_set=cfg.feature_set or t))
+            r = run(cfg, data[t])
             key = metrics.selection_metric(r["_bundle"].task, r["_bundle"].targets)
             res = res or RankResult(metric=key)
             tk = t or "label"
