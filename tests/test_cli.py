@@ -127,3 +127,29 @@ def test_predict_needs_only_the_model_modality(tmp_path):
     merged = train_preds.merge(pred, on=["sequence", "step"], suffixes=("_train", "_deploy"))
     assert len(merged) == len(ids)
     np.testing.assert_allclose(merged["prob_train"], merged["prob_deploy"], atol=1e-6)
+
+
+def test_transfer_ranks_runs_clear_pairs_and_prints_table(utt_dir, tmp_path):
+    c = write_cfg(tmp_path / "c.yaml", cmstew={"alpha_grid": [0.1], "beta_grid": [0.1, 1.0]})
+    res = invoke("transfer", "--data", utt_dir, "--config", c, "--seeds", 2, "--gap", 1.0, "--out", tmp_path / "t")
+    assert res.exit_code == 0, res.output
+    assert "stronger beats weaker by >= 1 validation f1_weighted" in res.output
+    rank = json.loads((tmp_path / "t" / "rank" / "rank.json").read_text())["targets"]["label"]
+    strong, weak = rank["ranking"]
+    (pair,) = json.loads((tmp_path / "t" / "transfer.json").read_text())
+    assert (pair["strong"], pair["weak"]) == (strong, weak)
+    assert pair["unimodal"] == rank["val"][weak]  # the ranking's runs are the unimodal arm
+    assert len(pair["transfer"]) == 2 and 0 <= pair["p_value"] <= 1
+    assert pair["alpha"] == 0.1 and pair["beta"] in (0.1, 1.0)
+    seed1 = tmp_path / "t" / "cmstew" / "label" / f"{weak}+{strong}" / "seed1"
+    seed1 = json.loads((seed1 / "metrics.json").read_text())
+    assert (seed1["method"]["alpha"], seed1["method"]["beta"]) == (pair["alpha"], pair["beta"])  # fixed after seed 0
+    assert "CM-StEW" in res.output and "paired" in res.output  # the comparison table
+
+
+def test_transfer_runs_no_pair_when_no_gap_is_clear(utt_dir, tmp_path):
+    c = write_cfg(tmp_path / "c.yaml")
+    res = invoke("transfer", "--data", utt_dir, "--config", c, "--seeds", 1, "--gap", 1000, "--out", tmp_path / "t")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "t" / "transfer.json").read_text()) == []
+    assert not (tmp_path / "t" / "cmstew").exists()
