@@ -359,3 +359,34 @@ def test_loss_module_dtypes_and_validation() -> None:
         dcca_correlation(h_s.reshape(5, 10, 4), h_w.reshape(5, 10, 3), torch.ones(5, 10))
     with pytest.raises(ValueError):
         dcca_correlation(h_s.reshape(5, 10, 4), h_w.reshape(5, 10, 3), torch.ones(10, 5, dtype=torch.bool))
+
+
+def test_svd_non_convergence_falls_back_to_qr_iteration_with_the_same_value_and_gradient(monkeypatch) -> None:
+    """LAPACK's gesdd can fail to converge on clustered singular values (seen in SEW training with 32 rows
+    and a 128-d latent); the loss must then fall back to gesvd, not crash the run."""
+    rng = np.random.default_rng(7)
+    h_s = torch.tensor(rng.normal(size=(32, 128)), requires_grad=True)
+    h_w = torch.tensor(rng.normal(size=(32, 128)), requires_grad=True)
+    ref = dcca_loss(h_s, h_w, k=10)
+    ref_gs, ref_gw = torch.autograd.grad(ref, (h_s, h_w))
+
+    def failing_svd(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", failing_svd)
+    got = dcca_loss(h_s, h_w, k=10)
+    gs, gw = torch.autograd.grad(got, (h_s, h_w))
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gs, ref_gs, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-8, atol=1e-10)
+    with torch.no_grad():  # the values-only path uses the same fallback
+        torch.testing.assert_close(dcca_loss(h_s, h_w, k=10), ref.detach(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_latents_are_reported_as_divergence(bad: float) -> None:
+    h_s = torch.randn(16, 4, dtype=torch.float64, requires_grad=True)
+    h_w = torch.randn(16, 4, dtype=torch.float64)
+    h_w[3, 1] = bad
+    with pytest.raises(FloatingPointError, match="diverged"):
+        dcca_loss(h_s, h_w)

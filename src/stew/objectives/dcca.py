@@ -63,6 +63,23 @@ def _solve_lower_t(lower: Tensor, rhs: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(lower.mT, rhs, upper=True)
 
 
+def _svd(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD of a finite float64 matrix that does not give up.
+
+    LAPACK's divide-and-conquer driver (gesdd, torch's CPU default) can report non-convergence on matrices
+    with clusters of nearly repeated singular values, which DCCA meets when n < d (many values near 0 and
+    k values near 1). The QR-iteration driver (gesvd) is slower but converges on those, so it is the
+    fallback. (Non-finite input is refused before this point.)
+    """
+    try:
+        return torch.linalg.svd(t, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        import scipy.linalg
+
+        u, s, vh = scipy.linalg.svd(t.detach().cpu().numpy(), full_matrices=False, lapack_driver="gesvd")
+        return tuple(torch.from_numpy(m).to(t.device) for m in (u, s, vh))  # type: ignore[return-value]
+
+
 class _DCCACorrelation(torch.autograd.Function):
     r"""Sum of the top-k singular values of the whitened cross-covariance, with a closed-form backward.
 
@@ -92,6 +109,8 @@ class _DCCACorrelation(torch.autograd.Function):
         sigma_w = b.mT @ b / c
         sigma_w.diagonal().add_(r2)
         sigma_sw = a.mT @ b / c
+        if not (torch.isfinite(sigma_s).all() and torch.isfinite(sigma_w).all() and torch.isfinite(sigma_sw).all()):
+            raise FloatingPointError("non-finite latents reached the DCCA loss: training diverged")
         # Sigma >= r I > 0, so the factorisation only fails for non-finite or astronomically large inputs.
         l_s = torch.linalg.cholesky(sigma_s)
         l_w = torch.linalg.cholesky(sigma_w)
@@ -100,9 +119,9 @@ class _DCCACorrelation(torch.autograd.Function):
         kk = min(t.shape) if k is None else k
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]  # type: ignore[attr-defined]
         if needs_grad:
-            u, s, vh = torch.linalg.svd(t, full_matrices=False)
+            u, s, vh = _svd(t)
         else:
-            s = torch.linalg.svdvals(t)
+            s = _svd(t)[1]
         corr = s[:kk].sum()
         if needs_grad:
             # The n x d products of the backward run in the input precision (at least float32).
