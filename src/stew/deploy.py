@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from stew.atomic import atomic_dir
 from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
-from stew.data.preprocess import Standardizer, prepare
+from stew.data.preprocess import Standardizer, predict_windows, prepare
 from stew.errors import DataError
 from stew.models.student import SingleModalityModel, StudentSpec
 
@@ -88,8 +88,6 @@ def load_model(path: Path) -> tuple[SingleModalityModel, dict]:
 
 def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None = None) -> pd.DataFrame:
     """Predict every step of every sequence in ``data`` (all splits) with an exported model."""
-    from stew.training import predict_windows
-
     model, meta = load_model(model_dir)
     m = meta["modality"]
     ds = data if isinstance(data, Dataset) else load_dataset(data)

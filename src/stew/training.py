@@ -34,10 +34,10 @@ from stew.data.preprocess import (
     Standardizer,
     WindowDataset,
     delay_steps,
+    loader,
+    predict_windows,
     prepare,
     steps_for,
-    stitch,
-    unshift_predictions,
 )
 from stew.data.splits import carve_validation, grouped_folds
 from stew.errors import DataError
@@ -155,39 +155,8 @@ def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
     )
 
 
-def loader(ds: WindowDataset, batch_size: int, shuffle: bool, seed: int = 0) -> torch.utils.data.DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, collate_fn=ds.collate, generator=g, num_workers=0
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # Prediction and metrics on whole sequences
-
-
-@torch.no_grad()
-def predict_windows(
-    model: torch.nn.Module, seqs: list[PreparedSequence], win: int | None, k_delay: int, batch_size: int = 64
-) -> list[np.ndarray]:
-    """Activated outputs of ``model.predict(batch)`` per whole sequence, on the original label time axis.
-
-    Evaluation windows do not overlap, so stitching is concatenation; the label delay is undone last.
-    """
-    if not seqs:
-        return []
-    was_training = model.training
-    model.eval()
-    wds = WindowDataset.for_evaluation(seqs, win)
-    spans, outs = [], []
-    for batch in loader(wds, batch_size, shuffle=False):
-        spans.append(batch["spans"])
-        outs.append(model.predict(batch))
-    model.train(was_training)
-    t_max = max(o.shape[1] for o in outs)
-    outs = [torch.nn.functional.pad(o, (0, 0, 0, t_max - o.shape[1])) for o in outs]
-    full = stitch([len(s.y) for s in seqs], torch.cat(spans), torch.cat(outs))
-    return [unshift_predictions(p, k_delay) for p in full]
 
 
 def predict_sequences(method: Method, seqs: list[PreparedSequence], bundle: Bundle) -> list[np.ndarray]:
