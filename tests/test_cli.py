@@ -153,3 +153,13 @@ def test_transfer_runs_no_pair_when_no_gap_is_clear(utt_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "t" / "transfer.json").read_text()) == []
     assert not (tmp_path / "t" / "cmstew").exists()
+
+
+def test_predict_path_does_not_import_lightning():
+    """Deployment needs torch only: importing Lightning would add seconds to every `stew predict`."""
+    import subprocess
+    import sys
+
+    code = "import sys, stew.cli, stew.deploy; print('lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
