@@ -1,7 +1,7 @@
 """CM-StEW on CMU-MOSI: weaker audio/video taught by text, with the -LFA and -Decoder ablations.
 
 Usage: python benchmarks/mosi_cmstew.py --weak audio --teachers runs/mosi-bigru-te/label/text --out runs/mosi-cmstew
-       [--ablations full -LFA -Decoder] [--seeds 5]
+       [--ablations=full,-LFA,-Decoder] [--seeds 5]
 
 The stage-1 teachers are the unimodal text runs of ``stew rank`` (same config, carve and seed).
 alpha and beta are selected on validation with seed 0 from the grid, then fixed for the other seeds,
@@ -28,9 +28,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--config", type=Path, default=Path("configs/mosi.yaml"))
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--ablations", nargs="+", default=["full", "-LFA", "-Decoder"])
+    ap.add_argument("--ablations", default="full,-LFA,-Decoder", help="comma-separated; write --ablations=-LFA")
     a = ap.parse_args()
-    for ablation in [None if x == "full" else x for x in a.ablations]:
+    for ablation in [None if x == "full" else x for x in a.ablations.split(",")]:
         chosen: dict = {}
         for s in range(a.seeds):
             done = a.out / a.weak / (ablation or "full") / f"seed{s}" / "metrics.json"
