@@ -63,8 +63,8 @@ def _solve_lower_t(lower: Tensor, rhs: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(lower.mT, rhs, upper=True)
 
 
-def _svd(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Thin SVD of a finite float64 matrix that does not give up.
+def _svd(t: Tensor, values_only: bool = False) -> tuple[Tensor, ...]:
+    """Thin SVD ``(U, S, Vh)``, or ``(S,)`` with ``values_only``, of a finite float64 matrix, that does not give up.
 
     LAPACK's divide-and-conquer driver (gesdd, torch's CPU default) can report non-convergence on matrices
     with clusters of nearly repeated singular values, which DCCA meets when n < d (many values near 0 and
@@ -72,12 +72,14 @@ def _svd(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     fallback. (Non-finite input is refused before this point.)
     """
     try:
-        return torch.linalg.svd(t, full_matrices=False)
+        return (torch.linalg.svdvals(t),) if values_only else torch.linalg.svd(t, full_matrices=False)
     except torch.linalg.LinAlgError:
         import scipy.linalg
 
-        u, s, vh = scipy.linalg.svd(t.detach().cpu().numpy(), full_matrices=False, lapack_driver="gesvd")
-        return tuple(torch.from_numpy(m).to(t.device) for m in (u, s, vh))  # type: ignore[return-value]
+        out = scipy.linalg.svd(
+            t.detach().cpu().numpy(), full_matrices=False, compute_uv=not values_only, lapack_driver="gesvd"
+        )
+        return tuple(torch.from_numpy(m).to(t.device) for m in ((out,) if values_only else out))
 
 
 class _DCCACorrelation(torch.autograd.Function):
@@ -121,7 +123,7 @@ class _DCCACorrelation(torch.autograd.Function):
         if needs_grad:
             u, s, vh = _svd(t)
         else:
-            s = _svd(t)[1]
+            (s,) = _svd(t, values_only=True)
         corr = s[:kk].sum()
         if needs_grad:
             # The n x d products of the backward run in the input precision (at least float32).
