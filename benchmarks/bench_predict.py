@@ -45,13 +45,12 @@ def main() -> None:
 
     ds = synth_recola(seed=0, n_speakers=9, minutes=5.0)
     train_dir = write_native(ds, a.work / "train-data")
-    teacher = run(TrainConfig(data=train_dir, modality="video_geo", target="arousal", max_epochs=1,
+    run(TrainConfig(data=train_dir, modality="video_geo", target="arousal", max_epochs=1,
                               threads=a.threads, progress=False, out=a.work / "teacher"))
     cfg = TrainConfig(data=train_dir, method="cmstew", modality="audio", teacher="video_geo", target="arousal",
                       max_epochs=1, threads=a.threads, progress=False, out=a.work / "student")
     cfg = cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(update={
         "alpha": 0.1, "beta": 0.1, "teacher_run": a.work / "teacher"})})
-    del teacher
     run(cfg)
     model_dir = export(a.work / "student", a.work / "model")
 
