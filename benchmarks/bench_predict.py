@@ -46,7 +46,7 @@ def main() -> None:
     ds = synth_recola(seed=0, n_speakers=9, minutes=5.0)
     train_dir = write_native(ds, a.work / "train-data")
     run(TrainConfig(data=train_dir, modality="video_geo", target="arousal", max_epochs=1,
-                              threads=a.threads, progress=False, out=a.work / "teacher"))
+                    threads=a.threads, progress=False, out=a.work / "teacher"))
     cfg = TrainConfig(data=train_dir, method="cmstew", modality="audio", teacher="video_geo", target="arousal",
                       max_epochs=1, threads=a.threads, progress=False, out=a.work / "student")
     cfg = cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(update={
