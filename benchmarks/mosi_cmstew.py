@@ -11,12 +11,10 @@ as ``stew transfer`` does. Summarise with ``benchmarks/summarize_runs.py runs/mo
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
-from stew.config import load_config
-from stew.training import run
+from stew.config import TrainConfig, load_config
+from stew.transfer import run_over_seeds
 
 GRID = [0.01, 0.1, 1.0]
 
@@ -31,25 +29,17 @@ def main() -> None:
     ap.add_argument("--ablations", default="full,-LFA,-Decoder", help="comma-separated; write --ablations=-LFA")
     a = ap.parse_args()
     for ablation in [None if x == "full" else x for x in a.ablations.split(",")]:
-        chosen: dict = {}
-        for s in range(a.seeds):
-            done = a.out / a.weak / (ablation or "full") / f"seed{s}" / "metrics.json"
-            if done.exists():  # finished earlier: the benchmark resumes
-                r = json.loads(done.read_text())
-                chosen = chosen or {"alpha": r["method"]["alpha"], "beta": r["method"]["beta"]}
-                continue
+        def config(s: int, ablation: str | None = ablation) -> TrainConfig:
             cfg = load_config(a.config, {
                 "method": "cmstew", "modality": a.weak, "teacher": "text", "seed": s, "ablation": ablation,
                 "out": a.out / a.weak / (ablation or "full") / f"seed{s}",
             })
-            cms = cfg.cmstew.model_copy(update={
-                "teacher_run": a.teachers / f"seed{s}", "alpha_grid": GRID, "beta_grid": GRID, **chosen,
-            })
-            t0 = time.time()
-            r = run(cfg.model_copy(update={"cmstew": cms}))
-            chosen = chosen or {"alpha": r["method"]["alpha"], "beta": r["method"]["beta"]}
-            print(a.weak, ablation, s, chosen, {k: round(v, 1) for k, v in r["val"].items()},
-                  f"{time.time() - t0:.0f}s", flush=True)
+            return cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(update={
+                "teacher_run": a.teachers / f"seed{s}", "alpha_grid": GRID, "beta_grid": GRID})})
+
+        for s, r in enumerate(run_over_seeds(config, list(range(a.seeds)), reuse=True)):
+            print(a.weak, ablation or "full", s, r["method"]["alpha"], r["method"]["beta"],
+                  {k: round(v, 1) for k, v in r["val"].items()}, f"{r['wall_s']:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from stew.config import load_config
-from stew.training import run
+from stew.config import TrainConfig, load_config
+from stew.transfer import run_over_seeds
 
 SEW_VARIANTS = (None, "-SD2", "-CCA", "-SD1", "-(CCA&SD1)")
 GRID = [0.01, 0.1, 1.0]
@@ -40,29 +39,19 @@ def main() -> None:
         strong, weak = ranking[target]["ranking"][0], ranking[target]["ranking"][-1]
         variants = SEW_VARIANTS if a.what == "sew" else (None,)
         for variant in variants:
-            chosen: dict = {}
-            for s in range(a.seeds):
-                out = a.out / target / f"{weak}+{strong}" / (variant or "full") / f"seed{s}"
-                if (out / "metrics.json").exists():  # finished earlier: the benchmark resumes
-                    r = json.loads((out / "metrics.json").read_text())
-                else:
-                    cfg = load_config(a.config, {
-                        "method": a.what, "modality": weak, "teacher": strong, "target": target,
-                        "seed": s, "ablation": variant, "out": out,
-                    })
-                    if a.what == "cmstew":
-                        cms = cfg.cmstew.model_copy(update={
-                            "teacher_run": a.rank / target / strong / f"seed{s}",
-                            "alpha_grid": GRID, "beta_grid": GRID, **chosen,
-                        })
-                        cfg = cfg.model_copy(update={"cmstew": cms})
-                    t0 = time.time()
-                    r = run(cfg)
-                    r["wall_s"] = time.time() - t0
-                if a.what == "cmstew":
-                    chosen = chosen or {"alpha": r["method"]["alpha"], "beta": r["method"]["beta"]}
-                print(target, f"{weak}+{strong}", variant or "full", s, chosen or "",
-                      f"val ccc {r['val']['ccc']:.3f}", f"{r.get('wall_s', 0):.0f}s", flush=True)
+            def config(s: int, target: str = target, weak: str = weak, strong: str = strong,
+                       variant: str | None = variant) -> TrainConfig:
+                cfg = load_config(a.config, {
+                    "method": a.what, "modality": weak, "teacher": strong, "target": target, "seed": s,
+                    "ablation": variant, "out": a.out / target / f"{weak}+{strong}" / (variant or "full") / f"seed{s}",
+                })
+                return cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(update={
+                    "teacher_run": a.rank / target / strong / f"seed{s}", "alpha_grid": GRID, "beta_grid": GRID})})
+
+            for s, r in enumerate(run_over_seeds(config, list(range(a.seeds)), reuse=True)):
+                weights = {k: r["method"][k] for k in ("alpha", "beta", "gamma") if k in r["method"]}
+                print(target, f"{weak}+{strong}", variant or "full", s, weights,
+                      f"val ccc {r['val']['ccc']:.3f}", f"{r['wall_s']:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,25 @@ def clear_pairs(ranked: RankResult, target: str, gap: float) -> list[tuple[str, 
     return [(s, w) for i, s in enumerate(order) for w in order[i + 1 :] if mean[s] - mean[w] >= gap]
 
 
+def run_over_seeds(config_for_seed: Callable[[int], TrainConfig], seeds: list[int], reuse: bool = False) -> list[dict]:
+    """Run one configuration over seeds; each result is ``run``'s dict (or its ``metrics.json``).
+
+    A CM-StEW grid (alpha, beta) is searched on the first seed's validation only, and the chosen values
+    are fixed for the other seeds. With ``reuse``, a run whose ``metrics.json`` exists is read back
+    instead of trained again, so an interrupted benchmark resumes.
+    """
+    results: list[dict] = []
+    for s in seeds:
+        cfg = config_for_seed(s)
+        if cfg.method == "cmstew" and results:
+            first = results[0]["method"]
+            cfg = cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(
+                update={"alpha": first["alpha"], "beta": first["beta"]})})
+        done = cfg.out / "metrics.json" if cfg.out is not None else None
+        results.append(json.loads(done.read_text()) if reuse and done and done.exists() else run(cfg))
+    return results
+
+
 def transfer(
     base: TrainConfig, seeds: list[int], out: Path | None, console: Console, gap: float | None = None
 ) -> list[PairResult]:
@@ -59,19 +79,18 @@ def transfer(
     results = []
     for target in ranked.val:
         for strong, weak in clear_pairs(ranked, target, gap):
-            scores, chosen = [], None
-            for s in seeds:
-                cfg = base.model_copy(update={
+            def config(s: int, weak: str = weak, strong: str = strong, target: str = target) -> TrainConfig:
+                return base.model_copy(update={
                     "method": "cmstew", "modality": weak, "teacher": strong, "seed": s, "progress": False,
                     "target": None if target == "label" else target,
                     "out": work / "cmstew" / target / f"{weak}+{strong}" / f"seed{s}",
+                    "cmstew": base.cmstew.model_copy(
+                        update={"teacher_run": work / "rank" / target / strong / f"seed{s}"}),
                 })
-                cms = cfg.cmstew.model_copy(update={"teacher_run": work / "rank" / target / strong / f"seed{s}"})
-                if chosen is not None:  # alpha and beta were selected on the first seed's validation
-                    cms = cms.model_copy(update=chosen)
-                r = run(cfg.model_copy(update={"cmstew": cms}))
-                chosen = chosen or {"alpha": r["method"]["alpha"], "beta": r["method"]["beta"]}
-                scores.append(r["val"][ranked.metric])
+
+            runs = run_over_seeds(config, seeds)
+            scores = [r["val"][ranked.metric] for r in runs]
+            chosen = {"alpha": runs[0]["method"]["alpha"], "beta": runs[0]["method"]["beta"]}
             results.append(PairResult(target, weak, strong, ranked.val[target][weak], scores, **chosen))
     render_transfer(results, ranked.metric, console)
     if out is not None:

@@ -113,7 +113,7 @@ class _DCCACorrelation(torch.autograd.Function):
         sigma_sw = a.mT @ b / c
         if not (torch.isfinite(sigma_s).all() and torch.isfinite(sigma_w).all() and torch.isfinite(sigma_sw).all()):
             raise FloatingPointError("non-finite latents reached the DCCA loss: training diverged")
-        # Sigma >= r I > 0, so the factorisation only fails for non-finite or astronomically large inputs.
+        # Sigma >= r I > 0 and finite, so the factorisation can only fail for astronomically large inputs.
         l_s = torch.linalg.cholesky(sigma_s)
         l_w = torch.linalg.cholesky(sigma_w)
         t = torch.linalg.solve_triangular(l_s, sigma_sw, upper=False)  # L_s^{-1} Sigma_sw
