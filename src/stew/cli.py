@@ -91,11 +91,18 @@ def _train_config(config: Path | None, **overrides: Any):
 @cli_errors
 def train(
     data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
-    method: Annotated[str | None, typer.Option(help="unimodal | sew | cmstew")] = None,
-    modality: Annotated[str | None, typer.Option(help="the (weaker) modality the model is deployed on")] = None,
-    teacher: Annotated[str | None, typer.Option(help="the stronger modality (sew, cmstew)")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="unimodal | sew | cmstew | emobed | joint | triplet | cermtl")
+    ] = None,
+    modality: Annotated[
+        str | None, typer.Option(help="the (weaker) modality the model is deployed on; 'all' or 'a+b': early fusion")
+    ] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="sew, cmstew: the stronger modality; emobed, joint, triplet: the auxiliary one")
+    ] = None,
     target: Annotated[str | None, typer.Option(help="regression target; default all")] = None,
-    arch: Annotated[str | None, typer.Option(help="classifier | bigru | bigru-te | gru4")] = None,
+    targets: Annotated[str | None, typer.Option(help="several targets, comma-separated (multi-task)")] = None,
+    arch: Annotated[str | None, typer.Option(help="classifier | bigru | bigru-te | gru4 | gru")] = None,
     loss: Annotated[str | None, typer.Option(help="mse | ccc | pcc | bce | ce")] = None,
     ablation: Annotated[str | None, typer.Option(help="sew: -SD2 -CCA -SD1 -(CCA&SD1); cmstew: -LFA -Decoder")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -104,14 +111,19 @@ def train(
     max_epochs: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     resume: Annotated[bool | None, typer.Option(help="continue from RUN/checkpoints/last.ckpt")] = None,
+    postprocess: Annotated[
+        bool | None, typer.Option(help="AVEC chain (median filter, centring, scaling, shift) searched on validation")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")] = None,
 ) -> None:
     """Train one model; write RUN/metrics.json, RUN/predictions.csv and RUN/model/."""
     from stew.training import run
 
+    target_list = [t.strip() for t in targets.split(",") if t.strip()] if targets is not None else None
     cfg = _train_config(
-        config, data=data, method=method, modality=modality, teacher=teacher, target=target, arch=arch,
-        loss=loss, ablation=ablation, seed=seed, out=out, cv=cv, max_epochs=max_epochs, lr=lr, resume=resume,
+        config, data=data, method=method, modality=modality, teacher=teacher, target=target, targets=target_list,
+        arch=arch, loss=loss, ablation=ablation, seed=seed, out=out, cv=cv, max_epochs=max_epochs, lr=lr,
+        resume=resume, postprocess=postprocess,
     )
     if cfg.out is None:
         raise DataError("--out is required (the run folder)")

@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stew.errors import DataError
 
-Arch = Literal["classifier", "bigru", "bigru-te", "gru4"]
+Arch = Literal["classifier", "bigru", "bigru-te", "gru4", "gru"]
 LossName = Literal["mse", "ccc", "pcc", "bce", "ce"]
-MethodName = Literal["unimodal", "sew", "cmstew"]
+MethodName = Literal["unimodal", "sew", "cmstew", "emobed", "joint", "triplet", "cermtl"]
+EMOBED_MODES = ("emobed", "joint", "triplet")
 
 
 class Strict(BaseModel):
@@ -50,15 +51,49 @@ class CMStEWConfig(Strict):
     teacher_run: Path | None = None  # reuse a unimodal run of the teacher modality as stage 1
 
 
+class EmoBedConfig(Strict):
+    """EmoBed (emobed_cermtl spec §1): J = L_target + alpha*L_aux + beta*L_triplet + lambda*R(theta).
+
+    ``--method joint`` uses alpha only, ``--method triplet`` beta only, ``--method emobed`` all three.
+    """
+
+    alpha: float = 0.5  # [U] the paper's best OMG alpha; tuned on dev in the paper
+    beta: float = 1.0  # the paper's best beta for every arousal system
+    l2: float = 1e-4  # lambda, full EmoBed only: lambda/2 * ||theta||^2 (gradient lambda*theta)
+    triplet_form: Literal["difference", "hinge", "softplus"] = "hinge"  # [U] the paper writes the difference
+    margin: float = 0.2  # hinge margin [U]
+    classes: Literal["sign", "quantile"] = "sign"  # [U] regression labels -> classes for the triplet
+    n_bins: int = 2  # quantile bins (classes = "quantile")
+    max_rows: int | None = 512  # [U] steps per modality in the triplet's distance matrix (random subset)
+    pairing: Literal["paired", "unpaired"] = "paired"
+    units: int = 120  # GRU units of the embedding nets and of the shared back-end (RECOLA, spec §1.4)
+    embed_layers: int = 2
+    shared_layers: int = 2
+
+
+class CERMTLConfig(Strict):
+    """CER-MTL (emobed_cermtl spec §2): feature images, shared CNN, a GRU + FC head per task."""
+
+    image_steps: int = 20  # N
+    image_stride_s: float = 0.4  # t = 10 frames at 25 Hz (the paper's 60 fps data: t = 10 frames)
+    filters: int = 25
+    kernel: int = 3
+    pool: int = 2
+    task_units: int = 5
+    task_fc: int = 2
+    task_weights: list[float] | None = None  # alpha_m per target; None = uniform 1/M
+
+
 class TrainConfig(Strict):
     data: Path
     method: MethodName = "unimodal"
     modality: str | None = None
     teacher: str | None = None
     target: str | None = None
+    targets: list[str] | None = None  # several targets (multi-task); None: ``target`` or all
     ablation: str | None = None
     arch: Arch = "bigru-te"
-    loss: LossName | None = None  # None: mse (regression), bce (binary), ce (multiclass)
+    loss: LossName | None = None  # None: mse (regression; ccc for cermtl), bce (binary), ce (multiclass)
     seed: int = 0
     out: Path | None = None
 
@@ -94,9 +129,12 @@ class TrainConfig(Strict):
     threads: int | None = None
     progress: bool = True
     resume: bool = False
+    postprocess: bool = False  # AVEC chain (median filter, centring, scaling, shift) searched on validation
 
     sew: SEWConfig = Field(default_factory=SEWConfig)
     cmstew: CMStEWConfig = Field(default_factory=CMStEWConfig)
+    emobed: EmoBedConfig = Field(default_factory=EmoBedConfig)
+    cermtl: CERMTLConfig = Field(default_factory=CERMTLConfig)
 
 
 def load_config(path: Path | None, overrides: dict) -> TrainConfig:

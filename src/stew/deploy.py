@@ -32,7 +32,9 @@ FORMAT = "stew-model/1"
 WEIGHTS, META = "model.safetensors", "model.json"
 
 
-def save_model(student: SingleModalityModel, bundle: Bundle, cfg: TrainConfig, out: Path) -> Path:
+def save_model(
+    student: SingleModalityModel, bundle: Bundle, cfg: TrainConfig, out: Path, postprocess: dict | None = None
+) -> Path:
     m = student.spec.modality
     meta = {
         "format": FORMAT,
@@ -46,6 +48,10 @@ def save_model(student: SingleModalityModel, bundle: Bundle, cfg: TrainConfig, o
         "step_rate_hz": bundle.ds.step_rate_hz,
         "label_delay_steps": bundle.k_delay,
         "window_steps": bundle.eval_win,
+        # An early-fused input is rebuilt from these modalities at prediction time.
+        "inputs": m.split("+"),
+        # The AVEC chain chosen on validation, applied by `stew predict` (None: raw predictions).
+        "postprocess": {t: c.to_json() for t, c in postprocess.items()} if postprocess else None,
         "provenance": {"method": cfg.method, "teacher": cfg.teacher, "seed": cfg.seed, "data": str(cfg.data)},
     }
     _write_atomically(out, {k: v.detach().contiguous() for k, v in student.state_dict().items()}, meta)
@@ -92,8 +98,13 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
     m = meta["modality"]
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     where = None if isinstance(data, Dataset) else data
+    inputs = meta.get("inputs", [m])
+    missing = [p for p in inputs if p not in ds.modalities]
+    if m not in ds.modalities and missing:
+        raise DataError(f"the model needs modality {', '.join(missing)}; the data has {list(ds.modalities)}",
+                        file=where)
     if m not in ds.modalities:
-        raise DataError(f"the model needs modality {m!r}; the data has {list(ds.modalities)}", file=where)
+        ds = ds.fuse(inputs)
     if ds.modalities[m] != meta["dim"]:
         raise DataError(
             f"dimension mismatch for {m!r}: the data has {ds.modalities[m]} features, the model expects {meta['dim']}",
@@ -102,6 +113,11 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
     seqs = ds.sequences
     prepared = _prepare_unlabelled(seqs, m, Standardizer.from_json(meta["standardizer"]))
     preds = predict_windows(model, prepared, meta["window_steps"], meta["label_delay_steps"])
+    if meta.get("postprocess"):
+        from stew.postprocess import Chain, apply_chains
+
+        chains = {t: Chain.from_json(c) for t, c in meta["postprocess"].items()}
+        preds = apply_chains(chains, preds, meta["targets"])
     frames = []
     for p, s in zip(preds, seqs, strict=True):
         df = pd.DataFrame({"split": s.split, "sequence": s.id, "step": np.arange(len(s)), "step_id": s.step_ids})

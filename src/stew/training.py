@@ -33,6 +33,7 @@ from stew.data.preprocess import (
     PreparedSequence,
     Standardizer,
     WindowDataset,
+    context_of,
     delay_steps,
     loader,
     predict_windows,
@@ -59,8 +60,16 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
     """Fill the data-dependent defaults and check names against the dataset."""
+    from stew.config import EMOBED_MODES
+
     upd: dict = {}
     mods = list(ds.modalities)
+    if cfg.targets is not None:
+        if cfg.target is not None:
+            raise DataError("give --target or --targets, not both")
+        unknown = [t for t in cfg.targets if t not in ds.targets]
+        if unknown or not cfg.targets or len(set(cfg.targets)) != len(cfg.targets):
+            raise DataError(f"--targets {','.join(cfg.targets)}: choose distinct targets among {ds.targets}")
     if cfg.modality is None:
         if len(mods) != 1:
             raise DataError(f"choose --modality among {mods}")
@@ -72,11 +81,16 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
         raise DataError(f"unknown target {cfg.target!r}; the data has {ds.targets}")
     if cfg.loss is None:
         upd["loss"] = {"regression": "mse", "binary": "bce", "multiclass": "ce"}[ds.task]
+        if cfg.method == "cermtl" and ds.task == "regression":
+            upd["loss"] = "ccc"  # the paper's best loss (spec §2.6)
     elif (cfg.loss in ("bce",)) != (ds.task == "binary") or (cfg.loss == "ce") != (ds.task == "multiclass"):
         raise DataError(f"--loss {cfg.loss} does not fit a {ds.task} task")
     frame_level = ds.step_rate_hz is not None
+    if cfg.postprocess and not (frame_level and ds.task == "regression"):
+        raise DataError("--postprocess needs continuous (frame-level regression) data")
     if cfg.label_delay_s is None:
-        upd["label_delay_s"] = (2.4 if cfg.method == "sew" else 2.8) if frame_level else 0.0
+        # SEW and EmoBed shift RECOLA labels by 2.4 s, CM-StEW by 2.8 s (the papers).
+        upd["label_delay_s"] = (2.4 if cfg.method in ("sew", *EMOBED_MODES) else 2.8) if frame_level else 0.0
     if cfg.optimizer is None:
         upd["optimizer"] = "sgd" if cfg.method == "sew" else "adam"
     if cfg.window_s is None:
@@ -86,12 +100,33 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
     if cfg.eval_window_s is None:
         upd["eval_window_s"] = 3.0 if cfg.method == "sew" else upd.get("window_s", cfg.window_s)
     if cfg.lr is None:
-        upd["lr"] = 1e-3 if cfg.method == "sew" else (1e-5 if frame_level else 1e-4)
+        upd["lr"] = 1e-5 if frame_level else 1e-4
+        if cfg.method in ("sew", *EMOBED_MODES):
+            upd["lr"] = 1e-3  # SEW spec §5.5; EmoBed spec §1.4
+        elif cfg.method == "cermtl":
+            upd["lr"] = 5e-5  # spec §2.5
     return cfg.model_copy(update=upd)
 
 
 def target_names(cfg: TrainConfig, ds: Dataset) -> list[str]:
+    if cfg.targets:
+        return list(cfg.targets)
     return [cfg.target] if cfg.target else list(ds.targets)
+
+
+def fuse_inputs(cfg: TrainConfig, ds: Dataset) -> tuple[TrainConfig, Dataset]:
+    """Early fusion: ``--modality all`` or ``a+b`` becomes one concatenated input modality."""
+    m = cfg.modality
+    if m is None or (m != "all" and "+" not in m):
+        return cfg, ds
+    parts = [p for p in ds.modalities if "+" not in p] if m == "all" else m.split("+")
+    if cfg.teacher in parts:
+        raise DataError(f"--teacher {cfg.teacher} cannot also be part of the fused input {'+'.join(parts)}")
+    try:
+        ds = ds.fuse(parts)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return cfg.model_copy(update={"modality": "+".join(parts)}), ds
 
 
 def student_spec(cfg: TrainConfig, ds: Dataset, modality: str, arch: str | None = None) -> StudentSpec:
@@ -100,6 +135,13 @@ def student_spec(cfg: TrainConfig, ds: Dataset, modality: str, arch: str | None 
     d_in = ds.modalities[modality]
     targets = target_names(cfg, ds)
     n_out = ds.n_outputs if ds.task != "regression" else len(targets)
+    if arch == "gru":
+        # EmoBed's networks (spec §1.4): GRU embedding net + GRU back-end; the classic monomodal system.
+        e = cfg.emobed
+        enc = EncoderSpec(kind="gru", d_in=d_in, gru_units=e.units, gru_layers=e.embed_layers, dropout=cfg.dropout)
+        head = HeadSpec(kind="gru", d_in=e.units, n_out=n_out, gru_units=e.units, gru_layers=e.shared_layers,
+                        dropout=cfg.dropout)
+        return StudentSpec(modality=modality, task=ds.task, targets=targets, encoder=enc, head=head)
     # Spec §6.3: one Bi-GRU layer for the RECOLA audio models and the MOSI text model, two otherwise.
     one_layer = modality == "text" or (ds.step_rate_hz is not None and modality == "audio")
     enc = EncoderSpec(
@@ -171,11 +213,13 @@ def score(preds: list[np.ndarray], seqs: list[PreparedSequence], bundle: Bundle)
 
 
 def predictions_frame(
-    split: str, preds: list[np.ndarray], seqs: list[PreparedSequence], bundle: Bundle
+    split: str, preds: list[np.ndarray], seqs: list[PreparedSequence], bundle: Bundle,
+    raw: list[np.ndarray] | None = None,
 ) -> pd.DataFrame:
+    """One row per step; with post-processing, ``pred_<t>`` is post-processed and ``raw_<t>`` is not."""
     cols = [bundle.ds.targets.index(t) for t in bundle.targets]
     rows = []
-    for p, s in zip(preds, seqs, strict=True):
+    for k, (p, s) in enumerate(zip(preds, seqs, strict=True)):
         src = s.source
         df = pd.DataFrame({
             "split": split, "sequence": src.id, "group": src.group, "step": np.arange(len(src)),
@@ -185,6 +229,8 @@ def predictions_frame(
         if bundle.task == "regression":
             for j, t in enumerate(bundle.targets):
                 df[f"y_{t}"], df[f"pred_{t}"] = y[:, j], p[:, j]
+                if raw is not None:
+                    df[f"raw_{t}"] = raw[k][:, j]
         elif bundle.task == "binary":
             df["y"], df["prob"], df["pred"] = y[:, 0].astype(int), p[:, 0], (p[:, 0] >= 0.5).astype(int)
         else:
@@ -270,7 +316,7 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
             ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0),
         ],
     )
-    train_ds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop)
+    train_ds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop, context_of(method))
     ckpt = str(last) if resuming else None
     trainer.fit(module, train_dataloaders=loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed), ckpt_path=ckpt)
     if module.best_state is not None:
@@ -295,6 +341,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
         torch.set_num_threads(cfg.threads)
     if ds is None:
         ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target)
+    cfg, ds = fuse_inputs(cfg, ds)
     cfg = resolve(cfg, ds)
     out = Path(cfg.out) if cfg.out else None
     if cfg.cv:
@@ -334,13 +381,30 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
     fit_dir.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg, bundle, fit_dir)
     module = fit(method, cfg, bundle, fit_dir)
-    result: dict = {"val": {}, "test": {}, "_frames": []}
-    for split in ("val", "test"):
+    result: dict = {"val": {}, "test": {}, "_frames": [], "_postprocess": None}
+    raw = {sp: predict_sequences(method, getattr(bundle, sp), bundle) for sp in ("val", "test") if getattr(bundle, sp)}
+    chains = None
+    if cfg.postprocess:
+        # The AVEC chain is searched on validation only, then applied unchanged to test.
+        from stew.postprocess import fit_chains
+
+        cols = [bundle.ds.targets.index(t) for t in bundle.targets]
+        chains, report = fit_chains(
+            raw["val"], [s.source.targets[:, cols] for s in bundle.val],
+            np.concatenate([s.source.targets[:, cols] for s in bundle.train]), bundle.targets, bundle.ds.step_rate_hz,
+        )
+        result["postprocess"] = {t: {**chains[t].to_json(), **report[t]} for t in bundle.targets}
+        result["_postprocess"] = chains
+    for split, preds in raw.items():
         seqs = getattr(bundle, split)
-        if seqs:
-            preds = predict_sequences(method, seqs, bundle)
-            result[split] = score(preds, seqs, bundle)
-            result["_frames"].append(predictions_frame(split, preds, seqs, bundle))
+        final = preds
+        if chains is not None:
+            from stew.postprocess import apply_chains
+
+            final = apply_chains(chains, preds, bundle.targets)
+            result[f"{split}_raw"] = score(preds, seqs, bundle)
+        result[split] = score(final, seqs, bundle)
+        result["_frames"].append(predictions_frame(split, final, seqs, bundle, raw=preds if chains else None))
     result["config"] = json.loads(cfg.model_dump_json())
     result["selection"] = {
         "key": module.selection, "best_epoch": module.best_epoch, "epochs_run": len(module.history),
@@ -360,7 +424,7 @@ def _write_run(result: dict, out: Path) -> None:
     from stew.deploy import save_model
 
     out.mkdir(parents=True, exist_ok=True)
-    save_model(result["_method"].student, result["_bundle"], result["_cfg"], out / "model")
+    save_model(result["_method"].student, result["_bundle"], result["_cfg"], out / "model", result["_postprocess"])
     pd.concat(result["_frames"], ignore_index=True).to_csv(out / "predictions.csv", index=False)
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     (out / "metrics.json").write_text(json.dumps(public, indent=2))

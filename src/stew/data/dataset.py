@@ -75,6 +75,26 @@ class Dataset:
         ]
         return replace(self, modalities={m: self.modalities[m] for m in names}, sequences=seqs)
 
+    def fuse(self, names: list[str]) -> Dataset:
+        """Add the early fusion of ``names`` as one modality named ``"+".join(names)``.
+
+        Features are concatenated; the fused step is present where any part is. A missing part is
+        NaN here and becomes its training mean at standardisation (0 after z-scoring), so one absent
+        face does not hide the voice at that step.
+        """
+        unknown = [m for m in names if m not in self.modalities]
+        if unknown or len(names) < 2:
+            raise ValueError(f"cannot fuse {names}: the data has {list(self.modalities)}")
+        name = "+".join(names)
+        seqs = []
+        for s in self.sequences:
+            parts = [np.where(s.masks[m][:, None], s.features[m], np.nan).astype(np.float32) for m in names]
+            present = np.logical_or.reduce([s.masks[m] for m in names])
+            seqs.append(replace(s, features={**s.features, name: np.concatenate(parts, 1)},
+                                masks={**s.masks, name: present}))
+        dims = {**self.modalities, name: sum(self.modalities[m] for m in names)}
+        return replace(self, modalities=dims, sequences=seqs)
+
     @property
     def n_outputs(self) -> int:
         """Width of the model output: one per regression target, 1 for binary, C for multiclass."""

@@ -9,6 +9,7 @@ sequence is one video.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,15 +36,19 @@ class Standardizer:
             x = np.concatenate([s.features[m][s.masks[m]] for s in seqs]).astype(np.float64)
             if len(x) == 0:
                 x = np.zeros((1, seqs[0].features[m].shape[1]))
-            mean[m] = x.mean(0).astype(np.float32)
-            sd = x.std(0)
+            # NaN marks a missing part of an early-fused modality (Dataset.fuse): skipped here.
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mu, sd = np.nanmean(x, 0), np.nanstd(x, 0)
+            mu, sd = np.nan_to_num(mu), np.nan_to_num(sd)
+            mean[m] = mu.astype(np.float32)
             # A constant feature would divide by zero; leave it centred instead of scaled.
             std[m] = np.where(sd > 1e-8, sd, 1.0).astype(np.float32)
         return cls(mean, std)
 
     def transform(self, m: str, x: np.ndarray, present: np.ndarray) -> np.ndarray:
         z = (x - self.mean[m]) / self.std[m]
-        return np.where(present[:, None], z, 0.0).astype(np.float32)
+        return np.where(present[:, None] & ~np.isnan(z), z, 0.0).astype(np.float32)
 
     def to_json(self) -> dict:
         return {m: {"mean": self.mean[m].tolist(), "std": self.std[m].tolist()} for m in self.mean}
@@ -119,26 +124,37 @@ def prepare(
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """Items are (sequence index, start, end) slices of prepared sequences."""
+    """Items are (sequence index, start, end) slices of prepared sequences.
 
-    def __init__(self, seqs: list[PreparedSequence], spans: list[tuple[int, int, int]]) -> None:
-        self.seqs, self.spans = seqs, spans
+    ``context`` = (L, R): inputs also carry the L steps before and R steps after each window (indices
+    clamped to the recording, i.e. edge frames repeat), for encoders that look around each step
+    (CER-MTL's feature images). Labels and ``mask`` cover the window itself only.
+    """
+
+    def __init__(
+        self, seqs: list[PreparedSequence], spans: list[tuple[int, int, int]], context: tuple[int, int] = (0, 0)
+    ) -> None:
+        self.seqs, self.spans, self.context = seqs, spans, context
 
     @classmethod
-    def for_training(cls, seqs: list[PreparedSequence], win: int | None, hop: int | None) -> WindowDataset:
+    def for_training(
+        cls, seqs: list[PreparedSequence], win: int | None, hop: int | None, context: tuple[int, int] = (0, 0)
+    ) -> WindowDataset:
         spans = []
         for i, s in enumerate(seqs):
             n = len(s.y)
             spans += [(i, a, min(a + win, n)) for a in window_starts(n, win, hop)] if win else [(i, 0, n)]
-        return cls(seqs, spans)
+        return cls(seqs, spans, context)
 
     @classmethod
-    def for_evaluation(cls, seqs: list[PreparedSequence], win: int | None) -> WindowDataset:
+    def for_evaluation(
+        cls, seqs: list[PreparedSequence], win: int | None, context: tuple[int, int] = (0, 0)
+    ) -> WindowDataset:
         spans = []
         for i, s in enumerate(seqs):
             n = len(s.y)
             spans += [(i, a, b) for a, b in eval_windows(n, win)] if win else [(i, 0, n)]
-        return cls(seqs, spans)
+        return cls(seqs, spans, context)
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -150,15 +166,21 @@ class WindowDataset(torch.utils.data.Dataset):
         """Pad to the longest item; ``mask`` is True on real steps, False on padding."""
         t_max = max(b - a for _, a, b in items)
         n = len(items)
+        left, right = self.context
         first = self.seqs[items[0][0]]
-        x = {m: torch.zeros(n, t_max, v.shape[1]) for m, v in first.x.items()}
+        x = {m: torch.zeros(n, left + t_max + right, v.shape[1]) for m, v in first.x.items()}
         present = {m: torch.zeros(n, t_max, dtype=torch.bool) for m in first.x}
         y = torch.zeros(n, t_max, first.y.shape[1])
         mask = torch.zeros(n, t_max, dtype=torch.bool)
         for j, (i, a, b) in enumerate(items):
             s, t = self.seqs[i], b - a
+            if left or right:
+                idx = torch.arange(a - left, b + right).clamp(0, len(s.y) - 1)
+                for m in x:
+                    x[m][j, : left + t + right] = s.x[m][idx]
             for m in x:
-                x[m][j, :t] = s.x[m][a:b]
+                if not (left or right):
+                    x[m][j, :t] = s.x[m][a:b]
                 present[m][j, :t] = s.present[m][a:b]
             y[j, :t] = s.y[a:b]
             mask[j, :t] = True
@@ -188,6 +210,12 @@ def loader(ds: WindowDataset, batch_size: int, shuffle: bool, seed: int = 0) -> 
     )
 
 
+def context_of(model: torch.nn.Module) -> tuple[int, int]:
+    """The input context (before, after) a model's deployable student reads around each step."""
+    student = getattr(model, "student", model)
+    return getattr(student, "context", (0, 0))
+
+
 @torch.no_grad()
 def predict_windows(
     model: torch.nn.Module, seqs: list[PreparedSequence], win: int | None, k_delay: int, batch_size: int = 64
@@ -200,7 +228,7 @@ def predict_windows(
         return []
     was_training = model.training
     model.eval()
-    wds = WindowDataset.for_evaluation(seqs, win)
+    wds = WindowDataset.for_evaluation(seqs, win, context_of(model))
     spans, outs = [], []
     for batch in loader(wds, batch_size, shuffle=False):
         spans.append(batch["spans"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stew.config import EMOBED_MODES
 from stew.errors import DataError
 
 if TYPE_CHECKING:
@@ -20,10 +21,11 @@ if TYPE_CHECKING:
 def required_modalities(cfg: TrainConfig) -> list[str]:
     """The modalities a method reads while training: the student's, plus the teacher's if any."""
     assert cfg.modality is not None
-    if cfg.method == "unimodal":
+    if cfg.method in ("unimodal", "cermtl"):
         return [cfg.modality]
     if cfg.teacher is None:
-        raise DataError(f"--method {cfg.method} needs --teacher (the stronger modality)")
+        role = "auxiliary" if cfg.method in EMOBED_MODES else "stronger"
+        raise DataError(f"--method {cfg.method} needs --teacher (the {role} modality)")
     if cfg.teacher == cfg.modality:
         raise DataError("--teacher must differ from --modality")
     return [cfg.modality, cfg.teacher]
@@ -61,6 +63,14 @@ def build_method(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Method:
         return build(cfg, bundle, run_dir)
     if cfg.method == "cmstew":
         from stew.methods.cmstew import build
+
+        return build(cfg, bundle, run_dir)
+    if cfg.method in EMOBED_MODES:
+        from stew.methods.emobed import build
+
+        return build(cfg, bundle, run_dir)
+    if cfg.method == "cermtl":
+        from stew.methods.cermtl import build
 
         return build(cfg, bundle, run_dir)
     raise DataError(f"unknown method {cfg.method!r}")

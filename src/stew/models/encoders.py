@@ -5,6 +5,8 @@
 - ``bigru-te``: the CM-StEW encoder of spec §6.3: Bi-GRU, time-distributed Dense(d_model), sinusoidal
   positions, post-norm transformer encoder layers with key-padding masks.
 - ``mlp``: a per-step MLP with tanh between layers (SEW's encoders, spec §5.3).
+- ``gru``: a stacked unidirectional GRU (EmoBed's modality-specific embedding nets, spec §1.4).
+- ``feature-image``: CER-MTL's framing and shared CNN (spec §2.2-2.3), see :class:`FeatureImageCNN`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-EncoderKind = Literal["identity", "bigru", "bigru-te", "mlp"]
+EncoderKind = Literal["identity", "bigru", "bigru-te", "mlp", "gru", "feature-image"]
 
 
 class EncoderSpec(BaseModel):
@@ -33,6 +35,17 @@ class EncoderSpec(BaseModel):
     te_layers: int = 2
     dropout: float = 0.3
     mlp_sizes: list[int] = []
+    # feature-image (CER-MTL): N columns taken every `image_stride` steps, Conv1d(filters, kernel), max-pool
+    image_steps: int = 20
+    image_stride: int = 10
+    filters: int = 25
+    kernel: int = 3
+    pool: int = 2
+
+    @property
+    def pooled_steps(self) -> int:
+        """Image columns left after the valid convolution and the max-pooling."""
+        return (self.image_steps - self.kernel + 1) // self.pool
 
     @property
     def out_dim(self) -> int:
@@ -42,7 +55,18 @@ class EncoderSpec(BaseModel):
             return 2 * (self.gru_units or self.d_in)
         if self.kind == "bigru-te":
             return self.d_model
+        if self.kind == "gru":
+            return self.gru_units or self.d_in
+        if self.kind == "feature-image":
+            return self.pooled_steps * self.filters
         return self.mlp_sizes[-1]
+
+    @property
+    def context(self) -> tuple[int, int]:
+        """Steps of input the encoder needs before and after each output step (0, 0 for most)."""
+        if self.kind != "feature-image":
+            return 0, 0
+        return (self.image_steps - 1) // 2 * self.image_stride, self.image_steps // 2 * self.image_stride
 
 
 class BiGRU(nn.Module):
@@ -112,6 +136,59 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class GRU(nn.Module):
+    """Stacked unidirectional GRU. Padding sits after the valid steps, so it cannot reach them."""
+
+    def __init__(self, d_in: int, units: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.gru = nn.GRU(d_in, units, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.gru(x)[0]
+
+
+class FeatureImageCNN(nn.Module):
+    """CER-MTL's feature image and shared CNN meta-feature extractor (emobed_cermtl spec §2.2-2.3).
+
+    For step l the image stacks the N feature vectors at l + t*j, j = -(N-1)//2 .. N//2 (t = stride),
+    a P x N image; a Conv1d over its N columns (P input channels, ``filters`` outputs, valid padding),
+    ReLU and max-pooling give ``pooled_steps`` x ``filters`` meta-features per step.
+
+    A kernel-k convolution over image columns spaced t apart is a convolution with dilation t over the
+    sequence itself, and every step's image shares those values with its neighbours' images. So the
+    convolution runs once over the sequence and each image's columns are gathered from its output:
+    the same numbers as convolving every image (tests/test_cermtl.py), about N times fewer FLOPs.
+
+    Input: x [B, L + T + R, P] with L, R = ``spec.context`` steps of surrounding context (the window
+    loader supplies them, clamped at the recording's edges), or x [B, T, P] (edges replicated here).
+    Output: [B, T, pooled_steps * filters].
+    """
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.conv = nn.Conv1d(spec.d_in, spec.filters, spec.kernel, dilation=spec.image_stride)
+        # Conv output column c of step l's image starts at its image column c, i.e. at g[l + c*t]
+        # (g indexed from the first context step, which is step l's first image column).
+        self.register_buffer(
+            "offsets", torch.arange(spec.image_steps - spec.kernel + 1) * spec.image_stride, persistent=False
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, steps = mask.shape
+        left, right = self.spec.context
+        if x.shape[1] == steps:
+            x = torch.cat([x[:, :1].expand(-1, left, -1), x, x[:, -1:].expand(-1, right, -1)], 1)
+        elif x.shape[1] != steps + left + right:
+            raise ValueError(f"feature-image input has {x.shape[1]} steps; expected {steps} or {steps + left + right}")
+        g = self.conv(x.transpose(1, 2))  # [B, F, L + T + R - (k-1)t]: column c of step l is g[l + offsets[c]]
+        idx = torch.arange(steps, device=x.device)[:, None] + self.offsets  # [T, C]
+        cols = torch.relu(g[:, :, idx])  # [B, F, T, C]
+        p = self.spec.pool
+        cols = cols[..., : self.spec.pooled_steps * p].reshape(b, self.spec.filters, steps, -1, p).amax(-1)
+        return cols.permute(0, 2, 3, 1).reshape(b, steps, -1)  # [B, T, C/p * F], column-major per step
+
+
 class Identity(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return x
@@ -124,4 +201,8 @@ def build_encoder(spec: EncoderSpec) -> nn.Module:
         return BiGRU(spec.d_in, spec.gru_units or spec.d_in, spec.gru_layers, spec.dropout)
     if spec.kind == "bigru-te":
         return BiGRUTransformer(spec)
+    if spec.kind == "gru":
+        return GRU(spec.d_in, spec.gru_units or spec.d_in, spec.gru_layers, spec.dropout)
+    if spec.kind == "feature-image":
+        return FeatureImageCNN(spec)
     return MLP(spec.d_in, spec.mlp_sizes)

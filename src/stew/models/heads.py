@@ -11,13 +11,17 @@ from torch import nn
 
 class HeadSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["classifier", "gru4", "linear"]
+    kind: Literal["classifier", "gru4", "linear", "gru", "task-gru"]
     d_in: int
     n_out: int
     hidden: int = 300
     dropout: float = 0.3
     gru_units: int = 120
     gru_layers: int = 4
+    # task-gru (CER-MTL): the encoder's per-step output is `seq_steps` x (d_in / seq_steps) meta-features
+    seq_steps: int = 1
+    task_units: int = 5
+    task_fc: int = 2
 
 
 class Classifier(nn.Module):
@@ -48,6 +52,35 @@ class SingleStepGRU(nn.Module):
         return self.out(z[:, 0]).reshape(b, t, -1)
 
 
+class GRUHead(nn.Module):
+    """EmoBed's shared back-end f: stacked GRU layers over the embeddings, then a linear output (spec §1.1)."""
+
+    def __init__(self, d_in: int, n_out: int, units: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.gru = nn.GRU(d_in, units, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.out = nn.Linear(units, n_out)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out(self.gru(h)[0])
+
+
+class TaskGRUHeads(nn.Module):
+    """CER-MTL's per-task heads (spec §2.3): for each task a GRU(5) over the image's pooled columns,
+    its last state, a fully connected layer of 2 units (ReLU [U]) and a linear output node."""
+
+    def __init__(self, d_in: int, n_out: int, seq_steps: int, units: int = 5, fc: int = 2) -> None:
+        super().__init__()
+        self.seq_steps, self.width = seq_steps, d_in // seq_steps
+        self.grus = nn.ModuleList(nn.GRU(self.width, units, batch_first=True) for _ in range(n_out))
+        self.fcs = nn.ModuleList(nn.Sequential(nn.Linear(units, fc), nn.ReLU(), nn.Linear(fc, 1)) for _ in range(n_out))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, _ = h.shape
+        cols = h.reshape(b * t, self.seq_steps, self.width)
+        outs = [fc(gru(cols)[1][-1]) for gru, fc in zip(self.grus, self.fcs, strict=True)]
+        return torch.cat(outs, -1).reshape(b, t, -1)
+
+
 class LinearHead(nn.Linear):
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(h)
@@ -58,4 +91,8 @@ def build_head(spec: HeadSpec) -> nn.Module:
         return Classifier(spec.d_in, spec.n_out, spec.hidden, spec.dropout)
     if spec.kind == "gru4":
         return SingleStepGRU(spec.d_in, spec.n_out, spec.gru_units, spec.gru_layers)
+    if spec.kind == "gru":
+        return GRUHead(spec.d_in, spec.n_out, spec.gru_units, spec.gru_layers, spec.dropout)
+    if spec.kind == "task-gru":
+        return TaskGRUHeads(spec.d_in, spec.n_out, spec.seq_steps, spec.task_units, spec.task_fc)
     return LinearHead(spec.d_in, spec.n_out)

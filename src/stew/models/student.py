@@ -31,6 +31,11 @@ class SingleModalityModel(nn.Module):
         self.encoder = build_encoder(spec.encoder)
         self.head = build_head(spec.head)
 
+    @property
+    def context(self) -> tuple[int, int]:
+        """Steps of context the encoder reads before and after each predicted step."""
+        return self.spec.encoder.context
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Pre-activation outputs [B, T, n_out]."""
         return self.head(self.encoder(x, mask), mask)
