@@ -70,6 +70,8 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
         unknown = [t for t in cfg.targets if t not in ds.targets]
         if unknown or not cfg.targets or len(set(cfg.targets)) != len(cfg.targets):
             raise DataError(f"--targets {','.join(cfg.targets)}: choose distinct targets among {ds.targets}")
+    if cfg.ablation and cfg.method not in ("sew", "cmstew"):
+        raise DataError(f"--ablation applies to sew and cmstew only, not --method {cfg.method}")
     if cfg.modality is None:
         if len(mods) != 1:
             raise DataError(f"choose --modality among {mods}")

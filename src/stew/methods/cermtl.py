@@ -78,8 +78,6 @@ def student_spec(cfg: TrainConfig, bundle: Bundle) -> StudentSpec:
 
 
 def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> CERMTL:
-    if cfg.ablation:
-        raise DataError("--ablation does not apply to --method cermtl")
     m = len(bundle.targets) if bundle.task == "regression" else 1
     weights = cfg.cermtl.task_weights or [1.0 / m] * m
     if len(weights) != m:

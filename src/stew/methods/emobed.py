@@ -15,8 +15,9 @@ and a **shared** back-end f predicts from either embedding (§1.1):
 
 ``--method joint`` keeps alpha only, ``--method triplet`` beta only, ``--method emobed`` all three.
 With ``pairing: unpaired`` the auxiliary batch is drawn independently of the target batch (§1.3), so
-corpora holding only one of the two modalities can be mixed; each modality's terms count only the
-steps where that modality is present. After training f_X is discarded: f_T + f are the ``student``.
+corpora holding only one of the two modalities can be mixed; each modality's terms then count only
+the steps where that modality is present. The triplet loss always skips steps whose input is missing.
+After training f_X is discarded: f_T + f are the ``student``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ class EmoBed(Method):
         task = self.student.spec.task
         valid_t = batch["mask"] & batch["present"][self.target]
         e_t = self.target_encoder(batch["x"][self.target], batch["mask"])
-        target_loss = prediction_loss(self.shared_backend(e_t, batch["mask"]), batch["y"], valid_t, task,
+        # Paired, the target loss covers every step like the classic monomodal system's (alpha = beta = 0
+        # gives exactly that system); unpaired, a corpus without the target modality adds nothing to it.
+        target_mask = valid_t if self.aux_pool is not None else batch["mask"]
+        target_loss = prediction_loss(self.shared_backend(e_t, batch["mask"]), batch["y"], target_mask, task,
                                       self.loss_name)
         loss, parts = target_loss, {"prediction": target_loss.detach()}
         if not (self.alpha or self.beta):
@@ -123,8 +127,6 @@ class EmoBed(Method):
 def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> EmoBed:
     from stew.training import student_spec
 
-    if cfg.ablation:
-        raise DataError(f"--ablation does not apply to --method {cfg.method}; use joint or triplet")
     e = cfg.emobed
     use_aux, use_triplet, use_l2 = MODES[cfg.method]
     student = student_spec(cfg, bundle.ds, cfg.modality, arch="gru")

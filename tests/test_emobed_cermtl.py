@@ -1,0 +1,262 @@
+"""EmoBed and CER-MTL: the parts, the methods through the shared trainer, export and predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from stew.cli import app
+from stew.config import TrainConfig
+from stew.data.dataset import Dataset
+from stew.data.native import write_native
+from stew.data.preprocess import Standardizer, WindowDataset, prepare
+from stew.deploy import load_model, predict_dataset
+from stew.methods.emobed import EmoBed
+from stew.models.encoders import EncoderSpec, FeatureImageCNN
+from stew.training import fuse_inputs, run
+from tests.conftest import FAST, tiny_frames, tiny_utterances
+
+EMO = {"emobed": {"units": 8}}
+runner = CliRunner()
+
+
+# --------------------------------------------------------------------------------------------------
+# CER-MTL's feature images
+
+
+def naive_feature_images(x: torch.Tensor, conv: torch.nn.Conv1d, spec: EncoderSpec) -> torch.Tensor:
+    """Build every step's P x N image explicitly (edges clamped) and convolve each image on its own."""
+    b, steps, _ = x.shape
+    n, t = spec.image_steps, spec.image_stride
+    offsets = torch.arange(n) * t - (n - 1) // 2 * t
+    idx = (torch.arange(steps)[:, None] + offsets).clamp(0, steps - 1)  # [T, N]
+    images = x[:, idx]  # [B, T, N, P]
+    w = torch.nn.Conv1d(spec.d_in, spec.filters, spec.kernel)  # the same weights, no dilation
+    w.weight.data, w.bias.data = conv.weight.data, conv.bias.data
+    g = torch.relu(w(images.reshape(b * steps, n, -1).transpose(1, 2)))  # [B*T, F, N-k+1]
+    g = torch.nn.functional.max_pool1d(g, spec.pool)  # [B*T, F, pooled]
+    return g.transpose(1, 2).reshape(b, steps, -1)
+
+
+@pytest.mark.parametrize("n,t", [(20, 10), (7, 3), (6, 1)])
+def test_feature_image_cnn_equals_convolving_every_image(n, t):
+    torch.manual_seed(0)
+    spec = EncoderSpec(kind="feature-image", d_in=5, image_steps=n, image_stride=t, filters=4)
+    enc = FeatureImageCNN(spec)
+    x = torch.randn(2, 40, 5)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    out = enc(x, mask)  # edges replicated inside the encoder
+    assert out.shape == (2, 40, spec.out_dim)
+    torch.testing.assert_close(out, naive_feature_images(x, enc.conv, spec), rtol=1e-5, atol=1e-5)
+
+
+def test_window_context_gives_the_same_outputs_as_the_whole_recording():
+    """Windows carry L/R context from the recording, so a window's features equal the whole-sequence ones."""
+    ds = tiny_frames()
+    seqs = prepare(ds.split("train"), ["a"], [0], Standardizer.fit(ds.split("train"), ["a"]), 0)
+    spec = EncoderSpec(kind="feature-image", d_in=4, image_steps=8, image_stride=3, filters=3)
+    enc = FeatureImageCNN(spec)
+    whole = enc(seqs[0].x["a"][None], torch.ones(1, len(seqs[0].y), dtype=torch.bool))[0]
+    wds = WindowDataset.for_evaluation(seqs[:1], 25, spec.context)
+    batch = wds.collate([wds[i] for i in range(len(wds))])
+    assert batch["x"]["a"].shape[1] == 25 + sum(spec.context)
+    parts = enc(batch["x"]["a"], batch["mask"])
+    for (_, a, b), o in zip(batch["spans"].tolist(), parts, strict=True):
+        torch.testing.assert_close(o[: b - a], whole[a:b])
+
+
+# --------------------------------------------------------------------------------------------------
+# Early fusion
+
+
+def test_fusion_keeps_a_present_part_when_another_is_missing():
+    ds = tiny_frames()
+    fused = ds.fuse(["a", "b"])
+    s = fused.sequences[0]
+    assert fused.modalities["a+b"] == 9
+    assert s.masks["a+b"].all()  # 'a' is always present, 'b' is missing on steps 10-19
+    assert np.isnan(s.features["a+b"][10:20, 4:]).all() and not np.isnan(s.features["a+b"][10:20, :4]).any()
+    scaler = Standardizer.fit(fused.split("train"), ["a+b"])
+    z = scaler.transform("a+b", s.features["a+b"], s.masks["a+b"])
+    assert np.isfinite(z).all() and (z[10:20, 4:] == 0).all() and (z[10:20, :4] != 0).any()
+    cfg, _ = fuse_inputs(TrainConfig(data="x", modality="all"), ds)
+    assert cfg.modality == "a+b"
+
+
+# --------------------------------------------------------------------------------------------------
+# CER-MTL through the trainer
+
+
+CER = {**FAST, "method": "cermtl", "cermtl": {"image_steps": 6, "image_stride_s": 0.08}}
+
+
+def test_cermtl_multitask_keys_weights_and_export(tmp_path):
+    ds = tiny_frames()
+    ds.targets, ds.sequences = ["arousal", "valence"], [
+        s.__class__(**{**s.__dict__, "targets": np.concatenate([s.targets, -s.targets], 1)}) for s in ds.sequences
+    ]
+    data = write_native(ds, tmp_path / "two")
+    r = run(TrainConfig(data=data, **CER, modality="all", targets=["arousal", "valence"], out=tmp_path / "run"))
+    assert r["config"]["loss"] == "ccc"  # CER-MTL's default loss
+    assert r["method"]["task_weights"] == [0.5, 0.5]
+    for key in ("ccc_arousal", "pcc_arousal", "ccc_valence", "pcc_valence", "ccc_mean"):
+        assert key in r["val"] and key in r["test"]
+    model, meta = load_model(tmp_path / "run" / "model")
+    assert meta["inputs"] == ["a", "b"] and meta["modality"] == "a+b"
+    assert len(model.head.grus) == 2  # one GRU head per task
+    # predict rebuilds the fused input from the separate modalities and matches the run's predictions.
+    pred = predict_dataset(tmp_path / "run" / "model", data)
+    ref = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    merged = ref.merge(pred, on=["sequence", "step"], suffixes=("", "_p"))
+    np.testing.assert_allclose(merged["pred_valence"], merged["pred_valence_p"], atol=1e-5)
+
+
+def test_cermtl_weights_must_match_the_targets(tmp_path):
+    with pytest.raises(Exception, match="task_weights"):
+        run(TrainConfig(data="x", **{**CER, "cermtl": {**CER["cermtl"], "task_weights": [1, 2]}}, modality="a"),
+            tiny_frames())
+
+
+def test_cermtl_single_task_and_weighted_loss():
+    cfg = TrainConfig(data="x", **CER, modality="a", loss="pcc")
+    r = run(cfg, tiny_frames())
+    assert set(r["val"]) >= {"ccc", "pcc"} and r["config"]["loss"] == "pcc"
+
+
+# --------------------------------------------------------------------------------------------------
+# EmoBed through the trainer
+
+
+@pytest.mark.parametrize("method,alpha,beta,l2", [("joint", 0.5, 0.0, 0.0), ("triplet", 0.0, 1.0, 0.0),
+                                                  ("emobed", 0.5, 1.0, 1e-4)])
+def test_emobed_modes_switch_the_right_terms(method, alpha, beta, l2, tmp_path):
+    r = run(TrainConfig(data="x", **FAST, **EMO, method=method, modality="b", teacher="a", out=tmp_path / method),
+            tiny_frames())
+    assert (r["method"]["alpha"], r["method"]["beta"], r["method"]["l2"]) == (alpha, beta, l2)
+    logs = pd.read_csv(next((tmp_path / method / "logs").rglob("metrics.csv")))
+    assert ("train_auxiliary" in logs) == bool(alpha)
+    assert ("train_triplet" in logs) == bool(beta)
+    assert ("train_l2" in logs) == bool(l2)
+    assert r["config"]["label_delay_s"] == 2.4  # spec §1.4
+
+
+@pytest.mark.parametrize("method,lr", [("emobed", 1e-3), ("triplet", 1e-3), ("cermtl", 5e-5), ("unimodal", 1e-5)])
+def test_paper_learning_rates_are_the_defaults(method, lr):
+    from stew.training import resolve
+
+    teacher = "a" if method in ("emobed", "triplet") else None
+    assert resolve(TrainConfig(data="x", method=method, modality="b", teacher=teacher), tiny_frames()).lr == lr
+
+
+def test_emobed_keeps_only_the_target_path(tmp_path):
+    run(TrainConfig(data="x", **FAST, **EMO, method="emobed", modality="b", teacher="a", out=tmp_path / "r"),
+        tiny_frames())
+    model, meta = load_model(tmp_path / "r" / "model")
+    assert meta["modality"] == "b" and meta["provenance"]["teacher"] == "a"
+    assert all(k.startswith(("encoder.", "head.")) for k in model.state_dict())
+    # The deployed model needs only the target modality.
+    only_b = tiny_frames().select_modalities(["b"])
+    assert len(predict_dataset(tmp_path / "r" / "model", only_b)) == only_b.n_steps()
+
+
+def test_emobed_with_the_auxiliary_terms_off_is_the_classic_monomodal_system():
+    """alpha = beta = 0: the same network and the same loss as ``--method unimodal --arch gru`` (spec §1.1)."""
+    from stew.methods import build_method, required_modalities
+    from stew.training import make_bundle, resolve
+
+    ds = tiny_frames()
+    off = {"emobed": {"units": 8, "alpha": 0.0, "beta": 0.0}}
+    methods, batches = [], []
+    for kw in ({"method": "joint", "teacher": "a"}, {"method": "unimodal", "arch": "gru", "label_delay_s": 2.4}):
+        cfg = resolve(TrainConfig(data="x", **FAST, **off, modality="b", **kw), ds)
+        bundle = make_bundle(cfg, ds, required_modalities(cfg))
+        methods.append(build_method(cfg, bundle, Path(".")).eval())
+        wds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop)
+        batches.append(wds.collate(wds.spans[:6]))
+    emobed, classic = methods
+    assert emobed.student.spec == classic.student.spec
+    classic.student.load_state_dict(emobed.student.state_dict())
+    a, parts = emobed.training_loss(batches[0])
+    b, _ = classic.training_loss(batches[1])
+    assert set(parts) == {"prediction"}
+    torch.testing.assert_close(a, b)
+
+
+def test_emobed_binary_triplet_uses_class_labels():
+    r = run(TrainConfig(data="x", **FAST, **EMO, method="triplet", modality="audio", teacher="text"),
+            tiny_utterances())
+    assert "f1_weighted" in r["val"]
+
+
+def mixed_corpus() -> Dataset:
+    """Half of the training recordings have only 'a', the other half only 'b' (two single-modality corpora)."""
+    ds = tiny_frames(n_per_split=4)
+    seqs = []
+    for i, s in enumerate(ds.sequences):
+        if s.split == "train":
+            gone = "a" if i % 2 else "b"
+            s = s.__class__(**{**s.__dict__, "masks": {**s.masks, gone: np.zeros(len(s), bool)},
+                               "features": {**s.features, gone: np.zeros_like(s.features[gone])}})
+        seqs.append(s)
+    return ds.replace_sequences(seqs)
+
+
+def test_unpaired_batches_draw_auxiliary_windows_independently():
+    ds = mixed_corpus()
+    cfg = TrainConfig(data="x", **FAST, emobed={"units": 8, "pairing": "unpaired"}, method="emobed",
+                      modality="b", teacher="a")
+    from stew.methods import build_method, required_modalities
+    from stew.training import make_bundle, resolve
+
+    cfg = resolve(cfg, ds)
+    bundle = make_bundle(cfg, ds, required_modalities(cfg))
+    method = build_method(cfg, bundle, Path("."))
+    assert isinstance(method, EmoBed) and method.aux_pool is not None
+    # Only windows where the auxiliary modality exists are drawn.
+    assert all(bool(method.aux_pool.seqs[i].present["a"][a:b].any()) for i, a, b in method.aux_pool.spans)
+    batch = method.aux_pool.collate(method.aux_pool.spans[:4])
+    aux = method._aux_batch(batch)
+    assert not torch.equal(aux["spans"], batch["spans"])
+    loss, parts = method.training_loss(batch)
+    assert torch.isfinite(loss) and {"auxiliary", "triplet"} <= set(parts)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in method.parameters() if p.grad is not None)
+    # The whole run trains on the mixed corpus.
+    r = run(cfg.model_copy(update={"modality": "b"}), ds)
+    assert np.isfinite(r["val"]["ccc"])
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_trains_emobed_and_cermtl(frames_dir, tmp_path):
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text(json.dumps({**FAST, **EMO, "cermtl": {"image_steps": 6, "image_stride_s": 0.08}}))
+    r = runner.invoke(app, ["train", "--data", str(frames_dir), "--method", "emobed", "--modality", "b",
+                            "--teacher", "a", "--config", str(cfg), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "e" / "metrics.json").is_file() and (tmp_path / "e" / "predictions.csv").is_file()
+    r = runner.invoke(app, ["train", "--data", str(frames_dir), "--method", "cermtl", "--modality", "all",
+                            "--loss", "mse", "--targets", "y", "--config", str(cfg), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["config"]["loss"] == "mse"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "emobed", "--modality", "b"], "needs --teacher"),
+    (["--method", "cermtl", "--modality", "a", "--targets", "nope"], "--targets"),
+    (["--method", "cermtl", "--modality", "a+zz"], "cannot fuse"),
+    (["--method", "joint", "--modality", "b", "--teacher", "a", "--ablation", "-LFA"], "ablation"),
+])
+def test_cli_errors_are_one_line(frames_dir, tmp_path, args, message):
+    r = runner.invoke(app, ["train", "--data", str(frames_dir), *args, "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2
+    assert message in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
