@@ -1,8 +1,7 @@
 """Acceptance figures of the EmoBed / CER-MTL issue: run every job in parallel, then print the tables.
 
-    python benchmarks/emobed_cermtl.py run --part synth-emobed --data DIR --out runs/bench --workers 14
-    python benchmarks/emobed_cermtl.py run --part mosi-emobed --data ../shared/data/cmu-mosi-utterance ...
-    python benchmarks/emobed_cermtl.py run --part synth-cermtl --data DIR ...
+    python benchmarks/emobed_cermtl.py run --part synth-emobed=DIR --part mosi-emobed=MOSI_DIR \
+        --part synth-cermtl=DIR --out runs/bench --workers 14
     python benchmarks/emobed_cermtl.py table --out runs/bench
 
 Parts:
@@ -40,9 +39,9 @@ SYSTEMS = {
     "triplet": {"method": "triplet"},
     "emobed": {"method": "emobed"},
 }
-MOSI = {"threads": 1, "progress": False, "val_groups": 10, "lr": 1e-4, "batch_size": 32, "max_epochs": 400,
-        "patience": 60}
-CERMTL = {"threads": 1, "progress": False, "label_delay_s": 2.4, "lr": 5e-4, "max_epochs": 12, "patience": 4,
+MOSI = {"threads": 1, "progress": False, "val_groups": 10, "lr": 1e-4, "batch_size": 32, "max_epochs": 200,
+        "patience": 40}
+CERMTL = {"threads": 1, "progress": False, "label_delay_s": 2.4, "lr": 5e-4, "max_epochs": 10, "patience": 3,
           "method": "cermtl"}
 CERMTL_INPUTS = ["all", "audio", "video_app", "video_geo"]
 
@@ -89,9 +88,11 @@ def run_job(cfg: dict) -> tuple[str, float]:
     return cfg["out"], time.time() - t0
 
 
-def run_part(part: str, data: Path, out: Path, workers: int) -> None:
-    todo = [j for j in jobs(part, data, out) if not (Path(j["out"]) / "metrics.json").is_file()]
-    print(f"{part}: {len(todo)} runs to do", flush=True)
+def run_parts(parts: list[tuple[str, Path]], out: Path, workers: int) -> None:
+    """All runs of all parts in one pool of ``workers`` processes (longest parts first)."""
+    todo = [j for part, data in parts for j in jobs(part, data, out)
+            if not (Path(j["out"]) / "metrics.json").is_file()]
+    print(f"{len(todo)} runs to do", flush=True)
     t0 = time.time()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(run_job, j) for j in todo]
@@ -188,14 +189,13 @@ def tables(out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["run", "table"])
-    ap.add_argument("--part", action="append", default=[])
-    ap.add_argument("--data", type=Path)
+    ap.add_argument("--part", action="append", default=[], help="PART=DATA_DIR (repeatable)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     a = ap.parse_args()
     if a.what == "run":
-        for part in a.part:
-            run_part(part, a.data.resolve(), a.out.resolve(), a.workers)
+        parts = [(p.split("=", 1)[0], Path(p.split("=", 1)[1]).resolve()) for p in a.part]
+        run_parts(parts, a.out.resolve(), a.workers)
     else:
         tables(a.out)
 

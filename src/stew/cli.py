@@ -209,5 +209,59 @@ def demo(
     run_demo(out, seed, console)
 
 
+class CompareTail(StrEnum):
+    two = "two"
+    greater = "greater"
+    less = "less"
+
+
+def _split_vs(tokens: list[str]) -> tuple[list[Path], list[Path]]:
+    """``A1 A2 --vs B1 B2`` (or ``--vs B1 --vs B2``, ``--vs=B1``) -> the runs before and after the first --vs."""
+    a: list[Path] = []
+    b: list[Path] = []
+    seen = False
+    for tok in tokens:
+        if tok == "--vs":
+            seen = True
+        elif tok.startswith("--vs="):
+            seen = True
+            b.append(Path(tok[len("--vs="):]))
+        elif tok.startswith("-") and tok != "-":
+            raise DataError(f"unknown option {tok!r} (see stew compare --help)")
+        else:
+            (b if seen else a).append(Path(tok))
+    if not seen or not b:
+        raise DataError("give the second set of runs after --vs: stew compare RUN_A... --vs RUN_B...")
+    if not a:
+        raise DataError("give the first set of runs before --vs: stew compare RUN_A... --vs RUN_B...")
+    return a, b
+
+
+@app.command("compare", context_settings={"ignore_unknown_options": True})
+@cli_errors
+def compare_cmd(
+    runs: Annotated[
+        list[str],
+        typer.Argument(metavar="RUN_A... --vs RUN_B...", show_default=False,
+                       help="run folders of set A, then --vs and the run folders of set B"),
+    ],
+    split: Annotated[str | None, typer.Option(help="val or test; default test if every run has one")] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="metric key(s), comma-separated; default each ccc key / acc")
+    ] = None,
+    tail: Annotated[CompareTail, typer.Option(help="two, greater (A > B) or less (A < B)")] = CompareTail.two,
+    out: Annotated[Path | None, typer.Option(help="write the results as JSON")] = None,
+) -> None:
+    """Significance of A against B: run for run (Fisher r-to-z / two-proportion z) and over seeds (t-test)."""
+    from stew.compare import compare, render, write_json
+
+    runs_a, runs_b = _split_vs(runs)
+    res = compare(runs_a, runs_b, split=split, metric=metric, tail=tail.value)
+    render(res, console)
+    if out is not None:
+        write_json(res, out)
+        console.print(f"results -> {out}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

@@ -101,7 +101,7 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
     inputs = meta.get("inputs", [m])
     missing = [p for p in inputs if p not in ds.modalities]
     if m not in ds.modalities and missing:
-        raise DataError(f"the model needs modality {', '.join(missing)}; the data has {list(ds.modalities)}",
+        raise DataError(f"the model needs modality {', '.join(map(repr, missing))}; the data has {list(ds.modalities)}",
                         file=where)
     if m not in ds.modalities:
         ds = ds.fuse(inputs)

@@ -388,3 +388,45 @@ def task_metrics(
         raise ValueError(f"unknown task {task!r}")
     out["n"] = n
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Significance of two accuracies
+
+
+def _normal_p(z: float, tail: Tail) -> float:
+    """p-value of a standard-normal statistic ``z`` for ``tail`` (as in :func:`fisher_r_to_z`)."""
+    if tail == "two":
+        return float(2.0 * stats.norm.sf(abs(z)))
+    if tail in ("greater", "one"):
+        return float(stats.norm.sf(z))
+    if tail == "less":
+        return float(stats.norm.cdf(z))
+    raise ValueError(f"tail must be 'two', 'greater', 'less' or 'one', not {tail!r}")
+
+
+def two_proportion_ztest(acc1: float, n1: int, acc2: float, n2: int, tail: Tail = "two") -> tuple[float, float]:
+    """z-test of two accuracies from independent samples, pooled variance (emobed_cermtl §1.5).
+
+    ``acc1``, ``acc2`` are fractions in ``[0, 1]`` of ``n1``, ``n2`` trials.
+    ``z = (acc1 − acc2) / sqrt(p̂(1 − p̂)(1/n1 + 1/n2))`` with the pooled ``p̂ = (acc1·n1 + acc2·n2) / (n1 + n2)``
+    (statsmodels' ``proportions_ztest``). ``tail`` as in :func:`fisher_r_to_z`; the papers' test is
+    one-tailed. Returns ``(nan, nan)`` when a sample is empty or the pooled variance is 0 (both
+    accuracies 0 or both 1).
+    """
+    if tail not in ("two", "greater", "less", "one"):
+        raise ValueError(f"tail must be 'two', 'greater', 'less' or 'one', not {tail!r}")
+    for a in (acc1, acc2):
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"accuracies must be fractions in [0, 1], got {a!r}")
+    if n1 < 1 or n2 < 1:
+        return math.nan, math.nan
+    pooled = (acc1 * n1 + acc2 * n2) / (n1 + n2)
+    var = pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)
+    if var <= 0.0:
+        return math.nan, math.nan
+    z = (acc1 - acc2) / math.sqrt(var)
+    return float(z), _normal_p(z, tail)
+
+
+__all__ += ["two_proportion_ztest"]
