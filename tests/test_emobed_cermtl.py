@@ -260,3 +260,29 @@ def test_cli_errors_are_one_line(frames_dir, tmp_path, args, message):
     assert r.exit_code == 2
     assert message in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# AVEC post-processing through the trainer and predict
+
+
+def test_postprocess_is_searched_on_validation_saved_and_applied_by_predict(frames_dir, tmp_path):
+    out = tmp_path / "pp"
+    r = run(TrainConfig(data=frames_dir, **FAST, method="unimodal", arch="classifier", modality="a",
+                        postprocess=True, out=out))
+    chain = r["postprocess"]["y"]
+    assert chain["gain"] >= 0 and r["val"]["ccc"] == pytest.approx(r["val_raw"]["ccc"] + chain["gain"], abs=1e-6)
+    assert "ccc" in r["test_raw"] and "ccc" in r["test"]
+    preds = pd.read_csv(out / "predictions.csv")
+    assert {"pred_y", "raw_y"} <= set(preds.columns)
+    meta = json.loads((out / "model" / "model.json").read_text())
+    assert meta["postprocess"]["y"]["median_frames"] == chain["median_frames"]
+    deployed = predict_dataset(out / "model", frames_dir)
+    merged = preds.merge(deployed, on=["sequence", "step"], suffixes=("", "_p"))
+    np.testing.assert_allclose(merged["pred_y"], merged["pred_y_p"], atol=1e-5)
+
+
+def test_postprocess_needs_continuous_data(utt_dir, tmp_path):
+    r = runner.invoke(app, ["train", "--data", str(utt_dir), "--modality", "audio", "--postprocess",
+                            "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--postprocess" in r.output and not (tmp_path / "x").exists()
