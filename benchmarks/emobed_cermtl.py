@@ -130,16 +130,17 @@ def tables(out: Path) -> None:
     root = out / "synth-emobed"
     if root.is_dir():
         print("\n### EmoBed on synthetic RECOLA (CCC, mean ± std over seeds; p: paired t-test vs classic, val)\n")
-        print("| target, weaker (+aux) | system | val CCC | test CCC | p vs classic | val CCC post-processed |"
-              " test CCC post-processed |")
+        print("| target, weaker (+aux) | system | val CCC | test CCC | p vs classic (val / test) |"
+              " val CCC post-processed | test CCC post-processed |")
         print("|---|---|---|---|---|---|---|")
         for target, (weak, aux) in SYNTH_PAIRS.items():
-            base = [r["val_raw"]["ccc"] for r in _load(root / target / "classic")]
+            base = _load(root / target / "classic")
             for name in SYSTEMS:
                 runs = _load(root / target / name)
-                val = [r["val_raw"]["ccc"] for r in runs]
-                print(f"| {target}, {weak} (+{aux}) | {name} | {_ms(val)} | "
-                      f"{_ms([r['test_raw']['ccc'] for r in runs])} | {'' if name == 'classic' else _p(val, base)} | "
+                val, test = [r["val_raw"]["ccc"] for r in runs], [r["test_raw"]["ccc"] for r in runs]
+                p_val = _p(val, [r["val_raw"]["ccc"] for r in base])
+                p = "" if name == "classic" else f"{p_val} / {_p(test, [r['test_raw']['ccc'] for r in base])}"
+                print(f"| {target}, {weak} (+{aux}) | {name} | {_ms(val)} | {_ms(test)} | {p} | "
                       f"{_ms([r['val']['ccc'] for r in runs])} | {_ms([r['test']['ccc'] for r in runs])} |")
         print("\nPost-processing chains chosen on validation (seed 0):")
         for target in SYNTH_PAIRS:
