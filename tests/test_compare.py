@@ -15,6 +15,7 @@ from stew.cli import app
 from stew.compare import compare, load_run
 from stew.errors import DataError
 from tests.conftest import FAST
+from tests.test_cli import one_line_error
 
 runner = CliRunner()
 
@@ -198,13 +199,6 @@ def test_mismatches_and_bad_folders(tmp_path):
 
 # --------------------------------------------------------------------------------------------------
 # The command line
-
-
-def one_line_error(res):
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
-    return lines[0]
 
 
 def test_cli_literal_vs_form_and_json_out(tmp_path):
