@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from stew import metrics
-from stew.config import TrainConfig
+from stew.config import EMOBED_MODES, TrainConfig
 from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
 from stew.data.preprocess import (
@@ -60,8 +60,6 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
     """Fill the data-dependent defaults and check names against the dataset."""
-    from stew.config import EMOBED_MODES
-
     upd: dict = {}
     mods = list(ds.modalities)
     if cfg.targets is not None:
@@ -182,6 +180,11 @@ class Bundle:
     def task(self) -> str:
         return self.ds.task
 
+    @property
+    def target_cols(self) -> list[int]:
+        """Columns of ``ds.targets`` this run predicts, in ``targets`` order."""
+        return [self.ds.targets.index(t) for t in self.targets]
+
 
 def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
     for sp in ("train", "val"):
@@ -208,7 +211,7 @@ def predict_sequences(method: Method, seqs: list[PreparedSequence], bundle: Bund
 
 
 def score(preds: list[np.ndarray], seqs: list[PreparedSequence], bundle: Bundle) -> dict[str, float]:
-    cols = [bundle.ds.targets.index(t) for t in bundle.targets]
+    cols = bundle.target_cols
     y = np.concatenate([s.source.targets[:, cols] for s in seqs])
     ids = np.concatenate([[i] * len(s.y) for i, s in enumerate(seqs)])
     return metrics.task_metrics(bundle.task, bundle.targets, y, np.concatenate(preds), sequence_ids=ids)
@@ -219,7 +222,7 @@ def predictions_frame(
     raw: list[np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One row per step; with post-processing, ``pred_<t>`` is post-processed and ``raw_<t>`` is not."""
-    cols = [bundle.ds.targets.index(t) for t in bundle.targets]
+    cols = bundle.target_cols
     rows = []
     for k, (p, s) in enumerate(zip(preds, seqs, strict=True)):
         src = s.source
@@ -388,9 +391,9 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
     chains = None
     if cfg.postprocess:
         # The AVEC chain is searched on validation only, then applied unchanged to test.
-        from stew.postprocess import fit_chains
+        from stew.postprocess import apply_chains, fit_chains
 
-        cols = [bundle.ds.targets.index(t) for t in bundle.targets]
+        cols = bundle.target_cols
         chains, report = fit_chains(
             raw["val"], [s.source.targets[:, cols] for s in bundle.val],
             np.concatenate([s.source.targets[:, cols] for s in bundle.train]), bundle.targets, bundle.ds.step_rate_hz,
@@ -401,8 +404,6 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
         seqs = getattr(bundle, split)
         final = preds
         if chains is not None:
-            from stew.postprocess import apply_chains
-
             final = apply_chains(chains, preds, bundle.targets)
             result[f"{split}_raw"] = score(preds, seqs, bundle)
         result[split] = score(final, seqs, bundle)

@@ -174,13 +174,10 @@ class WindowDataset(torch.utils.data.Dataset):
         mask = torch.zeros(n, t_max, dtype=torch.bool)
         for j, (i, a, b) in enumerate(items):
             s, t = self.seqs[i], b - a
-            if left or right:
-                idx = torch.arange(a - left, b + right).clamp(0, len(s.y) - 1)
-                for m in x:
-                    x[m][j, : left + t + right] = s.x[m][idx]
+            # With context, gather around the window (edge frames repeat); without, a plain slice.
+            rows = torch.arange(a - left, b + right).clamp(0, len(s.y) - 1) if left or right else slice(a, b)
             for m in x:
-                if not (left or right):
-                    x[m][j, :t] = s.x[m][a:b]
+                x[m][j, : left + t + right] = s.x[m][rows]
                 present[m][j, :t] = s.present[m][a:b]
             y[j, :t] = s.y[a:b]
             mask[j, :t] = True
