@@ -1,0 +1,409 @@
+"""``stew reproduce``: run a whole paper protocol into a resumable run store.
+
+Every run of a protocol (group x seed, plus the first seed's validation-grid candidates) gets a
+deterministic key. Finished runs are recorded in ``OUT/store.sqlite``; a later invocation skips them
+and resumes unfinished ones from their last checkpoint. Runs execute in ``--workers`` processes with
+``cores // workers`` threads each, so a 2-core machine is never oversubscribed.
+
+Dependencies are resolved as results arrive:
+- a CM-StEW run waits for its stage-1 teacher (the ``teacher_run`` group's run of the same seed);
+- with an open validation grid (CM-StEW's alpha and beta), the first seed trains one run per grid
+  point; the best on validation fixes the values for the other seeds (the test split plays no part).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from stew.config import TrainConfig
+from stew.errors import DataError
+from stew.protocols import Protocol
+from stew.store import RunStore, data_fingerprint, run_key
+
+JOB_FILE = "stew-job.json"
+
+
+@dataclass
+class Job:
+    name: str
+    group: str
+    seed: int
+    candidate: str | None
+    cfg: TrainConfig
+    key: str
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, cores() // max(1, workers))
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning: which runs exist, and which can start now
+
+
+class Plan:
+    """The protocol's runs, resolved against what the store already holds."""
+
+    def __init__(
+        self, protocol: Protocol, data: Path, out: Path, seeds: list[int], store: RunStore,
+        tuned: dict[str, dict[str, Any]] | None = None, overrides: dict[str, Any] | None = None,
+    ) -> None:
+        from stew.methods import search_space
+
+        self.protocol, self.data, self.out, self.seeds, self.store = protocol, Path(data), Path(out), seeds, store
+        self.fingerprint = data_fingerprint(self.data)
+        self.groups = protocol.expand_groups()
+        self.tuned, self.overrides = tuned or {}, overrides or {}
+        # Grid candidates are fixed by the configuration alone (not by results), so the total is known now.
+        self.grid = {g: search_space(self._config(g, seeds[0])) for g in self.groups}
+        self.total = sum(len(seeds) - 1 + len(self.grid[g]) for g in self.groups)
+
+    def _config(self, group: str, seed: int) -> TrainConfig:
+        cfg = self.protocol.config(group, self.data, seed, self.out / "runs" / group / f"seed{seed}", self.overrides)
+        params = self.tuned.get(group)
+        if params:
+            from stew.tune import apply_params
+
+            cfg = apply_params(cfg, params)
+        return cfg
+
+    def finished(self, group: str, seed: int) -> dict[str, Any] | None:
+        """The store row that stands for (group, seed): the selected candidate on the first seed."""
+        jobs = self._jobs_for(group, seed)
+        if jobs is None:
+            return None
+        rows = [self.store.get(j.key) for j in jobs]
+        if any(r is None for r in rows):
+            return None
+        return select(rows)
+
+    def _jobs_for(self, group: str, seed: int) -> list[Job] | None:
+        """The jobs of (group, seed), or None while a dependency is unfinished."""
+        cfg = self._config(group, seed)
+        spec = self.groups[group][1]
+        teacher_key = None
+        if spec.teacher_run is not None:
+            teacher = self.finished(spec.teacher_run, seed)
+            if teacher is None:
+                return None
+            teacher_key = teacher["key"]
+            cfg = cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(
+                update={"teacher_run": self.store.run_dir(teacher)})})
+        grid = self.grid[group]
+        if len(grid) == 1:
+            return [self._job(group, seed, None, cfg, teacher_key)]
+        if seed == self.seeds[0]:
+            jobs = []
+            for cand in grid:
+                name = _candidate_name(cand)
+                c = _adopt(cfg, cand).model_copy(update={"out": Path(cfg.out) / name})
+                jobs.append(self._job(group, seed, name, c, teacher_key))
+            return jobs
+        first = self.finished(group, self.seeds[0])
+        if first is None:
+            return None
+        chosen = TrainConfig.model_validate(first["config"])
+        return [self._job(group, seed, None, _adopt(cfg, chosen), teacher_key)]
+
+    def _job(self, group: str, seed: int, candidate: str | None, cfg: TrainConfig, teacher_key: str | None) -> Job:
+        name = f"{group}/seed{seed}" + (f"/{candidate}" if candidate else "")
+        key = run_key(json.loads(cfg.model_dump_json()), self.fingerprint, teacher_key)
+        return Job(name, group, seed, candidate, cfg, key)
+
+    def ready(self) -> list[Job]:
+        """Unfinished jobs whose dependencies are done, in protocol order (teachers first)."""
+        out = []
+        for g in self.groups:
+            for s in self.seeds:
+                for j in self._jobs_for(g, s) or []:
+                    if self.store.get(j.key) is None:
+                        out.append(j)
+        return out
+
+    def selected(self) -> dict[str, dict[int, str]]:
+        """group -> seed -> key of the finished row that stands for it (what tables and reports read)."""
+        out: dict[str, dict[int, str]] = {}
+        for g in self.groups:
+            for s in self.seeds:
+                row = self.finished(g, s)
+                if row is not None:
+                    out.setdefault(g, {})[s] = row["key"]
+        return out
+
+    def done_count(self) -> int:
+        n = 0
+        for g in self.groups:
+            for s in self.seeds:
+                jobs = self._jobs_for(g, s)
+                n += sum(self.store.get(j.key) is not None for j in jobs) if jobs else 0
+        return n
+
+
+def _adopt(cfg: TrainConfig, chosen: TrainConfig) -> TrainConfig:
+    """``cfg`` with the method sub-config values that ``chosen`` selected (alpha, beta), keeping its paths."""
+    sub = chosen.cmstew.model_copy(update={"teacher_run": cfg.cmstew.teacher_run})
+    return cfg.model_copy(update={"cmstew": sub})
+
+
+def _candidate_name(cand: TrainConfig) -> str:
+    return f"alpha{cand.cmstew.alpha:g}_beta{cand.cmstew.beta:g}"
+
+
+def select(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best validation row of a grid (first on ties, i.e. grid order); the only row otherwise."""
+    if len(rows) == 1:
+        return rows[0]
+    key = rows[0]["metrics"]["selection"]["key"]
+    return max(rows, key=lambda r: r["metrics"]["val"][key])
+
+
+# --------------------------------------------------------------------------------------------------
+# Executing one run (in a worker process)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+@lru_cache(maxsize=4)
+def _dataset(path: str, feature_set: str | None):
+    from stew.data.io import load_dataset
+
+    return load_dataset(path, feature_set=feature_set)
+
+
+def execute(cfg_json: str, key: str) -> dict[str, Any]:
+    """Train one run (resuming from its last checkpoint) and return its metrics.json and wall time.
+
+    A folder left by a different run (another key) is cleared first, so a stale checkpoint is never
+    resumed. A run killed after writing metrics.json but before it was recorded is not trained again.
+    """
+    from stew.training import run
+
+    cfg = TrainConfig.model_validate_json(cfg_json)
+    out = Path(cfg.out)
+    job_file = out / JOB_FILE
+    if out.exists() and (not job_file.is_file() or json.loads(job_file.read_text()).get("key") != key):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / "metrics.json"
+    if done.is_file():
+        try:
+            return {"metrics": json.loads(done.read_text()), "wall_s": 0.0}
+        except json.JSONDecodeError:
+            pass  # killed while writing it: train again from the checkpoint
+    job_file.write_text(json.dumps({"key": key}))
+    t0 = time.time()
+    ds = _dataset(str(cfg.data), cfg.feature_set or cfg.target)
+    run(cfg.model_copy(update={"resume": True}), ds)
+    return {"metrics": json.loads(done.read_text()), "wall_s": time.time() - t0}
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver
+
+
+def reproduce(
+    protocol: Protocol, data: Path | None, out: Path, *, seeds: int | None = None, workers: int = 1,
+    tuned_storage: str | None = None, overrides: dict[str, Any] | None = None, console: Console | None = None,
+) -> dict[str, Any]:
+    """Run every unfinished run of ``protocol``; return a summary (counts, wall time, failures).
+
+    Without ``data`` the protocol's synthetic dataset is written once into ``out/data``.
+    ``overrides`` (TrainConfig fields) apply to every run after the protocol's own settings.
+    """
+    console = console or Console()
+    out = Path(out)
+    data = Path(data) if data is not None else synthesize(protocol, out / "data", console)
+    seed_list = list(range(seeds if seeds is not None else protocol.seeds))
+    if not seed_list:
+        raise DataError("--seeds must be at least 1")
+    if workers < 1:
+        raise DataError("--workers must be at least 1")
+    check_data(protocol, data)
+    tuned = tuned_params(protocol, tuned_storage)
+    threads = threads_per_worker(workers)
+    t0 = time.time()
+    with RunStore(out / "store.sqlite") as store:
+        plan = Plan(protocol, data, out, seed_list, store, tuned, overrides)
+        store.set_meta(protocol=protocol.name, protocol_yaml=protocol.model_dump_json(), data=str(data.resolve()),
+                       data_fingerprint=plan.fingerprint, seeds=json.dumps(seed_list),
+                       overrides=json.dumps(overrides or {}))
+        skipped = plan.done_count()
+        failures: dict[str, str] = {}
+        trained = 0
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
+                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+        with Progress(*columns, console=console) as bar, _pool(workers, threads) as pool:
+            task = bar.add_task(protocol.name, total=plan.total, completed=skipped)
+            running: dict[Future, Job] = {}
+            while True:
+                busy = {j.key for j in running.values()}
+                for job in plan.ready():
+                    if job.key in busy or job.name in failures or _blocked(job, failures):
+                        continue
+                    if len(running) >= workers:
+                        break
+                    running[_submit(pool, job)] = job
+                    busy.add(job.key)
+                bar.update(task, description=f"{protocol.name}: {len(running)} running")
+                if not running:
+                    break
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    job = running.pop(fut)
+                    try:
+                        res = fut.result()
+                    except Exception as e:  # one failed run must not stop the others; it is reported
+                        failures[job.name] = f"{type(e).__name__}: {e}"
+                        console.print(f"[red]failed[/red] {job.name}: {failures[job.name]}")
+                        continue
+                    store.record(job.key, name=job.name, group=job.group, seed=job.seed, candidate=job.candidate,
+                                 run_dir=Path(job.cfg.out), config=json.loads(job.cfg.model_dump_json()),
+                                 metrics=res["metrics"], wall_s=res["wall_s"])
+                    store.set_meta(selected=json.dumps(plan.selected()))
+                    trained += 1
+                    bar.advance(task)
+        done = plan.done_count()
+    summary = {"protocol": protocol.name, "runs": plan.total, "done": done, "skipped": skipped, "trained": trained,
+               "failed": failures, "wall_s": round(time.time() - t0, 1), "workers": workers, "threads": threads}
+    (out / "reproduce.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["max_epochs=5", "cmstew.alpha=0.1"]`` -> ``{"max_epochs": 5, "cmstew": {"alpha": 0.1}}`` (YAML values)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"--set {item!r}: write KEY=VALUE, e.g. --set max_epochs=5")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def _blocked(job: Job, failures: dict[str, str]) -> bool:
+    return any(f.startswith(job.group + "/") for f in failures)
+
+
+class _Inline:
+    """A one-worker 'pool' that runs in this process: no start-up cost, plain tracebacks."""
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as e:  # noqa: BLE001 - handed to the driver, which reports it
+            fut.set_exception(e)
+        return fut
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _pool(workers: int, threads: int) -> Any:
+    if workers == 1:
+        _init_worker(threads)
+        return _Inline()
+    # spawn: a forked child would inherit torch's thread pools and can deadlock.
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads,))
+
+
+def _submit(pool: Any, job: Job) -> Future:
+    return pool.submit(execute, job.cfg.model_dump_json(), job.key)
+
+
+def synthesize(protocol: Protocol, folder: Path, console: Console) -> Path:
+    """The protocol's synthetic dataset, written once (atomically) and reused by later invocations."""
+    from stew.data.native import write_native
+    from stew.data.recola import write_recola_layout
+    from stew.data.synthetic import synth_mosi, synth_recola
+
+    syn = protocol.synthetic
+    if syn is None:
+        raise DataError(f"protocol {protocol.name} needs --data ({protocol.data_hint or 'a dataset folder'})")
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    if syn.kind == "recola":
+        ds = synth_recola(syn.seed, n_speakers=syn.speakers, minutes=syn.minutes)
+    else:
+        ds = synth_mosi(syn.seed, n_videos=syn.videos)
+    if syn.layout == "avec":
+        write_recola_layout(ds, folder)
+    else:
+        write_native(ds, folder)
+    console.print(f"synthesised {ds.name} ({syn.kind}, seed {syn.seed}) -> {folder}")
+    return folder
+
+
+def check_data(protocol: Protocol, data: Path) -> None:
+    """Fail before any training if the data lacks a modality or target the protocol needs."""
+    from stew.data.io import load_dataset
+
+    loaded: dict[str | None, Any] = {}
+    for group, (overrides, _) in protocol.expand_groups().items():
+        fs = overrides.get("feature_set") or overrides.get("target")
+        if fs not in loaded:
+            loaded[fs] = load_dataset(data, feature_set=fs)
+        ds = loaded[fs]
+        for role in ("modality", "teacher"):
+            names = str(overrides.get(role) or "").replace("+", " ").split()
+            for m in names:
+                if m != "all" and m not in ds.modalities:
+                    raise DataError(f"protocol {protocol.name} (group {group}) needs modality {m!r}, but the data "
+                                    f"has {sorted(ds.modalities)}; it expects {protocol.data_hint or 'other data'}",
+                                    file=data)
+        target = overrides.get("target")
+        if target and target not in ds.targets:
+            raise DataError(f"protocol {protocol.name} needs target {target!r}; the data has {ds.targets}", file=data)
+
+
+def tuned_params(protocol: Protocol, storage: str | None) -> dict[str, dict[str, Any]]:
+    """Group -> best parameters of the study the group names (only with a storage URL)."""
+    if storage is None:
+        return {}
+    from stew.tune import best_params
+
+    out = {}
+    for group, (_, spec) in protocol.expand_groups().items():
+        if spec.tuned is not None:
+            study = spec.tuned.study.format(**{k: v for k, v in _point(protocol, group).items()})
+            out[group] = best_params(storage, study)
+    return out
+
+
+def _point(protocol: Protocol, group: str) -> dict[str, Any]:
+    overrides, spec = protocol.expand_groups()[group]
+    return {k: ("full" if overrides.get(k) is None else overrides.get(k)) for k in spec.matrix}
