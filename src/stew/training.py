@@ -373,6 +373,9 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     return result
 
 
+LATENT_STEPS = 2000
+
+
 def _grid_name(cfg: TrainConfig) -> str:
     return f"alpha{cfg.cmstew.alpha:g}_beta{cfg.cmstew.beta:g}"
 
@@ -423,11 +426,41 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
     return result
 
 
+class _EncoderOutputs(torch.nn.Module):
+    """The student seen through its encoder: ``predict`` returns latents, so they stitch like predictions."""
+
+    def __init__(self, student: torch.nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def predict(self, batch: dict) -> torch.Tensor:
+        return self.student.encoder(batch["x"][self.student.spec.modality], batch["mask"])
+
+
+def validation_latents(method: Method, bundle: Bundle, max_steps: int = LATENT_STEPS) -> dict[str, np.ndarray]:
+    """The student encoder's latents on the validation steps where its modality is present (evenly
+    subsampled to ``max_steps``), with the first target: what ``stew report`` projects to 2-D."""
+    seqs = bundle.val
+    z = np.concatenate(predict_windows(_EncoderOutputs(method.student), seqs, bundle.eval_win, bundle.k_delay))
+    modality = method.student.spec.modality
+    present = np.concatenate([s.present[modality].numpy() for s in seqs]).astype(bool)
+    y = np.concatenate([s.source.targets[:, bundle.target_cols[0]] for s in seqs])
+    step = np.concatenate([np.arange(len(s.y)) for s in seqs])
+    seq = np.concatenate([[i] * len(s.y) for i, s in enumerate(seqs)])
+    keep = np.flatnonzero(present)
+    keep = keep[np.linspace(0, len(keep) - 1, min(max_steps, len(keep))).astype(int)] if len(keep) else keep
+    return {"latent": z[keep].astype(np.float32), "y": y[keep].astype(np.float32), "sequence": seq[keep],
+            "step": step[keep]}
+
+
 def _write_run(result: dict, out: Path) -> None:
     from stew.deploy import save_model
 
     out.mkdir(parents=True, exist_ok=True)
     save_model(result["_method"].student, result["_bundle"], result["_cfg"], out / "model", result["_postprocess"])
+    # npz of plain arrays (np.load with allow_pickle=False reads it); written before metrics.json,
+    # whose presence marks a complete run folder.
+    np.savez(out / "latents.npz", **validation_latents(result["_method"], result["_bundle"]))
     pd.concat(result["_frames"], ignore_index=True).to_csv(out / "predictions.csv", index=False)
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     (out / "metrics.json").write_text(json.dumps(public, indent=2))
