@@ -263,5 +263,112 @@ def compare_cmd(
         console.print(f"results -> {out}")
 
 
+@app.command("reproduce")
+@cli_errors
+def reproduce_cmd(
+    protocol: Annotated[
+        str | None, typer.Argument(help="a shipped protocol (see --list) or a protocol YAML file")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="dataset folder the protocol expects; synthetic-quick makes its own")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder: run store, runs, tables (re-run to resume)")] = None,
+    seeds: Annotated[int | None, typer.Option(help="seeds 0..N-1; default the protocol's")] = None,
+    workers: Annotated[int, typer.Option(help="runs in parallel, each in its own process")] = 2,
+    threads: Annotated[int | None, typer.Option(help="torch threads per run; default cores // workers")] = None,
+    tuned: Annotated[
+        str | None, typer.Option(help="storage URL of stew tune studies the protocol's groups name")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE TrainConfig override for every run (repeatable), e.g. max_epochs=5"),
+    ] = None,
+    only: Annotated[
+        list[str] | None, typer.Option(help="run only groups matching this glob (repeatable), plus their teachers")
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the shipped protocols and exit")] = False,
+) -> None:
+    """Run a whole paper table: every run over seeds, resumable; prints the tables (see stew report)."""
+    from stew.protocols import available, load_protocol
+
+    if list_:
+        for name in available():
+            p = load_protocol(name)
+            console.print(f"[bold]{name}[/bold]: {p.title}\n  data: {p.data_hint}")
+        return
+    if protocol is None:
+        raise DataError("give a protocol (stew reproduce --list shows them)")
+    if out is None:
+        raise DataError("--out is required (the output folder; re-run with the same --out to resume)")
+    from stew import results
+    from stew.reproduce import parse_overrides, reproduce, sigterm_as_interrupt
+
+    p = load_protocol(protocol)
+    sigterm_as_interrupt()
+    summary = reproduce(p, data, out, seeds=seeds, workers=workers, tuned_storage=tuned,
+                        overrides=parse_overrides(set_ or []), only=only, threads=threads,
+                        console=console)
+    proto, store = results.load(out)
+    with store:
+        results.render(results.tables(proto, results.collect(store)), console)
+    console.print(f"{summary['done']}/{summary['runs']} runs done ({summary['trained']} trained now, "
+                  f"{summary['skipped']} already finished) in {summary['wall_s']:.0f}s with {summary['workers']} "
+                  f"workers x {summary['threads']} threads -> {out}")
+    if summary["failed"]:
+        for name, err in summary["failed"].items():
+            typer.echo(f"error: run {name} failed: {err}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@cli_errors
+def tune(
+    study: Annotated[str, typer.Option(help="study name: workers giving the same name and --storage share it")],
+    out: Annotated[Path, typer.Option(help="folder for best.json, trials/<study>/trial<N>/ and the default SQLite")],
+    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="unimodal | sew | cmstew | emobed | joint | triplet | cermtl")
+    ] = None,
+    modality: Annotated[str | None, typer.Option(help="the (weaker) modality the model is deployed on")] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="the stronger (sew, cmstew) or auxiliary (emobed) modality")
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="regression target; default all")] = None,
+    ablation: Annotated[
+        str | None, typer.Option(help="sew or cmstew ablation; the weights it switches off are not searched")
+    ] = None,
+    params: Annotated[
+        str | None, typer.Option(help="comma-separated subset of the method's search space, e.g. alpha,beta,dropout")
+    ] = None,
+    trials: Annotated[int, typer.Option(help="trials this worker runs")] = 20,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL; default sqlite:///OUT/tune.sqlite; postgresql+psycopg://... to share"),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="TPE sampler seed (give each worker its own); the runs use the config's seed")
+    ] = 0,
+    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
+    max_epochs: Annotated[int | None, typer.Option()] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")] = None,
+) -> None:
+    """Search hyper-parameters on validation (Optuna TPE); write OUT/best.json."""
+    import optuna
+
+    from stew.tune import render_summary
+    from stew.tune import tune as do_tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = _train_config(
+        config, data=data, method=method, modality=modality, teacher=teacher, target=target, ablation=ablation,
+        max_epochs=max_epochs,
+    )
+    names = params.split(",") if params is not None else None
+    summary = do_tune(cfg, study=study, out=out, trials=trials, storage=storage, seed=seed, params=names,
+                      timeout=timeout, console=console)
+    render_summary(summary, console)
+    console.print(f"best parameters -> {out / 'best.json'}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

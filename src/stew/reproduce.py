@@ -13,6 +13,7 @@ Dependencies are resolved as results arrive:
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -66,12 +67,13 @@ class Plan:
     def __init__(
         self, protocol: Protocol, data: Path, out: Path, seeds: list[int], store: RunStore,
         tuned: dict[str, dict[str, Any]] | None = None, overrides: dict[str, Any] | None = None,
+        only: list[str] | None = None,
     ) -> None:
         from stew.methods import search_space
 
         self.protocol, self.data, self.out, self.seeds, self.store = protocol, Path(data), Path(out), seeds, store
         self.fingerprint = data_fingerprint(self.data)
-        self.groups = protocol.expand_groups()
+        self.groups = select_groups(protocol.expand_groups(), only)
         self.tuned, self.overrides = tuned or {}, overrides or {}
         # Grid candidates are fixed by the configuration alone (not by results), so the total is known now.
         self.grid = {g: search_space(self._config(g, seeds[0])) for g in self.groups}
@@ -110,7 +112,7 @@ class Plan:
                 update={"teacher_run": self.store.run_dir(teacher)})})
         grid = self.grid[group]
         if len(grid) == 1:
-            return [self._job(group, seed, None, cfg, teacher_key)]
+            return [self._job(group, seed, None, _adopt(cfg, grid[0]), teacher_key)]
         if seed == self.seeds[0]:
             jobs = []
             for cand in grid:
@@ -156,6 +158,22 @@ class Plan:
                 jobs = self._jobs_for(g, s)
                 n += sum(self.store.get(j.key) is not None for j in jobs) if jobs else 0
         return n
+
+
+def select_groups(groups: dict[str, Any], only: list[str] | None) -> dict[str, Any]:
+    """The groups matching any ``only`` glob, plus the teachers they need (all groups without ``only``)."""
+    if not only:
+        return groups
+    keep = {g for g in groups if any(fnmatch.fnmatchcase(g, pat) for pat in only)}
+    if not keep:
+        raise DataError(f"--only {' '.join(only)} matches no group; the groups are {list(groups)}")
+    todo = list(keep)
+    while todo:
+        teacher = groups[todo.pop()][1].teacher_run
+        if teacher is not None and teacher not in keep:
+            keep.add(teacher)
+            todo.append(teacher)
+    return {g: v for g, v in groups.items() if g in keep}
 
 
 def _adopt(cfg: TrainConfig, chosen: TrainConfig) -> TrainConfig:
@@ -227,12 +245,14 @@ def execute(cfg_json: str, key: str) -> dict[str, Any]:
 
 def reproduce(
     protocol: Protocol, data: Path | None, out: Path, *, seeds: int | None = None, workers: int = 1,
-    tuned_storage: str | None = None, overrides: dict[str, Any] | None = None, console: Console | None = None,
+    tuned_storage: str | None = None, overrides: dict[str, Any] | None = None, only: list[str] | None = None,
+    threads: int | None = None, console: Console | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished run of ``protocol``; return a summary (counts, wall time, failures).
 
     Without ``data`` the protocol's synthetic dataset is written once into ``out/data``.
     ``overrides`` (TrainConfig fields) apply to every run after the protocol's own settings.
+    ``threads`` per run defaults to cores // workers.
     """
     console = console or Console()
     out = Path(out)
@@ -242,12 +262,12 @@ def reproduce(
         raise DataError("--seeds must be at least 1")
     if workers < 1:
         raise DataError("--workers must be at least 1")
-    check_data(protocol, data)
+    check_data(protocol, data, only)
     tuned = tuned_params(protocol, tuned_storage)
-    threads = threads_per_worker(workers)
+    threads = threads or threads_per_worker(workers)
     t0 = time.time()
     with RunStore(out / "store.sqlite") as store:
-        plan = Plan(protocol, data, out, seed_list, store, tuned, overrides)
+        plan = Plan(protocol, data, out, seed_list, store, tuned, overrides, only)
         store.set_meta(protocol=protocol.name, protocol_yaml=protocol.model_dump_json(), data=str(data.resolve()),
                        data_fingerprint=plan.fingerprint, seeds=json.dumps(seed_list),
                        overrides=json.dumps(overrides or {}))
@@ -332,13 +352,37 @@ class _Inline:
         pass
 
 
+class _Workers(ProcessPoolExecutor):
+    """Worker processes that die with the driver: on Ctrl-C or SIGTERM the runs in flight stop at once
+    (they resume from their checkpoints next time) instead of running on unsupervised."""
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> Any:
+        if exc_type is not None:
+            for proc in list((self._processes or {}).values()):
+                proc.terminate()
+            self.shutdown(wait=False, cancel_futures=True)
+            return False
+        return super().__exit__(exc_type, *rest)
+
+
 def _pool(workers: int, threads: int) -> Any:
     if workers == 1:
         _init_worker(threads)
         return _Inline()
     # spawn: a forked child would inherit torch's thread pools and can deadlock.
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(threads,))
+    return _Workers(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,))
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C, so worker processes are stopped."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _submit(pool: Any, job: Job) -> Future:
@@ -368,12 +412,12 @@ def synthesize(protocol: Protocol, folder: Path, console: Console) -> Path:
     return folder
 
 
-def check_data(protocol: Protocol, data: Path) -> None:
+def check_data(protocol: Protocol, data: Path, only: list[str] | None = None) -> None:
     """Fail before any training if the data lacks a modality or target the protocol needs."""
     from stew.data.io import load_dataset
 
     loaded: dict[str | None, Any] = {}
-    for group, (overrides, _) in protocol.expand_groups().items():
+    for group, (overrides, _) in select_groups(protocol.expand_groups(), only).items():
         fs = overrides.get("feature_set") or overrides.get("target")
         if fs not in loaded:
             loaded[fs] = load_dataset(data, feature_set=fs)
