@@ -346,3 +346,26 @@ def test_recola_cmstew_protocol_on_avec_layout(avec_dir, tmp_path):
         names = sorted(r["name"] for r in store.runs())
     assert names == ["cmstew-arousal-video_geo+audio--Decoder/seed0", "cmstew-arousal-video_geo+audio--LFA/seed0",
                      "cmstew-arousal-video_geo+audio-full/seed0", "unimodal-arousal-audio-bigru-te/seed0"]
+
+
+def test_tuned_values_come_from_a_study(tiny_setup, tmp_path):
+    """A group naming a study takes its best trial's values (here alpha and beta: no grid is run)."""
+    from stew.config import TrainConfig
+    from stew.tune import best_params, tune
+
+    _, data, _ = tiny_setup
+    base = {**TINY["base"], "threads": 1}
+    cfg = TrainConfig(data=data, method="cmstew", modality="audio", teacher="text", out=tmp_path / "t", **base)
+    tune(cfg, study="tiny-cm", out=tmp_path / "tune", trials=2, params=["alpha", "beta"])
+    storage = f"sqlite:///{tmp_path / 'tune' / 'tune.sqlite'}"
+    best = best_params(storage, "tiny-cm")
+    raw = json.loads(json.dumps(TINY))
+    raw["groups"]["cmstew-audio-{ablation}"]["tuned"] = {"study": "tiny-cm"}
+    out = tmp_path / "o"
+    summary = reproduce(parse_protocol(yaml.safe_dump(raw)), data, out, seeds=1, workers=1, threads=1,
+                        tuned_storage=storage, only=["cmstew-audio-full"])
+    assert summary["done"] == summary["runs"] == 2  # the teacher and one CM-StEW run, no grid
+    with RunStore(out / "store.sqlite") as store:
+        row = next(r for r in store.runs() if r["group"] == "cmstew-audio-full")
+    assert row["config"]["cmstew"]["alpha"] == best["cmstew.alpha"]
+    assert row["config"]["cmstew"]["beta"] == best["cmstew.beta"]
