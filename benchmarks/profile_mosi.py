@@ -72,7 +72,8 @@ def main() -> None:
         epochs = r["selection"]["epochs_run"]
         digest = hashlib.sha1(json.dumps({"val": r["val"], "sel": r["selection"]}, sort_keys=True).encode())
         print(f"{name:14s} seed {a.seed}  epochs {epochs:4d} (best {r['selection']['best_epoch']:3d})  "
-              f"fit {fit_s[-1]:6.1f} s  {1000 * fit_s[-1] / epochs:6.1f} ms/epoch  total {total:6.1f} s (CPU {cpu:5.1f} s)  "
+              f"fit {fit_s[-1]:6.1f} s  {1000 * fit_s[-1] / epochs:6.1f} ms/epoch  "
+              f"total {total:6.1f} s (CPU {cpu:5.1f} s)  "
               f"val F1w {r['val'].get('f1_weighted', float('nan')):.2f}  metrics {digest.hexdigest()[:10]}",
               flush=True)
         if prof:
