@@ -1,6 +1,7 @@
 """The command-line contract: exit codes, one-line errors, export and predict."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -139,7 +140,10 @@ def test_transfer_ranks_runs_clear_pairs_and_prints_table(utt_dir, tmp_path):
     (pair,) = json.loads((tmp_path / "t" / "transfer.json").read_text())
     assert (pair["strong"], pair["weak"]) == (strong, weak)
     assert pair["unimodal"] == rank["val"][weak]  # the ranking's runs are the unimodal arm
-    assert len(pair["transfer"]) == 2 and 0 <= pair["p_value"] <= 1
+    assert len(pair["transfer"]) == 2
+    # NaN when the paired differences are constant (e.g. both arms predict one class on this tiny data).
+    assert 0 <= pair["p_value"] <= 1 or (math.isnan(pair["p_value"]) and np.ptp(
+        np.subtract(pair["transfer"], pair["unimodal"])) == 0)
     assert pair["alpha"] == 0.1 and pair["beta"] in (0.1, 1.0)
     seed1 = tmp_path / "t" / "cmstew" / "label" / f"{weak}+{strong}" / "seed1"
     seed1 = json.loads((seed1 / "metrics.json").read_text())

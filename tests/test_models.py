@@ -29,6 +29,42 @@ def test_padding_never_changes_real_steps():
         torch.testing.assert_close(alone[0], out[1, :6], atol=1e-5, rtol=1e-5)
 
 
+def test_valid_row_transformer_matches_torch_transformer_encoder():
+    """BiGRUTransformer's written-out forward (valid rows only) = nn.TransformerEncoder with a padding mask."""
+    torch.manual_seed(0)
+    spec = EncoderSpec(kind="bigru-te", d_in=6, gru_units=5, gru_layers=2, d_model=8, heads=2, ffn=16, dropout=0.0)
+    enc = build_encoder(spec)
+    x = torch.randn(3, 10, 6)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[1, 6:], mask[2, 3:] = False, False
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        h = enc.positions(enc.proj(enc.bigru(x, mask)))
+        return enc.transformer(h, src_key_padding_mask=~mask)
+
+    for train in (False, True):  # eval: torch's fused fast path; train (dropout 0): the Python path
+        enc.train(train)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out, ref = enc(x1, mask), reference(x2)
+        torch.testing.assert_close(out[mask], ref[mask], atol=1e-5, rtol=1e-5)
+        assert (out[~mask] == 0).all()
+        if train:
+            w = torch.randn_like(out)
+            grads = torch.autograd.grad((out * w)[mask].sum(), [x1, *enc.parameters()])
+            ref_grads = torch.autograd.grad((ref * w)[mask].sum(), [x2, *enc.parameters()])
+            for g, r in zip(grads, ref_grads, strict=True):
+                torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_classifier_runs_on_valid_steps_only():
+    torch.manual_seed(0)
+    head = build_head(HeadSpec(kind="classifier", d_in=4, n_out=2)).eval()
+    h, mask = torch.randn(2, 5, 4), torch.tensor([[True] * 5, [True, True, False, False, False]])
+    out = head(h, mask)
+    torch.testing.assert_close(out[mask], head.net(h)[mask])
+    assert (out[~mask] == 0).all()
+
+
 def test_cmstew_encoder_shapes_and_classifier():
     spec = EncoderSpec(kind="bigru-te", d_in=73)
     assert spec.out_dim == 100

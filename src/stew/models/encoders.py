@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+from torch.nn import functional as F
 
 EncoderKind = Literal["identity", "bigru", "bigru-te", "mlp", "gru", "feature-image"]
 
@@ -103,7 +104,34 @@ class SinusoidalPositions(nn.Module):
         return x + self.pe[: x.shape[1]]
 
 
+def scatter_rows(rows: torch.Tensor, index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Put ``rows`` [N, d] at the flat step ``index`` [N] of a zero [B, T, d] tensor (padding stays 0)."""
+    b, t = shape
+    return rows.new_zeros(b * t, rows.shape[-1]).index_copy(0, index, rows).view(b, t, -1)
+
+
+def on_valid_rows(fn: nn.Module, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Apply a per-step module to the valid steps of [B, T, d] only; padded steps are 0.
+
+    Batches of whole MOSI videos are about 40 % padding; per-step layers (and their dropout masks,
+    whose random draws dominate on CPU) need not run there.
+    """
+    if mask is None or bool(mask.all()):
+        return fn(h)
+    index = mask.reshape(-1).nonzero().squeeze(1)
+    return scatter_rows(fn(h.reshape(-1, h.shape[-1])[index]), index, mask.shape)
+
+
 class BiGRUTransformer(nn.Module):
+    """Bi-GRU, Dense(d_model), sinusoidal positions, post-norm transformer encoder layers (spec §6.3).
+
+    The layers are ``nn.TransformerEncoderLayer`` modules (their parameters and state-dict names), but
+    the forward pass is written out so that everything except the attention itself runs on the valid
+    steps only, as flat [N, d] rows; attention gathers them back into [B, T] with a key-padding mask.
+    Same function as ``nn.TransformerEncoder(..., src_key_padding_mask=~mask)`` on valid steps
+    (tests/test_models.py), without spending the projections, FFN and dropout on padding.
+    """
+
     def __init__(self, spec: EncoderSpec) -> None:
         super().__init__()
         self.bigru = BiGRU(spec.d_in, spec.gru_units or spec.d_in, spec.gru_layers, spec.dropout)
@@ -112,12 +140,33 @@ class BiGRUTransformer(nn.Module):
         layer = nn.TransformerEncoderLayer(
             spec.d_model, spec.heads, spec.ffn, spec.dropout, activation="relu", batch_first=True, norm_first=False
         )
-        # enable_nested_tensor=False keeps padded outputs defined (zeros are never relied upon, but NaN-free).
         self.transformer = nn.TransformerEncoder(layer, spec.te_layers, enable_nested_tensor=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.positions(self.proj(self.bigru(x, mask)))
-        return self.transformer(h, src_key_padding_mask=~mask)
+        b, t = mask.shape
+        index = mask.reshape(-1).nonzero().squeeze(1)  # flat positions of the valid steps
+        h = self.bigru(x, mask).reshape(b * t, -1)[index]
+        z = self.proj(h) + self.positions.pe[index % t]
+        for layer in self.transformer.layers:
+            z = _post_norm_layer(layer, z, index, mask)
+        return scatter_rows(z, index, (b, t))
+
+
+def _post_norm_layer(
+    layer: nn.TransformerEncoderLayer, z: torch.Tensor, index: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``nn.TransformerEncoderLayer`` (post-norm, batch_first) on valid rows z [N, d] at flat ``index``."""
+    attn = layer.self_attn
+    b, t = mask.shape
+    d, heads = attn.embed_dim, attn.num_heads
+    qkv = scatter_rows(F.linear(z, attn.in_proj_weight, attn.in_proj_bias), index, (b, t))
+    q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x [B, heads, T, d/heads]
+    a = F.scaled_dot_product_attention(  # padded keys are masked out; padded queries are dropped below
+        q, k, v, attn_mask=mask[:, None, None, :], dropout_p=attn.dropout if layer.training else 0.0
+    )
+    a = a.transpose(1, 2).reshape(b * t, d)[index]
+    z = layer.norm1(z + layer.dropout1(attn.out_proj(a)))
+    return layer.norm2(z + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(z))))))
 
 
 class MLP(nn.Module):

@@ -8,6 +8,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from stew.models.encoders import on_valid_rows
+
 
 class HeadSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -32,7 +34,7 @@ class Classifier(nn.Module):
         self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(h)
+        return on_valid_rows(self.net, h, mask)
 
 
 class SingleStepGRU(nn.Module):
