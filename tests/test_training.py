@@ -81,6 +81,30 @@ def test_resume_continues_from_last_checkpoint(frames_dir, tmp_path):
     assert sorted(resumed_log["epoch"].dropna().unique()) == [2, 3]  # started where the first run stopped
 
 
+def test_a_run_killed_mid_training_resumes_from_its_periodic_checkpoint(frames_dir, tmp_path, monkeypatch):
+    from stew import training
+
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
+    original = training.StewModule.on_train_epoch_end
+
+    def killed_in_epoch_2(self):
+        original(self)
+        if self.current_epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.StewModule, "on_train_epoch_end", killed_in_epoch_2)
+    out = tmp_path / "run"
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        run(cfg(frames_dir, out, modality="a", max_epochs=5, patience=10))
+    assert (out / "checkpoints" / "last.ckpt").is_file() and not (out / "metrics.json").exists()
+    assert not list((out / "checkpoints").glob("*.tmp"))
+    monkeypatch.setattr(training.StewModule, "on_train_epoch_end", original)
+    resumed = run(cfg(frames_dir, out, modality="a", max_epochs=5, patience=10, resume=True))
+    assert resumed["selection"]["epochs_run"] == 5
+    resumed_log = pd.read_csv(out / "logs" / "resumed-0" / "metrics.csv")
+    assert sorted(resumed_log["epoch"].dropna().unique()) == [2, 3, 4]  # epochs 0-1 were checkpointed
+
+
 def test_grouped_cv(utt_dir, tmp_path):
     r = run(cfg(utt_dir, tmp_path / "cv", modality="text", cv=3, max_epochs=1))
     assert len(r["folds"]) == 3 and "acc" in r["val"] and "acc" in r["val_std"]
