@@ -98,7 +98,8 @@ def test_mosi_protocol_has_the_paper_rows():
     cfg = p.config("cmstew-video--LFA", Path("/d"), 3, Path("/o"))
     assert (cfg.method, cfg.teacher, cfg.ablation, cfg.seed, cfg.lr, cfg.val_groups) == (
         "cmstew", "text", "-LFA", 3, 1e-4, 10)
-    assert p.groups["cmstew-{modality}-{ablation}"].teacher_run == "unimodal-text-bigru-te"
+    assert all(spec.teacher_run == "unimodal-text-bigru-te" for g, (_, spec) in p.expand_groups().items()
+               if g.startswith("cmstew"))
     table4 = p.tables[1]
     full = next(r for r in table4.rows if r.group == "cmstew-{col}-full")
     assert table4.paper_value(full, table4.columns[1], "f1_weighted") == 64.3  # Acoustic, thesis Table 5.6
