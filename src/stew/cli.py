@@ -370,5 +370,19 @@ def tune(
     console.print(f"best parameters -> {out / 'best.json'}")
 
 
+@app.command("report")
+@cli_errors
+def report_cmd(
+    folder: Annotated[Path, typer.Argument(help="a stew reproduce output folder")],
+    out: Annotated[Path | None, typer.Option(help="HTML file to write; default FOLDER/report.html")] = None,
+    tsne: Annotated[
+        bool, typer.Option("--tsne", help="project latents with t-SNE (scikit-learn) instead of PCA; slower")
+    ] = False,
+) -> None:
+    """One self-contained HTML file: the protocol's tables, departures, and plots (traces, ablations, latents)."""
+    from stew.report import write_report
+
+    typer.echo(str(write_report(folder, out, tsne=tsne)))
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
