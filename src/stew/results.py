@@ -113,7 +113,7 @@ def tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) 
 
 
 def fmt(cell: Cell, m: str, digits: int) -> str:
-    if not cell.values.get(m):
+    if not cell.values.get(m) or not np.isfinite(cell.mean(m)):
         return "-"
     s = f"{cell.mean(m):.{digits}f}"
     if len(cell.values[m]) > 1:

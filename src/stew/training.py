@@ -467,8 +467,8 @@ class _EncoderOutputs(torch.nn.Module):
 
 
 def validation_latents(method: Method, bundle: Bundle, max_steps: int = LATENT_STEPS) -> dict[str, np.ndarray]:
-    """The student encoder's latents on the validation steps where its modality is present (evenly
-    subsampled to ``max_steps``), with the first target: what ``stew report`` projects to 2-D."""
+    """The student encoder's latents on at most ``max_steps`` evenly spaced validation steps where its
+    modality is present, with the first target: what ``stew report`` projects to 2-D."""
     seqs = bundle.val
     z = np.concatenate(predict_windows(_EncoderOutputs(method.student), seqs, bundle.eval_win, bundle.k_delay))
     modality = method.student.spec.modality
@@ -476,8 +476,10 @@ def validation_latents(method: Method, bundle: Bundle, max_steps: int = LATENT_S
     y = np.concatenate([s.source.targets[:, bundle.target_cols[0]] for s in seqs])
     step = np.concatenate([np.arange(len(s.y)) for s in seqs])
     seq = np.concatenate([[i] * len(s.y) for i, s in enumerate(seqs)])
-    keep = np.flatnonzero(present)
-    keep = keep[np.linspace(0, len(keep) - 1, min(max_steps, len(keep))).astype(int)] if len(keep) else keep
+    # One grid over all steps, then the present ones: runs of other modalities on the same carve pick
+    # the same steps, so the report can pair weaker and stronger latents step for step.
+    grid = np.unique(np.linspace(0, len(present) - 1, min(max_steps, len(present))).astype(int))
+    keep = grid[present[grid]]
     return {"latent": z[keep].astype(np.float32), "y": y[keep].astype(np.float32), "sequence": seq[keep],
             "step": step[keep]}
 
