@@ -223,8 +223,10 @@ def execute(cfg_json: str, key: str) -> dict[str, Any]:
     cfg = TrainConfig.model_validate_json(cfg_json)
     out = Path(cfg.out)
     job_file = out / JOB_FILE
-    if out.exists() and (not job_file.is_file() or json.loads(job_file.read_text()).get("key") != key):
-        shutil.rmtree(out)
+    stale = not job_file.is_file() or json.loads(job_file.read_text()).get("key") != key
+    started = (out / "checkpoints" / "last.ckpt").is_file() or (out / "metrics.json").is_file()
+    if out.exists() and (stale or not started):
+        shutil.rmtree(out)  # another run's folder, or one killed before its first checkpoint: start clean
     out.mkdir(parents=True, exist_ok=True)
     done = out / "metrics.json"
     if done.is_file():
