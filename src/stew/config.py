@@ -137,6 +137,12 @@ class TrainConfig(Strict):
     cermtl: CERMTLConfig = Field(default_factory=CERMTLConfig)
 
 
+def first_error(e: ValidationError) -> tuple[str, str]:
+    """(dotted location, message) of a pydantic error's first problem: what our one-line errors name."""
+    err = e.errors()[0]
+    return ".".join(str(p) for p in err["loc"]), err["msg"]
+
+
 def load_config(path: Path | None, overrides: dict) -> TrainConfig:
     """YAML file (if any) first, then explicit command-line overrides; validated as a whole."""
     raw: dict = {}
@@ -153,6 +159,5 @@ def load_config(path: Path | None, overrides: dict) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise DataError(f"invalid config key '{loc}': {err['msg']}", file=path) from e
+        loc, msg = first_error(e)
+        raise DataError(f"invalid config key '{loc}': {msg}", file=path) from e

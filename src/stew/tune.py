@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from stew.config import TrainConfig
+from stew.config import TrainConfig, first_error
 from stew.errors import DataError
 
 if TYPE_CHECKING:
@@ -163,9 +163,8 @@ def apply_params(cfg: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise DataError(f"invalid value for '{loc}': {err['msg']}") from None
+        loc, msg = first_error(e)
+        raise DataError(f"invalid value for '{loc}': {msg}") from None
 
 
 # --------------------------------------------------------------------------------------------------

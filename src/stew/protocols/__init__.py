@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stew.config import TrainConfig
+from stew.config import TrainConfig, first_error
 from stew.errors import DataError
 
 
@@ -150,9 +150,8 @@ class Protocol(_Strict):
         try:
             return TrainConfig.model_validate(raw)
         except ValidationError as e:
-            err = e.errors()[0]
-            raise DataError(f"protocol {self.name}, group {group}: invalid '{'.'.join(map(str, err['loc']))}': "
-                            f"{err['msg']}") from e
+            loc, msg = first_error(e)
+            raise DataError(f"protocol {self.name}, group {group}: invalid '{loc}': {msg}") from e
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +191,5 @@ def parse_protocol(text: str, where: Path | str = "<protocol>") -> Protocol:
     try:
         return Protocol.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise DataError(f"invalid protocol{' key ' + repr(loc) if loc else ''}: {err['msg']}", file=where) from e
+        loc, msg = first_error(e)
+        raise DataError(f"invalid protocol{' key ' + repr(loc) if loc else ''}: {msg}", file=where) from e
