@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import re
 import shutil
 import sqlite3
@@ -253,6 +254,22 @@ def test_header_plots_and_footer(frames_out, frames_report):
     # Footer: how to regenerate (a protocol file, not a shipped name).
     assert f"stew reproduce tiny-report.yaml --out {frames_out} --data" in text
     assert f"stew report {frames_out} --out {dest}" in text
+
+
+def test_footer_restates_only_tuned_and_workers(frames_out, tmp_path):
+    """The regenerate command carries --only, --tuned (password masked) and --workers of the last reproduce."""
+    copy = tmp_path / "again"
+    shutil.copytree(frames_out, copy)
+    proto = load_protocol(frames_out.parent / "tiny-report.yaml")
+    data = frames_out.parent / "frames"
+    # Everything is finished, so this only re-plans; no group names a study, so the URL is never opened.
+    summary = reproduce(proto, data, copy, workers=1, threads=1, only=["unimodal-*"],
+                        tuned_storage="postgresql://stew:s3cret@db.example:5432/studies")
+    assert summary["trained"] == 0
+    text = report.write_report(copy, tmp_path / "r.html").read_text()
+    cmd = html.unescape(text.split("<h2 id='regenerate'>")[1].split("</pre>")[0])
+    assert "--only 'unimodal-*' --tuned 'postgresql://stew:***@db.example:5432/studies' --workers 1" in cmd
+    assert "s3cret" not in text
 
 
 def test_self_contained(frames_report):

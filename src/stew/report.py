@@ -653,6 +653,12 @@ def _footer(rep: Report, dest: Path) -> str:
         cmd += ["--seeds", str(len(seeds))]
     for s in _set_args(json.loads(meta.get("overrides") or "{}")):
         cmd += ["--set", s]
+    for pattern in json.loads(meta.get("only") or "[]"):
+        cmd += ["--only", pattern]
+    if meta.get("tuned"):
+        cmd += ["--tuned", meta["tuned"]]
+    if meta.get("workers"):
+        cmd += ["--workers", meta["workers"]]
     report_cmd = ["stew", "report", str(rep.folder), "--out", str(dest)]
     proto_yaml = yaml.safe_dump(rep.protocol.model_dump(mode="json", exclude_defaults=True), sort_keys=False,
                                 allow_unicode=True)

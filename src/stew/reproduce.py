@@ -272,7 +272,8 @@ def reproduce(
         plan = Plan(protocol, data, out, seed_list, store, tuned, overrides, only)
         store.set_meta(protocol=protocol.name, protocol_yaml=protocol.model_dump_json(), data=str(data.resolve()),
                        data_fingerprint=plan.fingerprint, seeds=json.dumps(seed_list),
-                       overrides=json.dumps(overrides or {}))
+                       overrides=json.dumps(overrides or {}), only=json.dumps(only or []),
+                       tuned=_redacted(tuned_storage) if tuned_storage else "", workers=str(workers))
         skipped = plan.done_count()
         failures: dict[str, str] = {}
         trained = 0
@@ -313,6 +314,17 @@ def reproduce(
                "failed": failures, "wall_s": round(time.time() - t0, 1), "workers": workers, "threads": threads}
     (out / "reproduce.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _redacted(url: str) -> str:
+    """A storage URL as it may be shown in a report: any password masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
