@@ -23,6 +23,18 @@ data_app = typer.Typer(no_args_is_help=True, help="Check and synthesise datasets
 app.add_typer(data_app, name="data")
 console = Console()
 
+# Options of the commands that build a TrainConfig (train, rank, transfer, tune): one wording everywhere.
+DataOpt = Annotated[Path | None, typer.Option(help="dataset folder")]
+ConfigOpt = Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")]
+MethodOpt = Annotated[str | None, typer.Option(help="unimodal | sew | cmstew | emobed | joint | triplet | cermtl")]
+ModalityOpt = Annotated[
+    str | None, typer.Option(help="the (weaker) modality the model is deployed on; 'all' or 'a+b': early fusion")
+]
+TeacherOpt = Annotated[
+    str | None, typer.Option(help="sew, cmstew: the stronger modality; emobed, joint, triplet: the auxiliary one")
+]
+TargetOpt = Annotated[str | None, typer.Option(help="regression target; default all")]
+
 
 def cli_errors(fn: Callable) -> Callable:
     """DataError -> one line on stderr, exit code 2 (writers are atomic, so nothing half-written remains)."""
@@ -90,17 +102,11 @@ def _train_config(config: Path | None, **overrides: Any):
 @app.command()
 @cli_errors
 def train(
-    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
-    method: Annotated[
-        str | None, typer.Option(help="unimodal | sew | cmstew | emobed | joint | triplet | cermtl")
-    ] = None,
-    modality: Annotated[
-        str | None, typer.Option(help="the (weaker) modality the model is deployed on; 'all' or 'a+b': early fusion")
-    ] = None,
-    teacher: Annotated[
-        str | None, typer.Option(help="sew, cmstew: the stronger modality; emobed, joint, triplet: the auxiliary one")
-    ] = None,
-    target: Annotated[str | None, typer.Option(help="regression target; default all")] = None,
+    data: DataOpt = None,
+    method: MethodOpt = None,
+    modality: ModalityOpt = None,
+    teacher: TeacherOpt = None,
+    target: TargetOpt = None,
     targets: Annotated[str | None, typer.Option(help="several targets, comma-separated (multi-task)")] = None,
     arch: Annotated[str | None, typer.Option(help="classifier | bigru | bigru-te | gru4 | gru")] = None,
     loss: Annotated[str | None, typer.Option(help="mse | ccc | pcc | bce | ce")] = None,
@@ -114,7 +120,7 @@ def train(
     postprocess: Annotated[
         bool | None, typer.Option(help="AVEC chain (median filter, centring, scaling, shift) searched on validation")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Train one model; write RUN/metrics.json, RUN/predictions.csv and RUN/model/."""
     from stew.training import run
@@ -136,13 +142,13 @@ def train(
 @app.command()
 @cli_errors
 def rank(
-    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    data: DataOpt = None,
     seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 5,
     arch: Annotated[str | None, typer.Option()] = None,
     target: Annotated[str | None, typer.Option()] = None,
     out: Annotated[Path | None, typer.Option(help="folder for the runs and rank.json")] = None,
     max_epochs: Annotated[int | None, typer.Option()] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Train every modality's unimodal model over seeds and print the ranking (validation decides)."""
     from stew.rank import rank_modalities, render_ranking
@@ -155,12 +161,12 @@ def rank(
 @app.command("transfer")
 @cli_errors
 def transfer_cmd(
-    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    data: DataOpt = None,
     method: Annotated[str, typer.Option(help="transfer method (cmstew)")] = "cmstew",
     seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 5,
     gap: Annotated[float | None, typer.Option(help="minimum validation gap (default 0.05 CCC, 5 pp F1)")] = None,
     out: Annotated[Path | None, typer.Option(help="folder for all runs and transfer.json")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Rank the modalities, run every clear stronger-to-weaker pair, compare with the weaker unimodal."""
     from stew.transfer import transfer
@@ -325,15 +331,11 @@ def reproduce_cmd(
 def tune(
     study: Annotated[str, typer.Option(help="study name: workers giving the same name and --storage share it")],
     out: Annotated[Path, typer.Option(help="folder for best.json, trials/<study>/trial<N>/ and the default SQLite")],
-    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
-    method: Annotated[
-        str | None, typer.Option(help="unimodal | sew | cmstew | emobed | joint | triplet | cermtl")
-    ] = None,
-    modality: Annotated[str | None, typer.Option(help="the (weaker) modality the model is deployed on")] = None,
-    teacher: Annotated[
-        str | None, typer.Option(help="the stronger (sew, cmstew) or auxiliary (emobed) modality")
-    ] = None,
-    target: Annotated[str | None, typer.Option(help="regression target; default all")] = None,
+    data: DataOpt = None,
+    method: MethodOpt = None,
+    modality: ModalityOpt = None,
+    teacher: TeacherOpt = None,
+    target: TargetOpt = None,
     ablation: Annotated[
         str | None, typer.Option(help="sew or cmstew ablation; the weights it switches off are not searched")
     ] = None,
@@ -350,7 +352,7 @@ def tune(
     ] = 0,
     timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
     max_epochs: Annotated[int | None, typer.Option()] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Search hyper-parameters on validation (Optuna TPE); write OUT/best.json."""
     import optuna

@@ -98,12 +98,14 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
     m = meta["modality"]
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     where = None if isinstance(data, Dataset) else data
-    inputs = meta.get("inputs", [m])
-    missing = [p for p in inputs if p not in ds.modalities]
-    if m not in ds.modalities and missing:
-        raise DataError(f"the model needs modality {', '.join(map(repr, missing))}; the data has {list(ds.modalities)}",
-                        file=where)
-    if m not in ds.modalities:
+    if m not in ds.modalities:  # an early-fused model: rebuild its input from the parts
+        inputs = meta.get("inputs", [m])
+        missing = [p for p in inputs if p not in ds.modalities]
+        if missing:
+            raise DataError(
+                f"the model needs modality {', '.join(map(repr, missing))}; the data has {list(ds.modalities)}",
+                file=where,
+            )
         ds = ds.fuse(inputs)
     if ds.modalities[m] != meta["dim"]:
         raise DataError(
