@@ -402,9 +402,6 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     return result
 
 
-LATENT_STEPS = 2000
-
-
 def _grid_name(cfg: TrainConfig) -> str:
     return f"alpha{cfg.cmstew.alpha:g}_beta{cfg.cmstew.beta:g}"
 
@@ -464,6 +461,9 @@ class _EncoderOutputs(torch.nn.Module):
 
     def predict(self, batch: dict) -> torch.Tensor:
         return self.student.encoder(batch["x"][self.student.spec.modality], batch["mask"])
+
+
+LATENT_STEPS = 2000  # validation steps kept in latents.npz: enough for the report's 2-D projection
 
 
 def validation_latents(method: Method, bundle: Bundle, max_steps: int = LATENT_STEPS) -> dict[str, np.ndarray]:
