@@ -43,6 +43,7 @@ __all__ = [
     "rescale_to_range",
     "selection_metric",
     "task_metrics",
+    "two_proportion_ztest",
     "uar",
     "unpaired_ttest",
     "war",
@@ -207,6 +208,17 @@ def war(y_true: ArrayLike, y_pred: ArrayLike, threshold: float = 0.0) -> float:
 # Significance
 
 
+def _normal_p(z: float, tail: Tail) -> float:
+    """p-value of a standard-normal statistic ``z`` for ``tail`` (see :func:`fisher_r_to_z`)."""
+    if tail == "two":
+        return float(2.0 * stats.norm.sf(abs(z)))
+    if tail in ("greater", "one"):
+        return float(stats.norm.sf(z))
+    if tail == "less":
+        return float(stats.norm.cdf(z))
+    raise ValueError(f"tail must be 'two', 'greater', 'less' or 'one', not {tail!r}")
+
+
 def fisher_r_to_z(r1: float, n1: int, r2: float, n2: int, tail: Tail = "two") -> tuple[float, float]:
     """z-test of two correlations from independent samples via Fisher's r-to-z (emobed_cermtl §1.5).
 
@@ -221,15 +233,7 @@ def fisher_r_to_z(r1: float, n1: int, r2: float, n2: int, tail: Tail = "two") ->
     z1 = math.atanh(min(max(r1, -1 + eps), 1 - eps))
     z2 = math.atanh(min(max(r2, -1 + eps), 1 - eps))
     z = (z1 - z2) / math.sqrt(1.0 / (n1 - 3) + 1.0 / (n2 - 3))
-    if tail == "two":
-        p = 2.0 * stats.norm.sf(abs(z))
-    elif tail in ("greater", "one"):
-        p = stats.norm.sf(z)
-    elif tail == "less":
-        p = stats.norm.cdf(z)
-    else:
-        raise ValueError(f"tail must be 'two', 'greater', 'less' or 'one', not {tail!r}")
-    return float(z), float(p)
+    return float(z), _normal_p(z, tail)
 
 
 def _vector(a: ArrayLike) -> np.ndarray:
@@ -394,17 +398,6 @@ def task_metrics(
 # Significance of two accuracies
 
 
-def _normal_p(z: float, tail: Tail) -> float:
-    """p-value of a standard-normal statistic ``z`` for ``tail`` (as in :func:`fisher_r_to_z`)."""
-    if tail == "two":
-        return float(2.0 * stats.norm.sf(abs(z)))
-    if tail in ("greater", "one"):
-        return float(stats.norm.sf(z))
-    if tail == "less":
-        return float(stats.norm.cdf(z))
-    raise ValueError(f"tail must be 'two', 'greater', 'less' or 'one', not {tail!r}")
-
-
 def two_proportion_ztest(acc1: float, n1: int, acc2: float, n2: int, tail: Tail = "two") -> tuple[float, float]:
     """z-test of two accuracies from independent samples, pooled variance (emobed_cermtl §1.5).
 
@@ -428,5 +421,3 @@ def two_proportion_ztest(acc1: float, n1: int, acc2: float, n2: int, tail: Tail 
     z = (acc1 - acc2) / math.sqrt(var)
     return float(z), _normal_p(z, tail)
 
-
-__all__ += ["two_proportion_ztest"]

@@ -254,10 +254,7 @@ def fit_chain(
     label_mean, label_std = float(tl.mean()), float(tl.std())
 
     windows, shifts = grid(rate)
-    lengths = [p.size for p in preds]
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
     y_all = np.concatenate(labels)
-    buf = np.empty(int(offsets[-1]), dtype=np.float64)
 
     # score every candidate, keyed by (median_frames, centre, scale, shift_frames)
     scores: dict[tuple[int, bool, bool, int], float] = {}
@@ -268,14 +265,7 @@ def fit_chain(
         pm, ps = float(cat.mean()), float(cat.std())
         stats[w] = (pm, ps)
         for d in shifts:
-            if d == 0:
-                shifted = cat
-            else:
-                for p, o, n in zip(filt, offsets[:-1], lengths, strict=True):
-                    k = min(d, n)
-                    buf[o : o + k] = p[0]
-                    buf[o + k : o + n] = p[: n - k]
-                shifted = buf
+            shifted = np.concatenate([_shift(p, d) for p in filt]) if d else cat
             for centre in (False, True):
                 for scale in (False, True):
                     a, b = _affine(centre, scale, pm, ps, label_mean, label_std)
@@ -357,7 +347,6 @@ def fit_chains(
     ``train_labels`` is ``[N, k]`` (or a list of per-recording ``[T, k]`` arrays). Returns chains and
     reports keyed by target name.
     """
-    _check_rate(rate_hz)
     tg = _check_targets(targets)
     k = len(tg)
     preds = _columns(val_preds, k, "val_preds")
@@ -380,8 +369,6 @@ def apply_chains(chains: dict[str, Chain], preds: Sequence[np.ndarray], targets:
     missing = [t for t in tg if t not in chains]
     if missing:
         raise ValueError(f"no post-processing chain for target(s) {missing}; have {sorted(chains)}")
-    if preds is None or len(preds) == 0:
-        raise ValueError("preds: no sequences")
     cols = _columns(preds, len(tg), "preds")
     outs = []
     for orig, a in zip(preds, cols, strict=True):
