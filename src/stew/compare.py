@@ -131,18 +131,19 @@ def compare(
         if kinds[p] != kinds[first]:
             raise DataError(f"runs differ in task: {first} is {kinds[first]}, {p} is {kinds[p]}")
     kind = kinds[first]
+    targets = ccc_keys(blocks[first]) if kind == "regression" else ["acc"]
     if kind == "regression":
         for p in every[1:]:
-            if ccc_keys(blocks[p]) != ccc_keys(blocks[first]):
+            theirs = ccc_keys(blocks[p])
+            if theirs != targets:
                 raise DataError(
-                    f"runs differ in targets: {first} has {', '.join(ccc_keys(blocks[first]))}, "
-                    f"{p} has {', '.join(ccc_keys(blocks[p]))}"
+                    f"runs differ in targets: {first} has {', '.join(targets)}, {p} has {', '.join(theirs)}"
                 )
 
     if metric:
         keys = [k.strip() for k in metric.split(",") if k.strip()]
     else:
-        keys = ccc_keys(blocks[first]) if kind == "regression" else ["acc"]
+        keys = targets
     pair_keys = keys if kind == "regression" else ["acc"]
     for k in dict.fromkeys(keys + pair_keys):
         for p in every:
@@ -193,23 +194,24 @@ def compare(
 
 
 def _num(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def _p(p: float) -> str:
     """p with 3 decimals (or in e-notation below .001); a ``*`` marks p < .05, the papers' threshold."""
-    if p is None or math.isnan(p):
+    if math.isnan(p):
         return "n/a"
     return (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}") + ("*" if p < 0.05 else " ")
 
 
 def render(result: dict, console: Console) -> None:
     """Print the run-for-run and the set-against-set tables."""
-    digits = 3 if result.get("task") == "regression" else 1
+    regression = result["task"] == "regression"
+    digits = 3 if regression else 1
     tail = {"two": "two-tailed", "greater": "one-tailed, A > B", "one": "one-tailed, A > B",
             "less": "one-tailed, A < B"}[result["tail"]]
     if result["pairs"]:
-        test = "Fisher r-to-z" if result.get("task") == "regression" else "two-proportion z-test on acc"
+        test = "Fisher r-to-z" if regression else "two-proportion z-test on acc"
         table = Table(title=f"Run for run: {test}, {result['split']}, {tail}", caption="* p < .05")
         for col in ("run A", "run B", "metric", "A", "B", "z", "p", "A vs B"):
             table.add_column(col, justify="right" if col in ("A", "B", "z", "p") else "left", overflow="fold")
@@ -233,7 +235,7 @@ def render(result: dict, console: Console) -> None:
         console.print(table)
     if not result["pairs"] and not result["sets"]:
         console.print("nothing to test: give as many runs on each side, or at least 2 on each side")
-    if result.get("task") == "regression" and result["pairs"]:
+    if regression and result["pairs"]:
         console.print("[dim]note: steps of one recording are autocorrelated, so the Fisher test's n overstates "
                       "the evidence for frame-level data; the t-test over seeds does not share that problem.[/dim]")
 

@@ -36,7 +36,7 @@ import yaml
 
 from stew import results
 from stew.errors import DataError
-from stew.protocols import Column, Protocol
+from stew.protocols import Column, Protocol, available
 from stew.results import Cell, TableResult
 
 Collected = dict[str, dict[int, dict[str, Any]]]  # group -> seed -> store row (results.collect)
@@ -116,10 +116,9 @@ class Report:
     tables: list[TableResult]
     root: Path
 
-    def run_dir(self, group: str, seed: int | None = None) -> Path | None:
-        """The folder of ``group``'s run for ``seed`` (default its first seed), None when not finished."""
-        seeds = self.collected.get(group, {})
-        row = seeds.get(min(seeds) if seed is None and seeds else seed)
+    def run_dir(self, group: str, seed: int) -> Path | None:
+        """The folder of ``group``'s run for ``seed``, None when not finished."""
+        row = self.row(group, seed)
         return self.root / row["run_dir"] if row is not None else None
 
     def row(self, group: str, seed: int) -> dict[str, Any] | None:
@@ -218,10 +217,15 @@ def _best_cells(t: TableResult) -> list[tuple[Column | None, str, Cell, Cell | N
         best = next(((r.label, cells[j]) for r, cells in t.rows if cells[j].group and cells[j].best.get(m)), None)
         if best is None:
             continue
-        base_name = t.spec.baseline_for(col)
-        base = next((cells[j] for _, cells in t.rows if cells[j].group == base_name and cells[j].seeds), None)
+        base = _baseline_cell(t, j)
         out.append((col, best[0], best[1], base if base is not best[1] else None))
     return out
+
+
+def _baseline_cell(t: TableResult, j: int) -> Cell | None:
+    """Column ``j``'s baseline cell when the baseline is a row of ``t`` with finished runs."""
+    name = t.spec.baseline_for(t.columns[j])
+    return next((cells[j] for _, cells in t.rows if cells[j].group == name and cells[j].seeds), None)
 
 
 def _read_predictions(run_dir: Path | None) -> pd.DataFrame | None:
@@ -295,7 +299,7 @@ def bars_section(rep: Report) -> str:
         width = 0.8 / max(1, len(rows))
         colours = [f"C{i % 10}" for i in range(len(rows))]
         seen: list[float] = []
-        for j, col in enumerate(t.columns):
+        for j in range(len(t.columns)):
             for i, (r, cells) in enumerate(rows):
                 c = cells[j]
                 x = j - 0.4 + width * (i + 0.5)
@@ -309,7 +313,7 @@ def bars_section(rep: Report) -> str:
                     ax.plot(x, c.paper[m], "D", mfc="white", mec="black", ms=5,
                             label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None)
                     seen.append(c.paper[m])
-            base = _baseline_mean(rep, t, col, m)
+            base = _baseline_mean(rep, t, j, m)
             if np.isfinite(base):
                 ax.hlines(base, j - 0.45, j + 0.45, colors="black", linestyles="--", lw=1,
                           label="baseline" if j == 0 else None)
@@ -329,13 +333,12 @@ def bars_section(rep: Report) -> str:
     return "".join(parts) or "<p class='note'>No table has a baseline, so there are no ablation bars.</p>"
 
 
-def _baseline_mean(rep: Report, t: TableResult, col: Column | None, m: str) -> float:
-    """The baseline's mean of ``m`` in column ``col``: its cell when it is a row, else from its runs."""
-    name = t.spec.baseline_for(col)
-    j = t.columns.index(col)
-    cell = next((cells[j] for _, cells in t.rows if cells[j].group == name), None)
+def _baseline_mean(rep: Report, t: TableResult, j: int, m: str) -> float:
+    """The baseline's mean of ``m`` in column ``j``: its cell when it is a row, else from its runs."""
+    cell = _baseline_cell(t, j)
     if cell is not None:
         return cell.mean(m)
+    name = t.spec.baseline_for(t.columns[j])
     values = [r["metrics"][t.spec.split].get(m, float("nan")) for r in rep.collected.get(name or "", {}).values()]
     return float(np.mean(values)) if values else float("nan")
 
@@ -354,8 +357,7 @@ def latent_section(rep: Report, *, tsne: bool = False) -> str:
                 g = cells[j].group
                 if g is None or (g, base) in done or g not in groups:
                     continue
-                spec = groups[g][1]
-                cfg = groups[g][0]
+                cfg, spec = groups[g]
                 if cfg.get("method") != "cmstew" or cfg.get("ablation") is not None or spec.teacher_run is None:
                     continue
                 done.add((g, base))
@@ -388,9 +390,7 @@ def _latent_figure(rep: Report, cmstew: str, teacher: str, base: str, *, tsne: b
 
     task = _task(rep.run_dir(base, seed)) or "regression"
     threshold = 0.0 if task == "regression" else 0.5
-    pick = {n: _even(len(z["latent"]), MAX_POINTS) for n, z in sets.items()}
-    if tsne:
-        pick = {n: _even(len(z["latent"]), TSNE_POINTS // 3) for n, z in sets.items()}
+    pick = {n: _even(len(z["latent"]), TSNE_POINTS // 3 if tsne else MAX_POINTS) for n, z in sets.items()}
     names = [base, teacher, cmstew]
     stacked = np.concatenate([sets[n]["latent"][pick[n]] for n in names]).astype(np.float64)
     if tsne:
@@ -586,8 +586,9 @@ def _header(rep: Report) -> str:
     seeds = json.loads(meta.get("seeds", "[]"))
     walls = [float(r["wall_s"]) for r in rep.runs]
     selected = sum(len(v) for v in rep.collected.values())
-    expected = len(p.group_names()) * max(1, len(seeds))
-    missing = [g for g in p.group_names() if g not in rep.collected]
+    names = p.group_names()
+    expected = len(names) * max(1, len(seeds))
+    missing = [g for g in names if g not in rep.collected]
     overrides = json.loads(meta.get("overrides") or "{}")
     items = [
         ("protocol", f"<code>{_e(meta.get('protocol', p.name))}</code>"),
@@ -639,8 +640,6 @@ def _set_args(overrides: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def _footer(rep: Report, dest: Path) -> str:
-    from stew.protocols import available
-
     meta = rep.meta
     name = meta.get("protocol", rep.protocol.name)
     shipped = name in available()
