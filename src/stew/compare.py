@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stew import metrics
+from stew.atomic import write_text_atomic
 from stew.errors import DataError
 
 TAILS = ("two", "greater", "less", "one")
@@ -257,14 +256,4 @@ def to_json(result: dict) -> str:
 
 def write_json(result: dict, out: Path) -> None:
     """Write ``result`` to ``out`` atomically (a temporary sibling, then a rename)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(to_json(result) + "\n")
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(out, to_json(result) + "\n")

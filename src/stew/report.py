@@ -21,9 +21,7 @@ import base64
 import html
 import io
 import json
-import os
 import shlex
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ import pandas as pd
 import yaml
 
 from stew import results
+from stew.atomic import write_text_atomic
 from stew.errors import DataError
 from stew.protocols import Column, Protocol, available
 from stew.results import Cell, TableResult
@@ -710,14 +709,5 @@ def write_report(folder: Path, out: Path | None = None, *, tsne: bool = False) -
     if dest.is_dir():
         raise DataError("--out is a folder; give the HTML file to write", file=dest)
     text = build_html(rep, dest, tsne=tsne)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(dest, text)
     return dest

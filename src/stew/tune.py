@@ -19,7 +19,6 @@ import random
 import re
 import shutil
 import socket
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
+from stew.atomic import write_text_atomic
 from stew.config import TrainConfig, first_error
 from stew.errors import DataError
 
@@ -177,17 +177,25 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def _shown(url: str) -> str:
+def redact(url: str) -> str | None:
+    """A storage URL as it may be shown or recorded: any password masked; None if it is not an SQLAlchemy URL."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
+        return None
+
+
+def _shown(url: str) -> str:
+    shown = redact(url)
+    if shown is None:
         raise DataError(
             f"--storage {url!r} is not an SQLAlchemy URL (e.g. sqlite:///tune.sqlite or "
             "postgresql+psycopg://user@host:5432/db)"
-        ) from None
+        )
+    return shown
 
 
 def _first_line(e: BaseException) -> str:
@@ -313,18 +321,6 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check(cfg: TrainConfig, ds: Dataset) -> str:
     """Resolve the configuration against the data before any trial runs; return the selection key."""
     from stew.methods import required_modalities
@@ -422,7 +418,7 @@ def tune(
     summary = {**study_summary(st), "storage": _shown(storage), "space": {k: d.path for k, d in space.items()}}
     if summary["best_value"] is None:
         raise DataError(f"no trial of study {study!r} has completed (all failed or still running)")
-    _write_json_atomic(summary, out / "best.json")
+    write_text_atomic(out / "best.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
