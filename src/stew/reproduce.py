@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +33,7 @@ from stew.config import TrainConfig
 from stew.errors import DataError
 from stew.protocols import Protocol
 from stew.store import RunStore, data_fingerprint, run_key
+from stew.tune import redact
 
 JOB_FILE = "stew-job.json"
 
@@ -75,6 +77,7 @@ class Plan:
         self.fingerprint = data_fingerprint(self.data)
         self.groups = select_groups(protocol.expand_groups(), only)
         self.tuned, self.overrides = tuned or {}, overrides or {}
+        self._resolved: dict[tuple[str, int], list[Job]] = {}
         # Grid candidates are fixed by the configuration alone (not by results), so the total is known now.
         self.grid = {g: search_space(self._config(g, seeds[0])) for g in self.groups}
         self.total = sum(len(seeds) - 1 + len(self.grid[g]) for g in self.groups)
@@ -99,7 +102,18 @@ class Plan:
         return select(rows)
 
     def _jobs_for(self, group: str, seed: int) -> list[Job] | None:
-        """The jobs of (group, seed), or None while a dependency is unfinished."""
+        """The jobs of (group, seed), or None while a dependency is unfinished.
+
+        Once resolved they never change (store rows are final), so they are worked out only once.
+        """
+        if (group, seed) not in self._resolved:
+            jobs = self._resolve(group, seed)
+            if jobs is None:
+                return None
+            self._resolved[group, seed] = jobs
+        return self._resolved[group, seed]
+
+    def _resolve(self, group: str, seed: int) -> list[Job] | None:
         cfg = self._config(group, seed)
         spec = self.groups[group][1]
         teacher_key = None
@@ -131,15 +145,16 @@ class Plan:
         key = run_key(json.loads(cfg.model_dump_json()), self.fingerprint, teacher_key)
         return Job(name, group, seed, candidate, cfg, key)
 
-    def ready(self) -> list[Job]:
-        """Unfinished jobs whose dependencies are done, in protocol order (teachers first)."""
-        out = []
+    def _known(self) -> Iterator[tuple[Job, bool]]:
+        """(job, whether the store holds it) for every job whose dependencies are done, in protocol order."""
         for g in self.groups:
             for s in self.seeds:
                 for j in self._jobs_for(g, s) or []:
-                    if self.store.get(j.key) is None:
-                        out.append(j)
-        return out
+                    yield j, self.store.get(j.key) is not None
+
+    def ready(self) -> list[Job]:
+        """Unfinished jobs whose dependencies are done, in protocol order (teachers first)."""
+        return [j for j, done in self._known() if not done]
 
     def selected(self) -> dict[str, dict[int, str]]:
         """group -> seed -> key of the finished row that stands for it (what tables and reports read)."""
@@ -152,12 +167,7 @@ class Plan:
         return out
 
     def done_count(self) -> int:
-        n = 0
-        for g in self.groups:
-            for s in self.seeds:
-                jobs = self._jobs_for(g, s)
-                n += sum(self.store.get(j.key) is not None for j in jobs) if jobs else 0
-        return n
+        return sum(done for _, done in self._known())
 
 
 def select_groups(groups: dict[str, Any], only: list[str] | None) -> dict[str, Any]:
@@ -258,12 +268,12 @@ def reproduce(
     """
     console = console or Console()
     out = Path(out)
-    data = Path(data) if data is not None else synthesize(protocol, out / "data", console)
     seed_list = list(range(seeds if seeds is not None else protocol.seeds))
     if not seed_list:
         raise DataError("--seeds must be at least 1")
     if workers < 1:
         raise DataError("--workers must be at least 1")
+    data = Path(data) if data is not None else synthesize(protocol, out / "data", console)
     check_data(protocol, data, only)
     tuned = tuned_params(protocol, tuned_storage)
     threads = threads or threads_per_worker(workers)
@@ -273,7 +283,7 @@ def reproduce(
         store.set_meta(protocol=protocol.name, protocol_yaml=protocol.model_dump_json(), data=str(data.resolve()),
                        data_fingerprint=plan.fingerprint, seeds=json.dumps(seed_list),
                        overrides=json.dumps(overrides or {}), only=json.dumps(only or []),
-                       tuned=_redacted(tuned_storage) if tuned_storage else "", workers=str(workers))
+                       tuned=(redact(tuned_storage) or tuned_storage) if tuned_storage else "", workers=str(workers))
         skipped = plan.done_count()
         failures: dict[str, str] = {}
         trained = 0
@@ -285,7 +295,7 @@ def reproduce(
             while True:
                 busy = {j.key for j in running.values()}
                 for job in plan.ready():
-                    if job.key in busy or job.name in failures or _blocked(job, failures):
+                    if job.key in busy or _blocked(job, failures):
                         continue
                     if len(running) >= workers:
                         break
@@ -314,17 +324,6 @@ def reproduce(
                "failed": failures, "wall_s": round(time.time() - t0, 1), "workers": workers, "threads": threads}
     (out / "reproduce.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _redacted(url: str) -> str:
-    """A storage URL as it may be shown in a report: any password masked."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -455,13 +454,8 @@ def tuned_params(protocol: Protocol, storage: str | None) -> dict[str, dict[str,
     from stew.tune import best_params
 
     out = {}
-    for group, (_, spec) in protocol.expand_groups().items():
+    for group, (overrides, spec) in protocol.expand_groups().items():
         if spec.tuned is not None:
-            study = spec.tuned.study.format(**{k: v for k, v in _point(protocol, group).items()})
-            out[group] = best_params(storage, study)
+            point = {k: "full" if overrides.get(k) is None else overrides[k] for k in spec.matrix}
+            out[group] = best_params(storage, spec.tuned.study.format(**point))
     return out
-
-
-def _point(protocol: Protocol, group: str) -> dict[str, Any]:
-    overrides, spec = protocol.expand_groups()[group]
-    return {k: ("full" if overrides.get(k) is None else overrides.get(k)) for k in spec.matrix}
