@@ -378,12 +378,13 @@ def test_task_metrics_regression_one_target() -> None:
     p = y + rng.normal(scale=0.5, size=(90, 1))
     ids = np.repeat([0, 1, 2], 30)
     out = metrics.task_metrics("regression", ["arousal"], y, p, sequence_ids=ids)
-    assert set(out) == {"ccc", "pcc", "ccc_seq", "n"}
+    assert set(out) == {"ccc", "pcc", "acc_sign", "ccc_seq", "n"}
     assert out["ccc"] == pytest.approx(_ccc_reference(y[:, 0], p[:, 0]))
     assert out["pcc"] == pytest.approx(stats.pearsonr(y[:, 0], p[:, 0]).statistic)
     expected = np.mean([_ccc_reference(y[ids == s, 0], p[ids == s, 0]) for s in range(3)])
     assert out["ccc_seq"] == pytest.approx(expected)
-    assert set(metrics.task_metrics("regression", ["arousal"], y, p)) == {"ccc", "pcc", "n"}
+    assert out["acc_sign"] == pytest.approx(100 * accuracy_score(y[:, 0] > 0, p[:, 0] > 0))
+    assert set(metrics.task_metrics("regression", ["arousal"], y, p)) == {"ccc", "pcc", "acc_sign", "n"}
 
 
 def test_task_metrics_regression_several_targets() -> None:
@@ -393,13 +394,33 @@ def test_task_metrics_regression_several_targets() -> None:
     ids = np.array(["a"] * 15 + ["b"] * 25)
     out = metrics.task_metrics("regression", ["arousal", "valence"], y, p, sequence_ids=ids)
     assert set(out) == {
-        "ccc_arousal", "pcc_arousal", "ccc_seq_arousal",
-        "ccc_valence", "pcc_valence", "ccc_seq_valence", "ccc_mean", "n",
+        "ccc_arousal", "pcc_arousal", "acc_sign_arousal", "ccc_seq_arousal",
+        "ccc_valence", "pcc_valence", "acc_sign_valence", "ccc_seq_valence", "ccc_mean", "n",
     }
+    for j, t in enumerate(("arousal", "valence")):
+        assert out[f"acc_sign_{t}"] == pytest.approx(100 * accuracy_score(y[:, j] > 0, p[:, j] > 0))
     assert out["ccc_arousal"] == pytest.approx(_ccc_reference(y[:, 0], p[:, 0]))
     assert out["ccc_valence"] == pytest.approx(_ccc_reference(y[:, 1], p[:, 1]))
     assert out["ccc_arousal"] > out["ccc_valence"]
     assert out["ccc_mean"] == pytest.approx((out["ccc_arousal"] + out["ccc_valence"]) / 2)
+
+
+def test_sign_accuracy_puts_zero_in_the_negative_class() -> None:
+    """SEW's classes: negative = [-1, 0], positive = (0, 1]; ``war`` (SSPNet, >= 0 positive) differs at 0."""
+    assert metrics.sign_accuracy([0.0, 0.0], [-0.5, 0.0]) == 1.0  # 0 and below are one class
+    assert metrics.sign_accuracy([0.0], [1e-9]) == 0.0  # anything above 0 is the other
+    assert metrics.sign_accuracy([-1.0, 1.0, 0.5, -0.5], [-0.2, 0.3, -0.1, 0.0]) == 0.75
+    assert metrics.war([0.0], [-0.5]) == 0.0 and metrics.sign_accuracy([0.0], [-0.5]) == 1.0
+    out = metrics.task_metrics("regression", ["valence"], np.array([[0.0], [0.2], [-0.3], [0.9]]),
+                               np.array([[-0.1], [0.0], [-0.3], [0.1]]))
+    assert out["acc_sign"] == 75.0  # in %, like every accuracy task_metrics reports
+
+
+@FAST
+@given(st.lists(st.tuples(finite, finite), min_size=1, max_size=40))
+def test_sign_accuracy_matches_sklearn_on_strict_signs(rows: list[tuple[float, float]]) -> None:
+    t, p = np.array(rows).T
+    assert metrics.sign_accuracy(t, p) == pytest.approx(accuracy_score(t > 0, p > 0))
 
 
 def test_task_metrics_rejects_mismatches() -> None:
@@ -426,3 +447,13 @@ def test_selection_metric_is_a_task_metrics_key() -> None:
         assert key in metrics.task_metrics(task, list(targets), y, pred)
     with pytest.raises(ValueError):
         metrics.selection_metric("ranking", ["x"])
+
+
+def test_sew_tables_report_sign_accuracy_beside_ccc() -> None:
+    """Every SEW table shows the binary accuracy next to CCC, and each metric is a key runs write."""
+    from stew.protocols import load_protocol
+
+    keys = metrics.task_metrics("regression", ["arousal"], np.array([[0.1], [-0.2]]), np.array([[0.2], [0.1]]))
+    for table in load_protocol("recola-sew").tables:
+        assert table.metrics[:2] == ["ccc", "acc_sign"], table.title
+        assert set(table.metrics) <= set(keys), table.title

@@ -42,6 +42,7 @@ __all__ = [
     "pcc",
     "rescale_to_range",
     "selection_metric",
+    "sign_accuracy",
     "task_metrics",
     "two_proportion_ztest",
     "uar",
@@ -116,6 +117,17 @@ def ccc_per_sequence(y_true_list: Sequence[ArrayLike], y_pred_list: Sequence[Arr
     if not y_true_list:
         raise ValueError("no sequences")
     return float(np.mean([ccc(t, p) for t, p in zip(y_true_list, y_pred_list, strict=True)]))
+
+
+def sign_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Binary accuracy of a regression: the fraction of steps whose prediction falls on the label's side.
+
+    The classes of the SEW paper's tables: negative = ``[-1, 0]``, positive = ``(0, 1]``, so a value of
+    exactly 0 is *negative*. This differs on purpose from :func:`war`/:func:`uar` (the SSPNet convention,
+    spec §0.7), where 0 is the positive class; :func:`task_metrics` reports it as ``acc_sign``.
+    """
+    t, p = _pair(y_true, y_pred)
+    return float(np.mean((t > 0.0) == (p > 0.0)))
 
 
 def rescale_to_range(pred: ArrayLike, lo: float, hi: float) -> np.ndarray:
@@ -340,8 +352,9 @@ def task_metrics(
 
     - binary: ``acc``, ``f1_weighted``, ``f1_macro``, ``recall_mean`` (all in %);
     - multiclass: ``acc``, ``f1_macro``, ``recall_mean`` (in %);
-    - regression, one target: ``ccc``, ``pcc`` and, given ``sequence_ids``, ``ccc_seq`` (the mean
-      per-sequence CCC); several targets: ``ccc_<t>``, ``pcc_<t>``, ``ccc_seq_<t>`` per target and
+    - regression, one target: ``ccc``, ``pcc``, ``acc_sign`` (:func:`sign_accuracy` in %, the binary
+      accuracy of the SEW tables) and, given ``sequence_ids``, ``ccc_seq`` (the mean per-sequence
+      CCC); several targets: ``ccc_<t>``, ``pcc_<t>``, ``acc_sign_<t>``, ``ccc_seq_<t>`` per target and
       ``ccc_mean`` (the mean of ``ccc_<t>``).
     """
     yt = np.asarray(y_true, dtype=np.float64)
@@ -381,6 +394,7 @@ def task_metrics(
             suffix = "" if k == 1 else f"_{name}"
             out[f"ccc{suffix}"] = ccc(yt[:, j], yp[:, j])
             out[f"pcc{suffix}"] = pcc(yt[:, j], yp[:, j])
+            out[f"acc_sign{suffix}"] = 100.0 * sign_accuracy(yt[:, j], yp[:, j])
             if seq_index is not None:
                 parts = [seq_index == s for s in range(seq_index.max() + 1)]
                 out[f"ccc_seq{suffix}"] = ccc_per_sequence(
