@@ -12,6 +12,8 @@ from stew.errors import DataError
 from stew.methods import prepare
 from stew.methods.cmstew import build as build_cmstew
 from stew.methods.sew import build as build_sew
+from stew.methods.unimodal import Unimodal
+from stew.objectives import dcca_loss, masked_mse
 from stew.training import fit, make_bundle, resolve, run
 from tests.conftest import FAST, tiny_frames
 
@@ -45,17 +47,102 @@ def _collate(bundle):
     return wds.collate([wds[i] for i in range(min(16, len(wds)))])
 
 
-@pytest.mark.parametrize("ablation,off", [("-SD2", "beta"), ("-CCA", "gamma"), ("-SD1", "alpha")])
-def test_sew_ablations_switch_off_their_term(ablation, off):
+def _sew_terms(sew, batch):
+    """SEW's four losses written out from its modules (spec §5.4), not taken from ``training_loss``."""
+    mask, y = batch["mask"], batch["y"]
+    m_w, m_s = batch["x"][sew.weak], batch["x"][sew.strong]
+    m_sw, m_ss = sew.weak_encoder(m_w, mask), sew.strong_encoder(m_s)
+    return {
+        "prediction": masked_mse(torch.tanh(sew.regressor(m_sw, mask)), y, mask),
+        "translation": masked_mse(sew.strong_decoder(m_sw), m_s, mask),
+        "autoencode": masked_mse(sew.strong_autodecoder(m_ss), m_s, mask),
+        "alignment": dcca_loss(m_ss, m_sw, mask, k=sew.k, r1=sew.r1, r2=sew.r2),
+    }
+
+
+def _grads(loss, module):
+    params = list(module.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+# The terms each ablation must leave in the loss, beside the prediction (spec §5.6; weights are 1).
+SEW_KEPT = {
+    None: ("translation", "autoencode", "alignment"), "-SD2": ("translation", "alignment"),
+    "-CCA": ("translation", "autoencode"), "-SD1": ("autoencode", "alignment"), "-(CCA&SD1)": ("autoencode",),
+}
+
+
+@pytest.mark.parametrize("ablation", list(SEW_KEPT))
+def test_sew_ablations_switch_off_their_term(ablation):
+    """The ablated loss and its gradient are exactly the kept terms: the removed term is gone from both."""
     ds = tiny_frames()
     cfg, bundle = _bundle(
         TrainConfig(data="x", method="sew", modality="b", teacher="a", ablation=ablation, **SEW_FAST), ds
     )
+    torch.manual_seed(0)
     sew = build_sew(cfg, bundle, None)
-    assert getattr(sew, off) == 0.0
-    if ablation == "-CCA":  # without CCA and with S_D2 off nothing else would reach S_E; here S_D2 still does
-        sew.training_loss(_collate(bundle))[0].backward()
-        assert sew.strong_encoder.net[0].weight.grad.abs().sum() > 0
+    batch = _collate(bundle)
+    terms = _sew_terms(sew, batch)
+    # Every term is far from 0 here, so leaving one in (or dropping a kept one) shows in the loss.
+    assert all(abs(float(v.detach())) > 1e-2 for v in terms.values())
+    expected = terms["prediction"] + sum(terms[t] for t in SEW_KEPT[ablation])
+    loss, parts = sew.training_loss(batch)
+    assert set(parts) == {"prediction", *SEW_KEPT[ablation]}  # an unused term is not computed at all
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(_grads(loss, sew), _grads(expected, sew), strict=True):
+        torch.testing.assert_close(got, want)
+    # The modules that serve only a removed term receive no gradient at all.
+    idle = {"-SD2": ["strong_autodecoder"], "-SD1": ["strong_decoder"], "-(CCA&SD1)": ["strong_decoder"]}
+    for name in idle.get(ablation, []):
+        assert all(g.abs().sum() == 0 for g in _grads(loss, getattr(sew, name))), name
+    if ablation == "-CCA":  # S_E still learns through S_D2
+        assert any(g.abs().sum() > 0 for g in _grads(loss, sew.strong_encoder))
+
+
+def test_sew_without_cca_and_sd1_trains_the_student_like_the_unimodal_model():
+    """Spec §5.7: "-(CCA&SD1)" leaves W_E + R trained on the prediction loss alone, i.e. the per-frame
+    unimodal model of the same network. For the same weights and batch, its student gets exactly the
+    unimodal model's loss and gradients (S_E and S_D2 still train, but nothing reaches the student)."""
+    ds = tiny_frames()
+    cfg, bundle = _bundle(
+        TrainConfig(data="x", method="sew", modality="b", teacher="a", ablation="-(CCA&SD1)", **SEW_FAST), ds
+    )
+    sew = build_sew(cfg, bundle, None)
+    uni = Unimodal(sew.student.spec, cfg.loss)
+    uni.student.load_state_dict(sew.student.state_dict())
+    batch = _collate(bundle)
+    loss, parts = sew.training_loss(batch)
+    uni_loss, _ = uni.training_loss(batch)
+    torch.testing.assert_close(parts["prediction"], uni_loss.detach())
+    for got, want in zip(_grads(loss, sew.student), _grads(uni_loss, uni.student), strict=True):
+        torch.testing.assert_close(got, want)
+    assert any(g.abs().sum() > 0 for g in _grads(loss, sew.student))
+    # The full model's student gradient differs: the comparison can tell the two apart.
+    full = build_sew(cfg.model_copy(update={"ablation": None}), bundle, None)
+    full.load_state_dict(sew.state_dict())
+    full_grads = _grads(full.training_loss(batch)[0], full.student)
+    assert any(not torch.allclose(a, b) for a, b in zip(full_grads, _grads(uni_loss, uni.student), strict=True))
+
+
+def test_sew_does_not_compute_dcca_when_gamma_is_0(monkeypatch):
+    """-CCA (gamma = 0): the DCCA term is never evaluated, so it costs nothing and cannot fail the run."""
+    from stew.methods import sew as sew_module
+
+    def boom(*args, **kwargs):
+        raise FloatingPointError("DCCA evaluated")
+
+    monkeypatch.setattr(sew_module, "dcca_loss", boom)
+    ds = tiny_frames()
+    for ablation in ("-CCA", "-(CCA&SD1)"):
+        cfg, bundle = _bundle(
+            TrainConfig(data="x", method="sew", modality="b", teacher="a", ablation=ablation, **SEW_FAST), ds
+        )
+        loss, parts = build_sew(cfg, bundle, None).training_loss(_collate(bundle))
+        assert torch.isfinite(loss) and "alignment" not in parts
+    cfg, bundle = _bundle(TrainConfig(data="x", method="sew", modality="b", teacher="a", **SEW_FAST), ds)
+    with pytest.raises(FloatingPointError, match="DCCA evaluated"):  # the patch is the one SEW calls
+        build_sew(cfg, bundle, None).training_loss(_collate(bundle))
 
 
 def test_sew_video_app_pair_uses_latent_168():

@@ -83,26 +83,28 @@ class SEW(Method):
         mask = batch["mask"]
         m_w, m_s = batch["x"][self.weak], batch["x"][self.strong]
         m_sw = self.weak_encoder(m_w, mask)
-        m_ss = self.strong_encoder(m_s)
+        # S_E feeds only the auto-encoder and the alignment; with both off it is not run.
+        m_ss = self.strong_encoder(m_s) if (self.beta or self.gamma) else None
 
-        translation_loss = masked_mse(self.strong_decoder(m_sw), m_s, mask)
-        autoencode_loss = masked_mse(self.strong_autodecoder(m_ss), m_s, mask)
-        alignment_loss = dcca_loss(m_ss, m_sw, mask, k=self.k, r1=self.r1, r2=self.r2)
         task = self.student.spec.task
         pred_loss = prediction_loss(self.regressor(m_sw, mask), batch["y"], mask, task, self.loss_name)
-
-        loss = pred_loss
-        # Terms switched off by an ablation are left out entirely, so they cannot leak gradients.
+        loss, parts = pred_loss, {"prediction": pred_loss.detach()}
+        # A term switched off by an ablation is not even computed: it cannot leak gradients, costs
+        # nothing (the DCCA's eigendecompositions are most of a SEW step), and cannot stop a run with a
+        # "diverged" error from a term that is not in the loss.
         if self.alpha:
+            translation_loss = masked_mse(self.strong_decoder(m_sw), m_s, mask)
             loss = loss + self.alpha * translation_loss
+            parts["translation"] = translation_loss.detach()
         if self.beta:
+            autoencode_loss = masked_mse(self.strong_autodecoder(m_ss), m_s, mask)
             loss = loss + self.beta * autoencode_loss
+            parts["autoencode"] = autoencode_loss.detach()
         if self.gamma:
+            alignment_loss = dcca_loss(m_ss, m_sw, mask, k=self.k, r1=self.r1, r2=self.r2)
             loss = loss + self.gamma * alignment_loss
-        return loss, {
-            "prediction": pred_loss.detach(), "translation": translation_loss.detach(),
-            "autoencode": autoencode_loss.detach(), "alignment": alignment_loss.detach(),
-        }
+            parts["alignment"] = alignment_loss.detach()
+        return loss, parts
 
     def extra_record(self) -> dict:
         return {"teacher": self.strong, "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "k": self.k}
