@@ -8,13 +8,16 @@ from safetensors.torch import load_file
 
 from stew.config import CMStEWConfig, TrainConfig
 from stew.data.splits import carve_validation
+from stew.deploy import save_model
 from stew.errors import DataError
 from stew.methods import prepare
 from stew.methods.cmstew import build as build_cmstew
+from stew.methods.cmstew import teacher_config
 from stew.methods.sew import build as build_sew
 from stew.methods.unimodal import Unimodal
-from stew.objectives import dcca_loss, masked_mse
-from stew.training import fit, make_bundle, resolve, run
+from stew.models.student import SingleModalityModel
+from stew.objectives import dcca_loss, masked_mae, masked_mse
+from stew.training import fit, make_bundle, resolve, run, student_spec
 from tests.conftest import FAST, tiny_frames
 
 SEW_FAST = {**FAST, "max_epochs": 1}
@@ -198,6 +201,61 @@ def test_cmstew_ablations_and_grid(frames_dir, tmp_path):
     dec = run(TrainConfig(data=frames_dir, method="cmstew", modality="b", teacher="a", ablation="-Decoder",
                           cmstew=CMStEWConfig(alpha=0.1, teacher_run=teacher), **FAST))
     assert dec["method"]["beta"] == 0.0 and dec["_method"].strong_decoder is None
+    # The loss of each trained model is exactly its kept terms (spec §6.4), value and gradient:
+    # -LFA has no alignment term, -Decoder no translation term, the full model both.
+    batch = _collate(r["_bundle"])
+    for res, kept in ((r, ("alignment", "translation")), (lfa, ("translation",)), (dec, ("alignment",))):
+        method = res["_method"].eval()  # no dropout: the two computations must see the same network
+        terms = _cmstew_terms(method, batch)
+        assert abs(float(terms["alignment"].detach())) > 1e-2  # so keeping it by mistake would show
+        weight = {"alignment": method.alpha, "translation": method.beta}
+        expected = terms["prediction"] + sum(weight[t] * terms[t] for t in kept)
+        loss, parts = method.training_loss(batch)
+        assert set(parts) == {"prediction", *kept}
+        torch.testing.assert_close(loss, expected)
+        for got, want in zip(_grads(loss, method.student), _grads(expected, method.student), strict=True):
+            torch.testing.assert_close(got, want)
+
+
+def _cmstew_terms(method, batch):
+    """CM-StEW's three losses written out from its modules, not taken from ``training_loss``."""
+    mask, y = batch["mask"], batch["y"]
+    m_w, m_s = batch["x"][method.student.spec.modality], batch["x"][method.strong]
+    m_sw, m_ss = method.weak_encoder(m_w, mask), method.strong_encoder(m_s, mask).detach()
+    terms = {
+        "prediction": masked_mse(torch.tanh(method.weak_classifier(m_sw)), y, mask),
+        "alignment": dcca_loss(m_ss, m_sw, mask, k=method.k, r1=method.r1, r2=method.r2),
+    }
+    if method.strong_decoder is not None:
+        terms["translation"] = masked_mae(method.strong_decoder(m_sw, mask), m_s, mask)
+    return terms
+
+
+def _untrained_teacher(cfg, ds, out):
+    """A stage-1 model folder without the training: all ``build`` reads from a teacher run."""
+    tcfg = teacher_config(cfg, out)
+    bundle = make_bundle(tcfg, ds, [cfg.teacher])
+    save_model(SingleModalityModel(student_spec(tcfg, ds, cfg.teacher)), bundle, tcfg, out / "model")
+    return out
+
+
+@pytest.mark.parametrize("layers,frame_audio_default", [(None, 1), (3, 3), (2, 2)])
+def test_cmstew_decoder_layers_default_and_explicit(tmp_path, layers, frame_audio_default):
+    """Spec §6.3's default: 1 decoder layer for a frame-level audio student, 2 otherwise; an explicit
+    ``cmstew.decoder_layers`` is honoured for every student."""
+    ds = tiny_frames()
+    ds.modalities["audio"] = ds.modalities.pop("b")
+    for s in ds.sequences:
+        s.features["audio"], s.masks["audio"] = s.features.pop("b"), s.masks.pop("b")
+    ds = carve_validation(ds, 4, 0)
+    for student, want in (("audio", frame_audio_default), ("a", layers or 2)):
+        teacher = "a" if student == "audio" else "audio"
+        cfg = resolve(TrainConfig(data="x", method="cmstew", modality=student, teacher=teacher, **FAST,
+                                  cmstew=CMStEWConfig(alpha=0.1, beta=0.1, decoder_layers=layers)), ds)
+        c = cfg.cmstew.model_copy(update={"teacher_run": _untrained_teacher(cfg, ds, tmp_path / student)})
+        cfg = cfg.model_copy(update={"cmstew": c})
+        method = build_cmstew(cfg, make_bundle(cfg, ds, [student, teacher]), tmp_path)
+        assert method.strong_decoder.bigru.gru.num_layers == want, student
 
 
 def test_cmstew_refuses_teacher_with_other_validation_carve(utt_dir, tmp_path):

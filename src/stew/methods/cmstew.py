@@ -155,9 +155,10 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> CMStEW:
     decoder = None
     if c.beta:
         # spec §6.3: 250 units, 500 when translating into wide video features [U for MOSI];
-        # one layer for the RECOLA valence audio model (frame-level audio student).
+        # one layer for the RECOLA valence audio model (frame-level audio student), else two.
+        # Those are defaults only: an explicit ``cmstew.decoder_layers`` wins for every student.
         units = c.decoder_units or (500 if d_strong >= 168 else 250)
-        layers = 1 if (bundle.ds.step_rate_hz and cfg.modality == "audio") else c.decoder_layers
+        layers = c.decoder_layers or (1 if (bundle.ds.step_rate_hz and cfg.modality == "audio") else 2)
         decoder = BiGRUDecoder(cfg.d_model, units, layers, d_strong)
     return CMStEW(
         student_spec(cfg, bundle.ds, cfg.modality, arch="bigru-te"), teacher, decoder, cfg.loss,
