@@ -128,7 +128,8 @@ class _Doc(HTMLParser):
         if tag == "img":
             self.imgs.append(a.get("src", ""))
         if tag == "table" and "paper-table" in (a.get("class") or ""):
-            self.tables.append({"title": a.get("data-title"), "caption": "", "cells": [], "rows": []})
+            self.tables.append({"title": a.get("data-title"), "split": a.get("data-split"), "caption": "",
+                                "cells": [], "rows": []})
         elif self.tables and tag == "caption":
             self._in_caption = True
         elif self.tables and tag == "tr":
@@ -158,9 +159,11 @@ def _parse(text: str) -> _Doc:
     return doc
 
 
-def _td(table: dict, group: str, k: int = 0) -> dict:
-    """The k-th 'ours' cell of ``group`` (one per metric and column)."""
-    return [c for c in table["cells"] if c["attrs"].get("data-group") == group][k]
+def _td(table: dict, group: str, k: int = 0, split: str | None = None) -> dict:
+    """The k-th 'ours' cell of ``group`` on ``split`` (default the table's headline; one per metric and column)."""
+    split = split or table["split"]
+    return [c for c in table["cells"] if c["attrs"].get("data-group") == group
+            and c["attrs"].get("data-split") == split][k]
 
 
 # -- numbers ----------------------------------------------------------------------------------------
@@ -207,8 +210,12 @@ def test_tables_captions_best_p_and_paper(frames_out, frames_report):
     proto, store = results.load(frames_out)
     with store:
         expected = results.tables(proto, results.collect(store))
-    assert [t["title"] for t in doc.tables] == [t.title for t in expected] == [t["title"] for t in FRAMES["tables"]]
+    assert [t["title"] for t in doc.tables] == [t.title for t in expected]
     assert [t["caption"] for t in doc.tables] == [t.title for t in expected]
+    # tiny_frames has a labelled test split: test is the headline, validation beside it.
+    assert [t.title for t in expected] == [f"{t['title']} — on test (validation beside: it chose the epochs and grids)"
+                                          for t in FRAMES["tables"]]
+    assert [t["split"] for t in doc.tables] == ["test", "test"]
 
     unimodal, transfer = doc.tables
     # Paper values beside ours, in each column.
@@ -227,6 +234,10 @@ def test_tables_captions_best_p_and_paper(frames_out, frames_report):
             assert "n=2" in " ".join(x["text"] for x in transfer["cells"] if x["tag"] == "th")
             if c.group != "unimodal-b":
                 assert f"p = {c.p[m]:.3f}" in td["text"] or (c.p[m] < 0.001 and "p < 0.001" in td["text"])
+            # Validation beside: its numbers, no best mark and no p.
+            val = _td(transfer, c.group, j, "val")
+            assert val["text"] == results.fmt(c, m, 3, "val") and "secondary" in val["attrs"]["class"].split()
+            assert not val["bold"] and "p " not in val["text"]
     assert any("best" in c["attrs"].get("class", "") for c in transfer["cells"])
     assert "p =" not in _td(transfer, "unimodal-b")["text"]  # the baseline is not tested against itself
     # The paper-only row: the paper's value, no numbers of ours.
@@ -284,11 +295,18 @@ def test_self_contained(frames_report):
     assert "http://" not in text and "https://" not in text and "url(" not in text
 
 
+def _proto_collected(out: Path):
+    proto, store = results.load(out)
+    with store:
+        return proto, results.collect(store)
+
+
 def test_binary_task_skips_traces(binary_out, tmp_path):
     dest = report.write_report(binary_out, tmp_path / "r.html")
     text = dest.read_text()
     doc = _parse(text)
-    assert [t["caption"] for t in doc.tables] == ["Binary transfer"]
+    assert [t["caption"] for t in doc.tables] == [results.tables(*_proto_collected(binary_out))[0].title]
+    assert doc.tables[0]["caption"].startswith("Binary transfer — on test")
     traces = text.split("<section id='traces'>")[1].split("</section>")[0]
     assert "binary task" in traces and "<img" not in traces
     latents = text.split("<section id='latents'>")[1].split("</section>")[0]
@@ -366,5 +384,5 @@ def test_renders_in_headless_chromium(frames_report, tmp_path):
                          check=True, capture_output=True, text=True, timeout=60).stdout
     assert dom.count("<table") == len(FRAMES["tables"])
     for t in FRAMES["tables"]:
-        assert f"<caption>{t['title']}</caption>" in dom
+        assert f"<caption>{t['title']} — on test" in dom
     assert dom.count("<img") == text.count("<img")

@@ -1,12 +1,14 @@
 """``stew report``: one self-contained HTML file from a ``stew reproduce`` output folder.
 
 The file holds the protocol's header (data, seeds, run count, wall time, departures from the paper),
-the paper-style tables (numbers from :mod:`stew.results`: mean ± std over seeds, best per column,
-p against the baseline, the paper's values beside ours) and four kinds of plot, embedded as base64
-PNG so the file opens anywhere without a network:
+the paper-style tables (numbers from :mod:`stew.results`: mean ± std over seeds on the headline split,
+test where the data has test labels, validation beside it; best per column and p against the
+baseline on the headline; the paper's values beside our number on the paper's split) and four kinds
+of plot, embedded as base64 PNG so the file opens anywhere without a network:
 
-- prediction vs gold traces on validation sequences (regression only);
+- prediction vs gold traces on sequences of the headline split (regression only);
 - ablation bars (mean ± std per row, the baseline as a reference line) for tables with a baseline;
+  like the tables, on the headline split (test where the data labels it, else validation);
 - a 2-D projection of weaker and stronger latents before and after CM-StEW's transfer (EmoBed's
   Figure 3), with the linear CKA between paired weak/strong latents before and after;
 - training curves (validation score and training loss per epoch).
@@ -23,7 +25,6 @@ import io
 import json
 import shlex
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,7 @@ def _read_predictions(run_dir: Path | None) -> pd.DataFrame | None:
 
 
 def traces_section(rep: Report) -> str:
-    """Prediction vs gold over steps on one or two validation sequences of each transfer table's best group."""
+    """Prediction vs gold over steps on one or two headline-split sequences of each transfer table's best group."""
     chosen = [t for t in rep.tables if t.spec.baseline] or rep.tables[:1]
     parts = []
     for t in chosen:
@@ -257,7 +258,7 @@ def traces_section(rep: Report) -> str:
         if not traces:
             parts.append(f"<p class='note'>{_e(t.title)}: no finished runs to draw.</p>")
             continue
-        split = t.spec.split if (traces[0].pred["split"] == t.spec.split).any() else "val"
+        split = t.split if (traces[0].pred["split"] == t.split).any() else "val"
         n_seq = min(2, max(1, traces[0].pred.loc[traces[0].pred["split"] == split, "sequence"].nunique()))
         fig, axes = _figure(12, 2.6 * len(traces), len(traces), n_seq)
         for i, tr in enumerate(traces):
@@ -323,12 +324,13 @@ def bars_section(rep: Report) -> str:
         pad = 0.15 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1e-3)
         ax.set_ylim(0 if 0 <= lo < pad else lo - pad, hi + pad)
         ax.set_xticks(range(len(t.columns)), [c.label if c is not None else m for c in t.columns])
-        ax.set_ylabel(f"{m} ({t.spec.split})")
+        ax.set_ylabel(f"{m} ({t.split_name(t.split)})")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         parts.append(_figure_html(
             _img(fig, f"ablation bars: {t.title}"),
-            f"<b>{_e(t.title)}</b>: mean ± std over seeds of {_e(m)}; dashed line: the baseline "
-            f"({_e(t.spec.baseline)}); outlined bar: best per column; diamonds: the paper's values."))
+            f"<b>{_e(t.title)}</b>: mean ± std over seeds of {_e(m)} on {_e(t.split_name(t.split))}; dashed "
+            f"line: the baseline ({_e(t.spec.baseline)}); outlined bar: best per column; diamonds: the paper's "
+            f"values (on {_e(t.split_name(t.paper_split))})."))
     return "".join(parts) or "<p class='note'>No table has a baseline, so there are no ablation bars.</p>"
 
 
@@ -338,7 +340,8 @@ def _baseline_mean(rep: Report, t: TableResult, j: int, m: str) -> float:
     if cell is not None:
         return cell.mean(m)
     name = t.spec.baseline_for(t.columns[j])
-    values = [r["metrics"][t.spec.split].get(m, float("nan")) for r in rep.collected.get(name or "", {}).values()]
+    values = [(r["metrics"].get(t.split) or {}).get(m, float("nan"))
+              for r in rep.collected.get(name or "", {}).values()]
     return float(np.mean(values)) if values else float("nan")
 
 
@@ -500,18 +503,18 @@ def _p(p: float) -> str:
 
 
 def table_html(t: TableResult) -> str:
-    """One protocol table: ours (mean ± std over seeds), best per column in bold, p, the paper's values."""
+    """One protocol table: ours on the headline split (mean ± std over seeds, best per column in bold, p),
+    the other split beside it, and the paper's values beside the split the paper reports."""
     metrics = t.spec.metrics
-    has_paper = any(v is not None for _, cells in t.rows for c in cells for v in c.paper.values())
-    per_metric = 2 if has_paper else 1
+    cols = results.layout(t)
     head = ["<thead>"]
     if t.columns != [None]:
         head.append("<tr><th rowspan='2' class='rowlabel'></th>"
-                    + "".join(f"<th colspan='{per_metric * len(metrics)}' class='colgroup'>{_e(c.label)}</th>"
+                    + "".join(f"<th colspan='{len(cols) * len(metrics)}' class='colgroup'>{_e(c.label)}</th>"
                               for c in t.columns) + "</tr>")
-        head.append("<tr>" + "".join(_metric_heads(metrics, has_paper) for _ in t.columns) + "</tr>")
+        head.append("<tr>" + "".join(_metric_heads(t) for _ in t.columns) + "</tr>")
     else:
-        head.append("<tr><th class='rowlabel'></th>" + _metric_heads(metrics, has_paper) + "</tr>")
+        head.append("<tr><th class='rowlabel'></th>" + _metric_heads(t) + "</tr>")
     head.append("</thead>")
     body = ["<tbody>"]
     for row, cells in t.rows:
@@ -520,33 +523,45 @@ def table_html(t: TableResult) -> str:
         tds = []
         for c in cells:
             for m in metrics:
-                tds.append(_ours_td(c, m, n))
-                if has_paper:
-                    v = c.paper.get(m)
-                    tds.append(f"<td class='paper'>{'-' if v is None else f'{v:.{results.digits_for(m)}f}'}</td>")
+                for kind, sp in cols:
+                    if kind == "ours":
+                        tds.append(_ours_td(c, m, n, sp))
+                    else:
+                        v = c.paper.get(m)
+                        text = "-" if v is None else f"{v:.{results.digits_for(m)}f}"
+                        tds.append(f"<td class='paper' data-split='{_e(sp)}'>{text}</td>")
         cls = "paper-only" if row.group is None else "run-row"
         body.append(f"<tr class='{cls}'><th class='rowlabel' scope='row'>{label}</th>{''.join(tds)}</tr>")
     body.append("</tbody>")
-    notes = [f"split: {_e(t.spec.split)}", "mean ± std over seeds (n: seeds per row)", "bold: best mean per column"]
-    if t.spec.baseline:
-        notes.append(f"p: two-sided paired t-test over seeds against the baseline {_e(t.spec.baseline)}")
-    if has_paper:
-        notes.append("paper: the paper's reported value")
-    note = f"<p class='table-note'>{'; '.join(notes)}.{' ' + _e(t.spec.note) if t.spec.note else ''}</p>"
-    return (f"<table class='paper-table' data-title='{_e(t.title)}'><caption>{_e(t.title)}</caption>"
-            f"{''.join(head)}{''.join(body)}</table>{note}")
+    notes = [results.note(t), "mean ± std over seeds (n: seeds per row)"]
+    note = f"<p class='table-note'>{_e('; '.join(notes))}.{' ' + _e(t.spec.note) if t.spec.note else ''}</p>"
+    return (f"<table class='paper-table' data-title='{_e(t.title)}' data-split='{_e(t.split)}'>"
+            f"<caption>{_e(t.title)}</caption>{''.join(head)}{''.join(body)}</table>{note}")
 
 
-def _metric_heads(metrics: Iterable[str], has_paper: bool) -> str:
-    return "".join(f"<th>{_e(m)}</th>" + ("<th class='paper'>paper</th>" if has_paper else "") for m in metrics)
+def _metric_heads(t: TableResult) -> str:
+    out = []
+    for m in t.spec.metrics:
+        for kind, sp in results.layout(t):
+            name = _e(t.split_name(sp))
+            if kind == "paper":
+                out.append(f"<th class='paper'>paper ({name})</th>")
+            else:
+                out.append(f"<th{'' if sp == t.split else ' class=secondary'}>{_e(m)} ({name})</th>")
+    return "".join(out)
 
 
-def _ours_td(c: Cell, m: str, row_n: int) -> str:
+def _ours_td(c: Cell, m: str, row_n: int, split: str) -> str:
+    """Our cell on ``split``: best, p and the per-seed tooltip only on the headline split."""
+    attrs = f"data-split='{_e(split)}'"
     if c.group is None:
-        return "<td class='ours none'></td>"
-    text = results.fmt(c, m, results.digits_for(m))
+        return f"<td class='ours none' {attrs}></td>"
+    headline = split == c.split
+    text = results.fmt(c, m, results.digits_for(m), split)
     if text == "-":
-        return f"<td class='ours missing' data-group='{_e(c.group)}'>-</td>"
+        return f"<td class='ours missing{'' if headline else ' secondary'}' data-group='{_e(c.group)}' {attrs}>-</td>"
+    if not headline:
+        return f"<td class='ours secondary' data-group='{_e(c.group)}' {attrs}>{_e(text)}</td>"
     classes = ["ours"] + (["best"] if c.best.get(m) else [])
     inner = f"<b>{_e(text)}</b>" if c.best.get(m) else _e(text)
     if len(c.seeds) != row_n:
@@ -556,7 +571,8 @@ def _ours_td(c: Cell, m: str, row_n: int) -> str:
         inner += f"<br><span class='p{' sig' if p < 0.05 else ''}'>{_p(p)}</span>"
     vals = ", ".join(f"{v:.{results.digits_for(m) + 1}f}" for v in c.values.get(m, []))
     tip = f"{c.group}, seeds {', '.join(map(str, c.seeds))}: {vals}"
-    return f"<td class='{' '.join(classes)}' data-group='{_e(c.group)}' title='{_e(tip)}'>{inner}</td>"
+    return (f"<td class='{' '.join(classes)}' data-group='{_e(c.group)}' {attrs} "
+            f"title='{_e(tip)}'>{inner}</td>")
 
 
 CSS = """
@@ -570,7 +586,7 @@ table.paper-table caption{caption-side:top;text-align:left;font-weight:600;paddi
 table.paper-table th,table.paper-table td{border:1px solid #ccc;padding:.3em .55em;text-align:right;
  vertical-align:top}
 table.paper-table th.rowlabel{text-align:left;font-weight:normal}table.paper-table thead th{background:#f0f0f0}
-td.best{background:#e6f4ea}td.paper{color:#777;background:#fafafa}td.missing{color:#aaa;text-align:center}
+td.best{background:#e6f4ea}td.paper{color:#777;background:#fafafa}td.secondary,th.secondary{color:#666}td.missing{color:#aaa;text-align:center}
 tr.paper-only th{font-style:italic;color:#666}span.n{color:#888;font-size:.85em}
 span.p{color:#666;font-size:.8em}span.p.sig{color:#b35900;font-weight:600}
 p.table-note{font-size:.82em;color:#666;margin-top:0}p.note{color:#8a6d3b;background:#fcf8e3;padding:.4em .6em}
@@ -607,6 +623,7 @@ def _header(rep: Report) -> str:
                                             f"{len(last.get('failed') or {})} failed"))
         except (ValueError, KeyError, TypeError):
             pass
+    items.append(("reported split", _split_summary(rep)))
     if overrides:
         items.append(("overrides", " ".join(f"<code>{_e(s)}</code>" for s in _set_args(overrides))))
     if missing:
@@ -616,6 +633,19 @@ def _header(rep: Report) -> str:
     return (f"<header><h1>{_e(p.title)}</h1><p class='description'>{_e(p.description)}</p>"
             f"<dl class='meta'>{meta_html}</dl>"
             f"<h2 id='departures'>Departures from the paper</h2><ul class='departures'>{deps}</ul></header>")
+
+
+def _split_summary(rep: Report) -> str:
+    """Which split the tables' headline numbers are on, and why."""
+    val = rep.protocol.val_name
+    heads = {t.split for t in rep.tables}
+    if heads == {"test"}:
+        return (f"test (the data's labelled held-out split), with {_e(val)} beside it; early stopping and "
+                f"grids read {_e(val)} only, test was scored once after every choice")
+    if heads == {"val"}:
+        return (f"{_e(val)}: the data has no labelled test split, so the tables are on the split that also "
+                f"chose the epochs and grids (biased upward)")
+    return "per table (see each table's title)"
 
 
 def _duration(s: float) -> str:

@@ -67,10 +67,19 @@ class Row(_Strict):
     paper: dict[str, Any] = Field(default_factory=dict)
 
 
+Split = Literal["val", "test"]
+
+
 class TableSpec(_Strict):
+    # The title names the table and its metrics, not the split: the split a table reports depends on
+    # the data (see ``split``), so stew.results appends it.
     title: str
     metrics: list[str]
-    split: str = "val"
+    # auto: test when every run of the table has test scores (a labelled held-out split), else val.
+    # Selection (early stopping, grids) reads val only, so test is an unbiased headline where it exists.
+    split: Literal["auto", "val", "test"] = "auto"
+    # The split the paper's numbers are on, in stew's names: RECOLA's dev partition is stew's val.
+    paper_split: Split = "test"
     columns: list[Column] = Field(default_factory=list)
     rows: list[Row]
     baseline: str | None = None  # group (may contain ``{col}``) every row is tested against
@@ -108,6 +117,9 @@ class Protocol(_Strict):
     synthetic: Synthetic | None = None  # data synthesised into OUT/data when --data is not given
     base: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields shared by every run
     departures: list[str] = Field(default_factory=list)  # where and why the protocol departs from the paper
+    # What the val split is called in this protocol's tables: "validation" where it is carved from train,
+    # "dev" where the data ships a dev partition (AVEC RECOLA).
+    val_name: str = "validation"
     groups: dict[str, GroupSpec]
     tables: list[TableSpec] = Field(default_factory=list)
 
