@@ -5,6 +5,9 @@ beats the weaker one's by at least ``gap``. CM-StEW's alpha and beta are selecte
 the first seed (the grid), then fixed for the other seeds. The ranking's unimodal runs serve as the
 stage-1 teachers and as the unimodal baseline, so both arms share data, carve and seeds, and the
 p-value is a paired t-test over seeds.
+
+Every choice reads validation only. The table's headline (and its p-value) is test where the data
+labels a test split, read once after the choices, with validation beside it; else validation, said so.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +39,27 @@ class PairResult:
     transfer: list[float]
     alpha: float
     beta: float
+    # Per-seed test scores; empty when the data has no labelled test split.
+    unimodal_test: list[float] = field(default_factory=list)
+    transfer_test: list[float] = field(default_factory=list)
+
+    @property
+    def split(self) -> str:
+        """The headline split: test when every seed of both arms has a test score, else val."""
+        n = len(self.unimodal)
+        return "test" if n and len(self.unimodal_test) == n and len(self.transfer_test) == len(self.transfer) else "val"
+
+    def scores(self, split: str | None = None) -> tuple[list[float], list[float]]:
+        """(unimodal, transfer) per seed on ``split`` (default the headline)."""
+        if (split or self.split) == "test":
+            return self.unimodal_test, self.transfer_test
+        return self.unimodal, self.transfer
 
     @property
     def p_value(self) -> float:
-        return metrics.paired_ttest(self.transfer, self.unimodal)[1]
+        """Paired t-test over seeds on the headline split (validation chose the pair, epochs and grid)."""
+        uni, tr = self.scores()
+        return metrics.paired_ttest(tr, uni)[1]
 
 
 def clear_pairs(ranked: RankResult, target: str, gap: float) -> list[tuple[str, str]]:
@@ -90,23 +110,38 @@ def transfer(
 
             runs = run_over_seeds(config, seeds)
             scores = [r["val"][ranked.metric] for r in runs]
+            tested = [r["test"][ranked.metric] for r in runs if ranked.metric in (r.get("test") or {})]
             chosen = {"alpha": runs[0]["method"]["alpha"], "beta": runs[0]["method"]["beta"]}
-            results.append(PairResult(target, weak, strong, ranked.val[target][weak], scores, **chosen))
+            results.append(PairResult(target, weak, strong, ranked.val[target][weak], scores, **chosen,
+                                      unimodal_test=ranked.test[target].get(weak, []), transfer_test=tested))
     render_transfer(results, ranked.metric, console)
     if out is not None:
-        rows = [{**r.__dict__, "p_value": r.p_value} for r in results]
+        # "unimodal"/"transfer" are validation scores, "*_test" test scores; p_value is on "split".
+        rows = [{**r.__dict__, "split": r.split, "p_value": r.p_value} for r in results]
         (out / "transfer.json").write_text(json.dumps(rows, indent=2))
     return results
 
 
 def render_transfer(results: list[PairResult], metric: str, console: Console) -> None:
-    table = Table(title=f"Weaker unimodal vs CM-StEW, validation {metric} (mean ± std over seeds)")
-    for col in ("target", "weaker (+stronger)", "unimodal", "CM-StEW", "delta", "paired t-test p", "alpha, beta"):
+    # One headline for the table: test only when every pair has it, so rows are never on mixed splits.
+    split = "test" if results and all(r.split == "test" for r in results) else "val"
+    if split == "test":
+        where = "on test (validation beside: it chose the pairs, epochs and alpha/beta)"
+    else:
+        where = "on validation only: the data has no labelled test split (validation also chose the models)"
+    table = Table(title=f"Weaker unimodal vs CM-StEW, {metric} {where}; mean ± std over seeds")
+    name = "test" if split == "test" else "val"
+    heads = [f"unimodal ({name})", f"CM-StEW ({name})", "delta", f"paired t-test p ({name})"]
+    if split == "test":
+        heads += ["unimodal (val)", "CM-StEW (val)"]
+    for col in ("target", "weaker (+stronger)", *heads, "alpha, beta"):
         table.add_column(col)
     for r in results:
-        table.add_row(
-            r.target, f"{r.weak} (+{r.strong})", metrics.format_mean_std(r.unimodal, 3),
-            metrics.format_mean_std(r.transfer, 3), f"{np.mean(r.transfer) - np.mean(r.unimodal):+.3f}",
-            f"{r.p_value:.3f}", f"{r.alpha:g}, {r.beta:g}",
-        )
+        uni, tr = r.scores(split)
+        p = metrics.paired_ttest(tr, uni)[1]
+        cells = [metrics.format_mean_std(uni, 3), metrics.format_mean_std(tr, 3),
+                 f"{np.mean(tr) - np.mean(uni):+.3f}", f"{p:.3f}"]
+        if split == "test":
+            cells += [metrics.format_mean_std(r.unimodal, 3), metrics.format_mean_std(r.transfer, 3)]
+        table.add_row(r.target, f"{r.weak} (+{r.strong})", *cells, f"{r.alpha:g}, {r.beta:g}")
     console.print(table)
