@@ -26,7 +26,9 @@ console = Console()
 # Options of the commands that build a TrainConfig (train, rank, transfer, tune): one wording everywhere.
 DataOpt = Annotated[Path | None, typer.Option(help="dataset folder")]
 ConfigOpt = Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")]
-MethodOpt = Annotated[str | None, typer.Option(help="unimodal | sew | cmstew | emobed | joint | triplet | cermtl")]
+MethodOpt = Annotated[
+    str | None, typer.Option(help="unimodal | linear | sew | cmstew | emobed | joint | triplet | cermtl")
+]
 ModalityOpt = Annotated[
     str | None, typer.Option(help="the (weaker) modality the model is deployed on; 'all' or 'a+b': early fusion")
 ]
@@ -144,16 +146,19 @@ def train(
 def rank(
     data: DataOpt = None,
     seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 5,
+    method: Annotated[
+        str | None, typer.Option(help="unimodal (default) or linear: ridge/logistic, fitted in seconds")
+    ] = None,
     arch: Annotated[str | None, typer.Option()] = None,
     target: Annotated[str | None, typer.Option()] = None,
     out: Annotated[Path | None, typer.Option(help="folder for the runs and rank.json")] = None,
     max_epochs: Annotated[int | None, typer.Option()] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Train every modality's unimodal model over seeds and print the ranking (validation decides)."""
+    """Train every modality's unimodal (or linear) model over seeds and print the ranking (validation decides)."""
     from stew.rank import rank_modalities, render_ranking
 
-    cfg = _train_config(config, data=data, arch=arch, target=target, max_epochs=max_epochs)
+    cfg = _train_config(config, data=data, method=method, arch=arch, target=target, max_epochs=max_epochs)
     res = rank_modalities(cfg, list(range(seeds)), out, console)
     render_ranking(res, console)
 

@@ -7,7 +7,7 @@ Defaults marked [U] are choices where the papers are silent (see docs/choices.md
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,7 +16,7 @@ from stew.errors import DataError
 
 Arch = Literal["classifier", "bigru", "bigru-te", "gru4", "gru"]
 LossName = Literal["mse", "ccc", "pcc", "bce", "ce"]
-MethodName = Literal["unimodal", "sew", "cmstew", "emobed", "joint", "triplet", "cermtl"]
+MethodName = Literal["unimodal", "linear", "sew", "cmstew", "emobed", "joint", "triplet", "cermtl"]
 EMOBED_MODES = ("emobed", "joint", "triplet")
 
 
@@ -91,6 +91,22 @@ class TrainConfig(Strict):
     teacher: str | None = None
     target: str | None = None
     targets: list[str] | None = None  # several targets (multi-task); None: ``target`` or all
+class LinearConfig(Strict):
+    """Linear baselines (AVEC 2016's "SVR + offset", spec §2.3): standardised features, one linear map per
+    step, fitted by scikit-learn. The strength and (frame-level data) the label offset are searched on
+    validation; see docs/choices.md."""
+
+    model: Literal["ridge", "svr"] = "ridge"  # regression; classification always uses logistic regression
+    # Regularisation searched on validation. None: ridge alpha 10^-1..10^5, SVR C 10^-5..1 (AVEC 2016's
+    # complexity range), logistic C 10^-4..10^2; one decade apart.
+    grid: list[Annotated[float, Field(gt=0)]] | None = None
+    # Label offsets (seconds) searched on validation: the label at t + offset is predicted from the
+    # features at t. None: 0 to 8 s every 0.4 s on frame-level data, 0 on utterance-level data.
+    offsets_s: list[Annotated[float, Field(ge=0)]] | None = None
+    class_weight: Literal["balanced", "none"] = "balanced"  # classification: weight classes by 1 / frequency
+    max_iter: int = Field(default=5000, ge=1)
+
+
     ablation: str | None = None
     arch: Arch = "bigru-te"
     loss: LossName | None = None  # None: mse (regression; ccc for cermtl), bce (binary), ce (multiclass)
@@ -143,6 +159,7 @@ def first_error(e: ValidationError) -> tuple[str, str]:
     return ".".join(str(p) for p in err["loc"]), err["msg"]
 
 
+    linear: LinearConfig = Field(default_factory=LinearConfig)
 def load_config(path: Path | None, overrides: dict) -> TrainConfig:
     """YAML file (if any) first, then explicit command-line overrides; validated as a whole."""
     raw: dict = {}

@@ -16,6 +16,7 @@ from rich.table import Table
 from stew import metrics
 from stew.config import TrainConfig
 from stew.data.io import load_dataset
+from stew.errors import DataError
 from stew.training import run
 
 
@@ -34,6 +35,9 @@ class RankResult:
     def to_json(self) -> dict:
         return {
             "metric": self.metric,
+            # The ranking (and every choice downstream) reads "val"; "test" is reported only, and is
+            # empty where the data has no labelled test split.
+            "ranked_on": "val",
             "targets": {
                 t: {"ranking": self.ranking(t), "val": self.val[t], "test": self.test[t]} for t in self.val
             },
@@ -41,6 +45,9 @@ class RankResult:
 
 
 def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, console: Console) -> RankResult:
+    """Rank with ``base.method``: ``unimodal`` (the deep baseline) or ``linear`` (seconds per modality)."""
+    if base.method not in ("unimodal", "linear"):
+        raise DataError(f"modalities are ranked by --method unimodal or linear, not {base.method}")
     first = load_dataset(base.data, feature_set=base.feature_set or base.target)
     targets: list[str | None] = [base.target] if base.target else list(first.targets)
     if first.task != "regression":
@@ -56,7 +63,7 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
         for t, m, s in jobs:
             bar.update(task, description=f"{t or 'label'} / {m} / seed {s}")
             cfg = base.model_copy(update={
-                "method": "unimodal", "modality": m, "target": t, "seed": s, "progress": False,
+                "method": base.method, "modality": m, "target": t, "seed": s, "progress": False,
                 "out": (out / (t or "label") / m / f"seed{s}") if out else None,
             })
             r = run(cfg, data[t])
@@ -78,7 +85,10 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
 
 def render_ranking(res: RankResult, console: Console, digits: int = 3) -> None:
     for t in res.val:
-        table = Table(title=f"Modality ranking ({t}): {res.metric}, mean ± std over seeds; ranked on validation")
+        # Say when test is missing, so a "-" column is not read as a failed run.
+        untested = "" if any(res.test[t].values()) else "; test: the data has no labelled test split"
+        table = Table(title=f"Modality ranking ({t}): {res.metric}, mean ± std over seeds; ranked on validation"
+                            f"{untested}")
         for col in ("rank", "modality", f"val {res.metric}", f"test {res.metric}", "seeds"):
             table.add_column(col)
         for i, m in enumerate(res.ranking(t), 1):

@@ -15,14 +15,14 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from stew import metrics
@@ -88,9 +88,12 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
     frame_level = ds.step_rate_hz is not None
     if cfg.postprocess and not (frame_level and ds.task == "regression"):
         raise DataError("--postprocess needs continuous (frame-level regression) data")
-    if cfg.label_delay_s is None:
-        # SEW and EmoBed shift RECOLA labels by 2.4 s, CM-StEW by 2.8 s (the papers).
-        upd["label_delay_s"] = (2.4 if cfg.method in ("sew", *EMOBED_MODES) else 2.8) if frame_level else 0.0
+    if cfg.method == "linear" and cfg.loss in ("ccc", "pcc"):
+        raise DataError(f"--loss {cfg.loss} does not apply to --method linear (least squares, hinge or logistic)")
+    if cfg.label_delay_s is None and cfg.method != "linear":  # linear searches its offset on validation
+        # SEW and EmoBed shift RECOLA labels by 2.4 s, CM-StEW by 2.8 s; CER-MTL's paper shifts none.
+        delay = 0.0 if cfg.method == "cermtl" else 2.4 if cfg.method in ("sew", *EMOBED_MODES) else 2.8
+        upd["label_delay_s"] = delay if frame_level else 0.0
     if cfg.optimizer is None:
         upd["optimizer"] = "sgd" if cfg.method == "sew" else "adam"
     if cfg.window_s is None:
@@ -330,6 +333,40 @@ class LastCheckpoint(Checkpoint):
         self._last = time.monotonic()
 
 
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's bar, whose description also tells how far the whole run is: the epoch out of
+    ``max_epochs``, the time elapsed, and the time left as a range, from "early stopping fires
+    if validation does not improve again" to "it runs all epochs" (one epoch can take a minute on
+    paper-sized data, so the epoch bar alone says little)."""
+
+    def __init__(self, patience: int) -> None:
+        super().__init__()
+        self.patience = patience
+        self._t0, self._first = time.monotonic(), 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._t0, self._first = time.monotonic(), trainer.current_epoch  # a resumed run starts mid-way
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: object) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        e, n = trainer.current_epoch, trainer.max_epochs
+        elapsed = time.monotonic() - self._t0
+        desc = f"Epoch {e + 1}/{n} · {_clock(elapsed)} elapsed"
+        if e > self._first:
+            per_epoch = elapsed / (e - self._first)
+            best = getattr(trainer.lightning_module, "best_epoch", e - 1)
+            soonest = max(0, min(n, best + 1 + self.patience) - e)
+            lo, hi = _clock(per_epoch * soonest), _clock(per_epoch * (n - e))
+            desc += f" · {lo if lo == hi else f'{lo}-{hi}'} left"
+        self.train_progress_bar.set_description(desc)
+
+
 def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> StewModule:
     """Train ``method`` and leave it holding the weights of its best validation epoch."""
     module = StewModule(method, cfg, bundle)
@@ -348,6 +385,7 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
         callbacks=[
             EarlyStopping(monitor="val_score", mode="max", patience=cfg.patience, check_on_train_epoch_end=True),
             LastCheckpoint(last, every_s=CHECKPOINT_EVERY_S),
+            *([RunProgressBar(cfg.patience)] if cfg.progress else []),
         ],
     )
     train_ds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop, context_of(method))
@@ -382,6 +420,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
         return _run_cv(cfg, ds, out)
     ds = carve_validation(ds, cfg.val_groups, cfg.seed)
     work = out or Path(tempfile.mkdtemp(prefix="stew-run-"))
+    fresh = out is not None and not out.exists()
     try:
         cfg = prepare(cfg, ds, work)
         candidates = search_space(cfg)
@@ -393,6 +432,11 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
             result["selection"]["grid"] = [
                 {**r["method"], f"val_{r['selection']['key']}": r["val"][r["selection"]["key"]]} for r in results
             ]
+    except DataError:
+        # Bad input found while building the method: leave no half-made run folder behind.
+        if fresh:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     finally:
         if out is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -414,7 +458,15 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
     bundle = make_bundle(cfg, ds, required_modalities(cfg))
     fit_dir.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg, bundle, fit_dir)
-    module = fit(method, cfg, bundle, fit_dir)
+    key = metrics.selection_metric(bundle.task, bundle.targets)
+    if method.closed_form:
+        offset = method.fit_closed_form(bundle, lambda preds: score(preds, bundle.val, bundle)[key])
+        # The label offset found on validation plays the label delay's part from here on (predict, export).
+        bundle = replace(bundle, k_delay=offset)
+        selection = {"key": key, "best_epoch": None, "epochs_run": 0}
+    else:
+        module = fit(method, cfg, bundle, fit_dir)
+        selection = {"key": key, "best_epoch": module.best_epoch, "epochs_run": len(module.history)}
     result: dict = {"val": {}, "test": {}, "_frames": [], "_postprocess": None}
     raw = {sp: predict_sequences(method, getattr(bundle, sp), bundle) for sp in ("val", "test") if getattr(bundle, sp)}
     chains = None
@@ -438,9 +490,7 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
         result[split] = score(final, seqs, bundle)
         result["_frames"].append(predictions_frame(split, final, seqs, bundle, raw=preds if chains else None))
     result["config"] = json.loads(cfg.model_dump_json())
-    result["selection"] = {
-        "key": module.selection, "best_epoch": module.best_epoch, "epochs_run": len(module.history),
-    }
+    result["selection"] = selection
     result["method"] = {"name": cfg.method, **method.extra_record()}
     if cfg.method == "cmstew":
         result["method"]["stage1_run"] = str(cfg.cmstew.teacher_run)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def required_modalities(cfg: TrainConfig) -> list[str]:
     """The modalities a method reads while training: the student's, plus the teacher's if any."""
     assert cfg.modality is not None
-    if cfg.method in ("unimodal", "cermtl"):
+    if cfg.method in ("unimodal", "linear", "cermtl"):
         return [cfg.modality]
     if cfg.teacher is None:
         role = "auxiliary" if cfg.method in EMOBED_MODES else "stronger"
@@ -56,7 +56,13 @@ def build_method(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Method:
 
         if cfg.ablation:
             raise DataError("--ablation applies to sew and cmstew only")
-        return Unimodal(student_spec(cfg, bundle.ds, cfg.modality), cfg.loss)
+        # EmoBed's classic system (--arch gru) gets the paper's L2 penalty like every EmoBed network.
+        return Unimodal(student_spec(cfg, bundle.ds, cfg.modality), cfg.loss,
+                        l2=cfg.emobed.l2 if cfg.arch == "gru" else 0.0)
+    if cfg.method == "linear":
+        from stew.methods.linear import build
+
+        return build(cfg, bundle)
     if cfg.method == "sew":
         from stew.methods.sew import build
 

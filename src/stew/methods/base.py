@@ -20,6 +20,9 @@ from stew.objectives import ccc_loss, masked_bce, masked_ce, masked_mse, pcc_los
 
 class Method(nn.Module):
     student: SingleModalityModel
+    # True for methods fitted without gradient descent (linear): the trainer calls their
+    # ``fit_closed_form(bundle, evaluate)`` instead of the Lightning loop.
+    closed_form = False
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError

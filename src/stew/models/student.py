@@ -6,6 +6,8 @@ all that ``stew export`` writes and all that ``stew predict`` needs.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -22,6 +24,8 @@ class StudentSpec(BaseModel):
     targets: list[str]
     encoder: EncoderSpec
     head: HeadSpec
+    # "identity": raw outputs, for linear regression, whose least-squares fit is not squashed by tanh.
+    activation: Literal["task", "identity"] = "task"
 
 
 class SingleModalityModel(nn.Module):
@@ -42,7 +46,8 @@ class SingleModalityModel(nn.Module):
 
     def predict(self, batch: dict) -> torch.Tensor:
         """Activated outputs on a collated batch (only this model's modality is read)."""
-        return activate(self(batch["x"][self.spec.modality], batch["mask"]), self.spec.task)
+        out = self(batch["x"][self.spec.modality], batch["mask"])
+        return out if self.spec.activation == "identity" else activate(out, self.spec.task)
 
 
 def activate(out: torch.Tensor, task: Task) -> torch.Tensor:
