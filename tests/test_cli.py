@@ -149,6 +149,13 @@ def test_transfer_ranks_runs_clear_pairs_and_prints_table(utt_dir, tmp_path):
     seed1 = json.loads((seed1 / "metrics.json").read_text())
     assert (seed1["method"]["alpha"], seed1["method"]["beta"]) == (pair["alpha"], pair["beta"])  # fixed after seed 0
     assert "CM-StEW" in res.output and "paired" in res.output  # the comparison table
+    # The linear floor: the weaker modality's linear runs, same seeds, are in the record and the table.
+    floor = [json.loads((tmp_path / "t" / "linear" / "label" / weak / f"seed{s}" / "metrics.json").read_text())
+             for s in (0, 1)]
+    assert [f["method"]["name"] for f in floor] == ["linear", "linear"]
+    assert pair["linear"] == [f["val"]["f1_weighted"] for f in floor]
+    assert pair["linear_test"] == [f["test"]["f1_weighted"] for f in floor]
+    assert "linear floor" in res.output
 
 
 def test_transfer_runs_no_pair_when_no_gap_is_clear(utt_dir, tmp_path):

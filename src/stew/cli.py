@@ -21,7 +21,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Check and synthesise datasets.")
 app.add_typer(data_app, name="data")
-console = Console()
+# Piped or logged output (CI, `| tee`) is where tables are read most: rich would wrap them at 80 columns
+# and cut cells to "Acoust…", so off a terminal tables get room for their natural width.
+console = Console() if sys.stdout.isatty() else Console(width=240)
 
 # Options of the commands that build a TrainConfig (train, rank, transfer, tune): one wording everywhere.
 DataOpt = Annotated[Path | None, typer.Option(help="dataset folder")]

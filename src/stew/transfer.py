@@ -42,6 +42,9 @@ class PairResult:
     # Per-seed test scores; empty when the data has no labelled test split.
     unimodal_test: list[float] = field(default_factory=list)
     transfer_test: list[float] = field(default_factory=list)
+    # The floor: the linear model on the weaker modality, per seed (same carves), validation and test.
+    linear: list[float] = field(default_factory=list)
+    linear_test: list[float] = field(default_factory=list)
 
     @property
     def split(self) -> str:
@@ -54,6 +57,10 @@ class PairResult:
         if (split or self.split) == "test":
             return self.unimodal_test, self.transfer_test
         return self.unimodal, self.transfer
+
+    def floor(self, split: str | None = None) -> list[float]:
+        """The linear floor per seed on ``split`` (default the headline)."""
+        return self.linear_test if (split or self.split) == "test" else self.linear
 
     @property
     def p_value(self) -> float:
@@ -97,8 +104,18 @@ def transfer(
     gap = DEFAULT_GAP.get(ranked.metric, 0.05) if gap is None else gap
     console.print(f"transfer pairs: stronger beats weaker by >= {gap:g} validation {ranked.metric}")
     results = []
+    floors: dict[tuple[str, str], list[dict]] = {}
     for target in ranked.val:
         for strong, weak in clear_pairs(ranked, target, gap):
+            if (target, weak) not in floors:
+                # The floor a transfer must clear: the linear model on the weaker modality, same seeds and carves.
+                floors[target, weak] = run_over_seeds(lambda s, weak=weak, target=target: base.model_copy(update={
+                    "method": "linear", "modality": weak, "teacher": None, "seed": s, "progress": False,
+                    "target": None if target == "label" else target,
+                    "out": work / "linear" / target / weak / f"seed{s}",
+                }), seeds)
+            floor = floors[target, weak]
+
             def config(s: int, weak: str = weak, strong: str = strong, target: str = target) -> TrainConfig:
                 return base.model_copy(update={
                     "method": "cmstew", "modality": weak, "teacher": strong, "seed": s, "progress": False,
@@ -112,8 +129,12 @@ def transfer(
             scores = [r["val"][ranked.metric] for r in runs]
             tested = [r["test"][ranked.metric] for r in runs if ranked.metric in (r.get("test") or {})]
             chosen = {"alpha": runs[0]["method"]["alpha"], "beta": runs[0]["method"]["beta"]}
-            results.append(PairResult(target, weak, strong, ranked.val[target][weak], scores, **chosen,
-                                      unimodal_test=ranked.test[target].get(weak, []), transfer_test=tested))
+            results.append(PairResult(
+                target, weak, strong, ranked.val[target][weak], scores, **chosen,
+                unimodal_test=ranked.test[target].get(weak, []), transfer_test=tested,
+                linear=[r["val"][ranked.metric] for r in floor],
+                linear_test=[r["test"][ranked.metric] for r in floor if ranked.metric in (r.get("test") or {})],
+            ))
     render_transfer(results, ranked.metric, console)
     if out is not None:
         # "unimodal"/"transfer" are validation scores, "*_test" test scores; p_value is on "split".
@@ -131,7 +152,8 @@ def render_transfer(results: list[PairResult], metric: str, console: Console) ->
         where = "on validation only: the data has no labelled test split (validation also chose the models)"
     table = Table(title=f"Weaker unimodal vs CM-StEW, {metric} {where}; mean ± std over seeds")
     name = "test" if split == "test" else "val"
-    heads = [f"unimodal ({name})", f"CM-StEW ({name})", "delta", f"paired t-test p ({name})"]
+    heads = [f"unimodal ({name})", f"CM-StEW ({name})", "delta", f"paired t-test p ({name})",
+             f"linear floor ({name})", "CM-StEW - linear (p)"]
     if split == "test":
         heads += ["unimodal (val)", "CM-StEW (val)"]
     for col in ("target", "weaker (+stronger)", *heads, "alpha, beta"):
@@ -139,8 +161,12 @@ def render_transfer(results: list[PairResult], metric: str, console: Console) ->
     for r in results:
         uni, tr = r.scores(split)
         p = metrics.paired_ttest(tr, uni)[1]
+        lin = r.floor(split)
+        p_lin = metrics.paired_ttest(tr, lin)[1] if len(lin) == len(tr) else float("nan")
         cells = [metrics.format_mean_std(uni, 3), metrics.format_mean_std(tr, 3),
-                 f"{np.mean(tr) - np.mean(uni):+.3f}", f"{p:.3f}"]
+                 f"{np.mean(tr) - np.mean(uni):+.3f}", f"{p:.3f}",
+                 metrics.format_mean_std(lin, 3) if lin else "-",
+                 f"{np.mean(tr) - np.mean(lin):+.3f} ({p_lin:.3f})" if lin else "-"]
         if split == "test":
             cells += [metrics.format_mean_std(r.unimodal, 3), metrics.format_mean_std(r.transfer, 3)]
         table.add_row(r.target, f"{r.weak} (+{r.strong})", *cells, f"{r.alpha:g}, {r.beta:g}")
