@@ -11,14 +11,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from stew import metrics
 from stew.cli import app
 from stew.config import TrainConfig
 from stew.data.dataset import Dataset
 from stew.data.native import write_native
-from stew.data.preprocess import Standardizer, WindowDataset, prepare
+from stew.data.preprocess import Standardizer, WindowDataset, loader, prepare
+from stew.data.splits import carve_validation
 from stew.deploy import load_model, predict_dataset
 from stew.methods.emobed import EmoBed
 from stew.models.encoders import EncoderSpec, FeatureImageCNN
+from stew.objectives import crossmodal_triplet_loss, l2_penalty
 from stew.training import fuse_inputs, run
 from tests.conftest import FAST, tiny_frames, tiny_utterances
 
@@ -96,15 +99,55 @@ def test_fusion_keeps_a_present_part_when_another_is_missing():
 CER = {**FAST, "method": "cermtl", "cermtl": {"image_steps": 6, "image_stride_s": 0.08}}
 
 
-def test_cermtl_multitask_keys_weights_and_export(tmp_path):
+def two_targets() -> Dataset:
+    """tiny_frames with a second target: 'valence' = a rescaled, shifted copy of the first, so the two
+    tasks' losses differ."""
     ds = tiny_frames()
     ds.targets, ds.sequences = ["arousal", "valence"], [
-        s.__class__(**{**s.__dict__, "targets": np.concatenate([s.targets, -s.targets], 1)}) for s in ds.sequences
+        s.__class__(**{**s.__dict__, "targets": np.concatenate([s.targets, 0.5 * s.targets[::-1] - 0.2], 1)})
+        for s in ds.sequences
     ]
-    data = write_native(ds, tmp_path / "two")
+    return ds
+
+
+def _cermtl_batch(cfg: TrainConfig, ds: Dataset):
+    """A resolved config, its bundle and a training batch (with the feature images' context)."""
+    from stew.data.preprocess import context_of
+    from stew.methods import build_method, required_modalities
+    from stew.training import make_bundle, resolve
+
+    cfg = resolve(cfg, ds)
+    bundle = make_bundle(cfg, ds, required_modalities(cfg))
+    torch.manual_seed(0)
+    method = build_method(cfg, bundle, Path("."))
+    wds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop, context_of(method))
+    return method, wds.collate(wds.spans[:8])
+
+
+def _reference_task_losses(method, batch, loss: str) -> list[float]:
+    """1 - CCC (or 1 - PCC) of each task over the batch's valid steps, from stew.metrics (numpy)."""
+    with torch.no_grad():
+        pred = method.student.predict(batch)
+    valid = batch["mask"]
+    score = {"ccc": metrics.ccc, "pcc": metrics.pcc}[loss]
+    return [1.0 - score(batch["y"][..., m][valid].numpy(), pred[..., m][valid].numpy())
+            for m in range(pred.shape[-1])]
+
+
+def test_cermtl_multitask_keys_weights_and_export(tmp_path):
+    data = write_native(two_targets(), tmp_path / "two")
     r = run(TrainConfig(data=data, **CER, modality="all", targets=["arousal", "valence"], out=tmp_path / "run"))
     assert r["config"]["loss"] == "ccc"  # CER-MTL's default loss
     assert r["method"]["task_weights"] == [0.5, 0.5]
+    # The trained multi-task objective is the uniform mean of the two tasks' 1 - CCC (spec §2.3-2.4).
+    method = r["_method"].eval()
+    wds = WindowDataset.for_training(r["_bundle"].train, r["_bundle"].win, r["_bundle"].hop, method.student.context)
+    batch = wds.collate(wds.spans[:8])
+    loss, parts = method.training_loss(batch)
+    ref = _reference_task_losses(method, batch, "ccc")
+    assert float(parts["loss_arousal"]) == pytest.approx(ref[0], abs=1e-4)
+    assert float(parts["loss_valence"]) == pytest.approx(ref[1], abs=1e-4)
+    assert float(loss.detach()) == pytest.approx(0.5 * ref[0] + 0.5 * ref[1], abs=1e-4)
     for key in ("ccc_arousal", "pcc_arousal", "ccc_valence", "pcc_valence", "ccc_mean"):
         assert key in r["val"] and key in r["test"]
     model, meta = load_model(tmp_path / "run" / "model")
@@ -124,16 +167,53 @@ def test_cermtl_weights_must_match_the_targets(tmp_path):
 
 
 def test_cermtl_single_task_and_weighted_loss():
-    cfg = TrainConfig(data="x", **CER, modality="a", loss="pcc")
-    r = run(cfg, tiny_frames())
-    assert set(r["val"]) >= {"ccc", "pcc"} and r["config"]["loss"] == "pcc"
+    """STL: the loss is the one task's 1 - PCC. MTL with weights alpha_m: the loss is sum_m alpha_m L_m of
+    the per-task losses (a joint loss over all columns would be their plain mean), and a task's weight
+    scales its share of the gradient: 0 cuts its head off, and the shared CNN's gradient is linear in it."""
+    stl, batch = _cermtl_batch(TrainConfig(data="x", **CER, modality="a", loss="pcc"), tiny_frames())
+    stl.eval()
+    loss, parts = stl.training_loss(batch)
+    assert stl.task_weights.tolist() == [1.0]
+    assert float(loss.detach()) == pytest.approx(_reference_task_losses(stl, batch, "pcc")[0], abs=1e-4)
+
+    ds = two_targets()
+
+    def build(weights):
+        cer = {**CER["cermtl"], "task_weights": weights}
+        method, batch = _cermtl_batch(TrainConfig(data="x", **{**CER, "cermtl": cer}, modality="a"), ds)
+        return method.eval(), batch
+
+    method, batch = build([0.8, 0.2])
+    loss, parts = method.training_loss(batch)
+    ref = _reference_task_losses(method, batch, "ccc")
+    assert abs(ref[0] - ref[1]) > 0.01  # distinct tasks: another weighting would move the loss by > 1e-3
+    assert [float(parts["loss_arousal"]), float(parts["loss_valence"])] == pytest.approx(ref, abs=1e-4)
+    assert float(loss.detach()) == pytest.approx(0.8 * ref[0] + 0.2 * ref[1], abs=1e-4)
+
+    def grads(weights):
+        m, b = build(weights)
+        m.load_state_dict(method.state_dict())
+        loss, _ = m.training_loss(b)
+        loss.backward()
+        return {k: (p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in m.named_parameters()}
+
+    g_a, g_v, g_w = grads([1.0, 0.0]), grads([0.0, 1.0]), grads([0.8, 0.2])
+    head_v = [k for k in g_a if k.startswith(("student.head.grus.1", "student.head.fcs.1"))]
+    head_a = [k for k in g_a if k.startswith(("student.head.grus.0", "student.head.fcs.0"))]
+    assert head_a and head_v
+    assert all(g_a[k].abs().sum() == 0 for k in head_v)  # weight 0: no gradient reaches that task's head
+    assert any(g_a[k].abs().sum() > 0 for k in head_a)
+    shared = [k for k in g_a if k.startswith("student.encoder")]
+    assert any(g_a[k].abs().sum() > 0 and g_v[k].abs().sum() > 0 for k in shared)
+    for k in g_w:
+        torch.testing.assert_close(g_w[k], 0.8 * g_a[k] + 0.2 * g_v[k], rtol=1e-4, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
 # EmoBed through the trainer
 
 
-@pytest.mark.parametrize("method,alpha,beta,l2", [("joint", 0.5, 0.0, 0.0), ("triplet", 0.0, 1.0, 0.0),
+@pytest.mark.parametrize("method,alpha,beta,l2", [("joint", 0.5, 0.0, 1e-4), ("triplet", 0.0, 1.0, 1e-4),
                                                   ("emobed", 0.5, 1.0, 1e-4)])
 def test_emobed_modes_switch_the_right_terms(method, alpha, beta, l2, tmp_path):
     r = run(TrainConfig(data="x", **FAST, **EMO, method=method, modality="b", teacher="a", out=tmp_path / method),
@@ -152,6 +232,56 @@ def test_paper_learning_rates_are_the_defaults(method, lr):
 
     teacher = "a" if method in ("emobed", "triplet") else None
     assert resolve(TrainConfig(data="x", method=method, modality="b", teacher=teacher), tiny_frames()).lr == lr
+
+
+@pytest.mark.parametrize("method", ["joint", "triplet", "emobed", "classic"])
+def test_emobed_paper_defaults_unpaired_batches_and_l2_in_every_network(method):
+    """Spec §1.3-1.4: mini-batches unpaired by default, and L2 1e-4 on every network the paper trains,
+    the classic system (``--method unimodal --arch gru``) included: the penalty adds lambda * theta to
+    every trainable parameter's gradient."""
+    from stew.config import EmoBedConfig
+    from stew.methods import build_method, required_modalities
+    from stew.training import make_bundle, resolve
+
+    assert EmoBedConfig().pairing == "unpaired" and EmoBedConfig().l2 == 1e-4
+    ds = tiny_frames()
+    kw = {"method": "unimodal", "arch": "gru"} if method == "classic" else {"method": method, "teacher": "a"}
+    built = []
+    for l2 in (1e-4, 0.0):
+        cfg = resolve(TrainConfig(data="x", **FAST, emobed={"units": 8, "l2": l2}, modality="b", **kw), ds)
+        bundle = make_bundle(cfg, ds, required_modalities(cfg))
+        torch.manual_seed(0)
+        built.append(build_method(cfg, bundle, Path(".")).eval())
+    with_l2, without = built
+    without.load_state_dict(with_l2.state_dict())
+    if method != "classic":
+        assert with_l2.aux_pool is not None  # unpaired: the auxiliary windows are drawn on their own
+        without.generator.set_state(with_l2.generator.get_state())  # the same auxiliary draws
+    assert with_l2.l2 == 1e-4 and without.l2 == 0.0
+    wds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop)
+    batch = wds.collate(wds.spans[:4])
+    a, parts = with_l2.training_loss(batch)
+    b, _ = without.training_loss(batch)
+    params = list(with_l2.trainable_parameters())
+    penalty = 0.5 * sum(float(p.detach().square().sum()) for p in params)
+    assert float(parts["l2"]) == pytest.approx(penalty, rel=1e-5)
+    torch.testing.assert_close(a, b + 1e-4 * parts["l2"])
+    ga = torch.autograd.grad(a, params, allow_unused=True)
+    gb = torch.autograd.grad(b, list(without.trainable_parameters()), allow_unused=True)
+    for p, x, y in zip(params, ga, gb, strict=True):
+        x, y = (torch.zeros_like(p) if g is None else g for g in (x, y))
+        torch.testing.assert_close(x - y, 1e-4 * p.detach(), rtol=1e-4, atol=1e-7)
+
+
+def test_cermtl_has_no_label_delay_by_default():
+    """CER-MTL's paper shifts no labels: it does not inherit CM-StEW's 2.8 s (an explicit value still wins)."""
+    from stew.training import make_bundle, resolve
+
+    ds = tiny_frames()
+    cfg = resolve(TrainConfig(data="x", **CER, modality="a"), ds)
+    assert cfg.label_delay_s == 0.0 and make_bundle(cfg, ds, ["a"]).k_delay == 0
+    assert resolve(TrainConfig(data="x", **CER, modality="a", label_delay_s=2.4), ds).label_delay_s == 2.4
+    assert resolve(TrainConfig(data="x", **FAST, modality="a"), ds).label_delay_s == 2.8  # CM-StEW's unimodal
 
 
 def test_emobed_keeps_only_the_target_path(tmp_path):
@@ -180,18 +310,57 @@ def test_emobed_with_the_auxiliary_terms_off_is_the_classic_monomodal_system():
         wds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop)
         batches.append(wds.collate(wds.spans[:6]))
     emobed, classic = methods
+    assert emobed.aux_pool is None  # nothing auxiliary to draw, whatever the (default unpaired) pairing
     assert emobed.student.spec == classic.student.spec
     classic.student.load_state_dict(emobed.student.state_dict())
     a, parts = emobed.training_loss(batches[0])
-    b, _ = classic.training_loss(batches[1])
-    assert set(parts) == {"prediction"}
-    torch.testing.assert_close(a, b)
+    b, classic_parts = classic.training_loss(batches[1])
+    assert set(parts) == set(classic_parts) == {"prediction", "l2"}  # both carry the paper's L2 (spec §1.4)
+    torch.testing.assert_close(parts["prediction"], classic_parts["prediction"])
+    # The only difference is the penalty on the unused auxiliary net, which never reaches the student.
+    torch.testing.assert_close(a - emobed.l2 * l2_penalty(emobed.aux_encoder.parameters()), b)
+    ga = torch.autograd.grad(a, list(emobed.student.parameters()))
+    gb = torch.autograd.grad(b, list(classic.student.parameters()))
+    for x, y in zip(ga, gb, strict=True):
+        torch.testing.assert_close(x, y)
 
 
-def test_emobed_binary_triplet_uses_class_labels():
+def test_emobed_binary_triplet_uses_class_labels(monkeypatch):
+    """Binary 0/1 labels are the triplet's classes as they are. Binarising them like regression labels
+    (sign, 0 and 1 both >= 0) would put every step in one class: no anchor has a negative, so the triplet
+    term would be an exact 0 and the method would silently be the classic system."""
+    from stew.methods import build_method, emobed, required_modalities
+    from stew.training import make_bundle, resolve
+
+    seen = []
+
+    def spy(e_t, e_x, classes_t, classes_x, *args, **kwargs):
+        seen.append((classes_t, classes_x))
+        return crossmodal_triplet_loss(e_t, e_x, classes_t, classes_x, *args, **kwargs)
+
+    monkeypatch.setattr(emobed, "crossmodal_triplet_loss", spy)
+    ds = carve_validation(tiny_utterances(), 4, 0)
+    cfg = resolve(TrainConfig(data="x", **FAST, **EMO, method="triplet", modality="audio", teacher="text"), ds)
+    bundle = make_bundle(cfg, ds, required_modalities(cfg))
+    method = build_method(cfg, bundle, Path("."))
+    torch.manual_seed(0)
+    batch = next(iter(loader(WindowDataset.for_training(bundle.train, None, None), 16, shuffle=True, seed=0)))
+    loss, parts = method.training_loss(batch)
+    (classes_t, classes_x), = seen
+    valid = batch["mask"]
+    assert torch.equal(classes_t[valid], batch["y"][..., 0][valid].long())  # the labels themselves
+    assert set(classes_t[valid].tolist()) == {0, 1} and set(classes_x[valid].tolist()) == {0, 1}
+    assert float(parts["triplet"]) > 0.01  # a live term: anchors have positives and negatives
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.aux_encoder.parameters())
+    # The failure this guards against gives exactly 0: all steps in one class.
+    one_class = torch.zeros_like(classes_t)
+    e = torch.randn(*classes_t.shape, 4)
+    assert float(crossmodal_triplet_loss(e, e, one_class, one_class, valid, valid)) == 0.0
+    # And the whole run trains with it.
     r = run(TrainConfig(data="x", **FAST, **EMO, method="triplet", modality="audio", teacher="text"),
             tiny_utterances())
-    assert "f1_weighted" in r["val"]
+    assert 0.0 <= r["val"]["f1_weighted"] <= 100.0
 
 
 def mixed_corpus() -> Dataset:

@@ -11,12 +11,14 @@ and a **shared** back-end f predicts from either embedding (§1.1):
 - L_T, L_X: the prediction losses of both paths through the shared back-end (joint training);
 - L_triplet: the crossmodal batch-hard triplet loss over the double batch {e_T; e_X} (§1.2), which
   pulls same-class embeddings of either modality together and pushes other classes apart;
-- R(theta) = 1/2 ||theta||^2, the L2 penalty of full EmoBed (§1.3).
+- R(theta) = 1/2 ||theta||^2, the L2 penalty (§1.3); the paper applies L2 1e-4 to all its networks
+  (§1.4), so every mode has it, and so does the classic system (``--method unimodal --arch gru``).
 
-``--method joint`` keeps alpha only, ``--method triplet`` beta only, ``--method emobed`` all three.
-With ``pairing: unpaired`` the auxiliary batch is drawn independently of the target batch (§1.3), so
-corpora holding only one of the two modalities can be mixed; each modality's terms then count only
-the steps where that modality is present. The triplet loss always skips steps whose input is missing.
+``--method joint`` keeps alpha only, ``--method triplet`` beta only, ``--method emobed`` both.
+By default (``pairing: unpaired``, the paper's batching, §1.3) the auxiliary batch is drawn
+independently of the target batch, so corpora holding only one of the two modalities can be mixed;
+each modality's terms then count only the steps where that modality is present. ``pairing: paired``
+uses the same windows for both. The triplet loss always skips steps whose input is missing.
 After training f_X is discarded: f_T + f are the ``student``.
 """
 
@@ -33,14 +35,15 @@ from stew.errors import DataError
 from stew.methods.base import Method, prediction_loss
 from stew.models.encoders import EncoderSpec, build_encoder
 from stew.models.student import SingleModalityModel, StudentSpec
-from stew.objectives import crossmodal_triplet_loss, labels_to_classes, quantile_edges
+from stew.objectives import crossmodal_triplet_loss, l2_penalty, labels_to_classes, quantile_edges
 
 if TYPE_CHECKING:
     from stew.config import EmoBedConfig, TrainConfig
     from stew.training import Bundle
 
-# Which terms each mode switches on: (auxiliary prediction loss, triplet loss, L2 penalty).
-MODES = {"joint": (True, False, False), "triplet": (False, True, False), "emobed": (True, True, True)}
+# Which terms each mode switches on: (auxiliary prediction loss, triplet loss). The L2 penalty is in
+# every mode: the paper regularises all its networks with it (spec §1.4), not only full EmoBed's.
+MODES = {"joint": (True, False), "triplet": (False, True), "emobed": (True, True)}
 
 
 class EmoBed(Method):
@@ -98,7 +101,7 @@ class EmoBed(Method):
 
     def _regularised(self, loss: torch.Tensor, parts: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.l2:
-            penalty = 0.5 * sum(p.square().sum() for p in self.trainable_parameters())
+            penalty = l2_penalty(self.trainable_parameters())
             loss = loss + self.l2 * penalty
             parts["l2"] = penalty.detach()
         return loss, parts
@@ -128,7 +131,8 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> EmoBed:
     from stew.training import student_spec
 
     e = cfg.emobed
-    use_aux, use_triplet, use_l2 = MODES[cfg.method]
+    use_aux, use_triplet = MODES[cfg.method]
+    alpha, beta = (e.alpha if use_aux else 0.0), (e.beta if use_triplet else 0.0)
     student = student_spec(cfg, bundle.ds, cfg.modality, arch="gru")
     aux_encoder = student_spec(cfg, bundle.ds, cfg.teacher, arch="gru").encoder
     edges = None
@@ -137,7 +141,9 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> EmoBed:
             raise DataError("emobed.n_bins must be at least 2")
         edges = quantile_edges(np.concatenate([s.y.numpy() for s in bundle.train]), e.n_bins)
     pool = None
-    if e.pairing == "unpaired":
+    # With no auxiliary term there is no auxiliary batch to draw: the target term then covers every
+    # step, as the classic system's does, whatever the pairing.
+    if e.pairing == "unpaired" and (alpha or beta):
         # Only windows where the auxiliary modality is present at all are worth drawing.
         full = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop)
         spans = [sp for sp in full.spans if bool(full.seqs[sp[0]].present[cfg.teacher][sp[1]:sp[2]].any())]
@@ -145,7 +151,6 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> EmoBed:
             raise DataError(f"no training step has the auxiliary modality {cfg.teacher!r}")
         pool = WindowDataset(full.seqs, spans)
     return EmoBed(
-        student, aux_encoder, cfg.teacher, cfg.loss, alpha=e.alpha if use_aux else 0.0,
-        beta=e.beta if use_triplet else 0.0, l2=e.l2 if use_l2 else 0.0, opts=e, class_edges=edges,
+        student, aux_encoder, cfg.teacher, cfg.loss, alpha=alpha, beta=beta, l2=e.l2, opts=e, class_edges=edges,
         aux_pool=pool, seed=cfg.seed,
     )

@@ -3,7 +3,8 @@
 Architectures: ``classifier`` (per-step Dense(300)+Dropout+Dense), ``bigru`` (Bi-GRU + classifier),
 ``bigru-te`` (Bi-GRU + transformer encoder + classifier, the CM-StEW encoder) and ``gru4`` (SEW's
 4-layer single-step GRU regressor). These models rank the modalities and are the teachers of
-CM-StEW.
+CM-StEW. ``gru`` is EmoBed's network alone, the paper's classic monomodal system; like every EmoBed
+network it trains with the L2 penalty lambda/2 ||theta||^2 (``emobed.l2``, emobed_cermtl spec §1.4).
 """
 
 from __future__ import annotations
@@ -12,15 +13,25 @@ import torch
 
 from stew.methods.base import Method, prediction_loss
 from stew.models.student import SingleModalityModel, StudentSpec
+from stew.objectives import l2_penalty
 
 
 class Unimodal(Method):
-    def __init__(self, spec: StudentSpec, loss: str) -> None:
+    def __init__(self, spec: StudentSpec, loss: str, l2: float = 0.0) -> None:
         super().__init__()
         self.student = SingleModalityModel(spec)
         self.loss_name = loss
+        self.l2 = l2  # lambda of lambda/2 ||theta||^2; set for EmoBed's classic system (--arch gru)
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.student(batch["x"][self.student.spec.modality], batch["mask"])
         loss = prediction_loss(out, batch["y"], batch["mask"], self.student.spec.task, self.loss_name)
-        return loss, {"prediction": loss}
+        parts = {"prediction": loss.detach()}
+        if self.l2:
+            penalty = l2_penalty(self.trainable_parameters())
+            loss = loss + self.l2 * penalty
+            parts["l2"] = penalty.detach()
+        return loss, parts
+
+    def extra_record(self) -> dict:
+        return {"l2": self.l2} if self.l2 else {}

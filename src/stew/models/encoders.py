@@ -206,7 +206,8 @@ class FeatureImageCNN(nn.Module):
     A kernel-k convolution over image columns spaced t apart is a convolution with dilation t over the
     sequence itself, and every step's image shares those values with its neighbours' images. So the
     convolution runs once over the sequence and each image's columns are gathered from its output:
-    the same numbers as convolving every image (tests/test_cermtl.py), about N times fewer FLOPs.
+    the same numbers as convolving every image (tests/test_emobed_cermtl.py::
+    test_feature_image_cnn_equals_convolving_every_image), about N times fewer FLOPs.
 
     Input: x [B, L + T + R, P] with L, R = ``spec.context`` steps of surrounding context (the window
     loader supplies them, clamped at the recording's edges), or x [B, T, P] (edges replicated here).

@@ -1,9 +1,10 @@
-"""Training objectives: masked losses over padded sequences, correlation losses, the DCCA alignment loss and
-EmoBed's crossmodal triplet loss."""
+"""Training objectives: masked losses over padded sequences, correlation losses, the DCCA alignment loss,
+EmoBed's crossmodal triplet loss and its L2 penalty."""
 
 from stew.objectives.correlation import ccc_loss, pcc_loss
 from stew.objectives.dcca import DCCALoss, dcca_correlation, dcca_loss
 from stew.objectives.masked import flatten_valid, masked_bce, masked_ce, masked_mae, masked_mse
+from stew.objectives.penalty import l2_penalty
 from stew.objectives.triplet import crossmodal_triplet_loss, labels_to_classes, quantile_edges
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "dcca_correlation",
     "dcca_loss",
     "flatten_valid",
+    "l2_penalty",
     "labels_to_classes",
     "masked_bce",
     "masked_ce",
