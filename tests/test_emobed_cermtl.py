@@ -19,6 +19,7 @@ from stew.data.native import write_native
 from stew.data.preprocess import Standardizer, WindowDataset, loader, prepare
 from stew.data.splits import carve_validation
 from stew.deploy import load_model, predict_dataset
+from stew.methods.base import prediction_loss
 from stew.methods.emobed import EmoBed
 from stew.models.encoders import EncoderSpec, FeatureImageCNN
 from stew.objectives import crossmodal_triplet_loss, l2_penalty
@@ -389,16 +390,35 @@ def test_unpaired_batches_draw_auxiliary_windows_independently():
     assert isinstance(method, EmoBed) and method.aux_pool is not None
     # Only windows where the auxiliary modality exists are drawn.
     assert all(bool(method.aux_pool.seqs[i].present["a"][a:b].any()) for i, a, b in method.aux_pool.spans)
-    batch = method.aux_pool.collate(method.aux_pool.spans[:4])
+    method.eval()  # no dropout: the reference below must see the same network
+    wds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop)
+    batch = wds.collate(wds.spans[:8])
+    has_b = batch["mask"] & batch["present"]["b"]
+    assert has_b.any() and (batch["mask"] & ~batch["present"]["b"]).any()  # both corpora in the batch
+    state = method.generator.get_state()
     aux = method._aux_batch(batch)
-    assert not torch.equal(aux["spans"], batch["spans"])
+    assert not torch.equal(aux["spans"], batch["spans"])  # drawn on their own, not the target's windows
+    method.generator.set_state(state)  # training_loss draws the same auxiliary windows again
     loss, parts = method.training_loss(batch)
-    assert torch.isfinite(loss) and {"auxiliary", "triplet"} <= set(parts)
+    assert {"prediction", "auxiliary", "triplet", "l2"} == set(parts)
+    # Each modality's prediction term counts only the steps where that modality is present.
+    with torch.no_grad():
+        e_t = method.target_encoder(batch["x"]["b"], batch["mask"])
+        want_t = prediction_loss(method.shared_backend(e_t, batch["mask"]), batch["y"], has_b, "regression", "mse")
+        e_x = method.aux_encoder(aux["x"]["a"], aux["mask"])
+        want_x = prediction_loss(method.shared_backend(e_x, aux["mask"]), aux["y"], aux["mask"] & aux["present"]["a"],
+                                 "regression", "mse")
+    torch.testing.assert_close(parts["prediction"], want_t)
+    torch.testing.assert_close(parts["auxiliary"], want_x)
+    # So the labels of steps without the target modality do not move the target term at all.
+    noisy = {**batch, "y": torch.where(has_b[..., None], batch["y"], -batch["y"])}
+    method.generator.set_state(state)
+    torch.testing.assert_close(method.training_loss(noisy)[1]["prediction"], parts["prediction"])
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in method.parameters() if p.grad is not None)
-    # The whole run trains on the mixed corpus.
+    # The whole run trains on the mixed corpus through the shared trainer.
     r = run(cfg.model_copy(update={"modality": "b"}), ds)
-    assert np.isfinite(r["val"]["ccc"])
+    assert r["method"]["pairing"] == "unpaired" and np.isfinite(r["val"]["ccc"])
 
 
 # --------------------------------------------------------------------------------------------------

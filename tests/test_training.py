@@ -126,7 +126,15 @@ def test_a_run_killed_mid_training_resumes_from_its_periodic_checkpoint(frames_d
 
 
 def test_grouped_cv(utt_dir, tmp_path):
+    """K folds over whole training groups, each validating once; the summary is their mean and std."""
     r = run(cfg(utt_dir, tmp_path / "cv", modality="text", cv=3, max_epochs=1))
-    assert len(r["folds"]) == 3 and "acc" in r["val"] and "acc" in r["val_std"]
-    assert (tmp_path / "cv" / "fold2" / "metrics.json").is_file()
-    assert read_native(utt_dir).name == "tiny-utt"
+    assert len(r["folds"]) == 3
+    for key in ("acc", "f1_weighted"):
+        per_fold = [f["val"][key] for f in r["folds"]]
+        assert r["val"][key] == pytest.approx(np.mean(per_fold))
+        assert r["val_std"][key] == pytest.approx(np.std(per_fold, ddof=1))
+    folds = [json.loads((tmp_path / "cv" / f"fold{i}" / "metrics.json").read_text()) for i in range(3)]
+    assert [f["val"] for f in folds] == [f["val"] for f in r["folds"]]
+    val_groups = [g for f in folds for g in f["data"]["val_groups"]]
+    train_groups = {s.group for s in read_native(utt_dir).sequences if s.split == "train"}
+    assert len(val_groups) == len(set(val_groups)) and set(val_groups) == train_groups
