@@ -47,25 +47,32 @@ class CMStEWConfig(Strict):
     r1: float = 1e-3
     r2: float = 1e-3
     decoder_units: int | None = None  # [U] None: 250, or 500 when the teacher is 168/632-d video
-    decoder_layers: int = 2
+    # None: the spec's default, 1 for a frame-level audio student (the RECOLA valence audio model) else 2
+    # (spec §6.3); an explicit value is honoured for every student.
+    decoder_layers: int | None = Field(default=None, ge=1)
     teacher_run: Path | None = None  # reuse a unimodal run of the teacher modality as stage 1
 
 
 class EmoBedConfig(Strict):
     """EmoBed (emobed_cermtl spec §1): J = L_target + alpha*L_aux + beta*L_triplet + lambda*R(theta).
 
-    ``--method joint`` uses alpha only, ``--method triplet`` beta only, ``--method emobed`` all three.
+    ``--method joint`` uses alpha only, ``--method triplet`` beta only, ``--method emobed`` both; lambda
+    (``l2``) applies in every mode and to the classic system (``--method unimodal --arch gru``).
     """
 
     alpha: float = 0.5  # [U] the paper's best OMG alpha; tuned on dev in the paper
     beta: float = 1.0  # the paper's best beta for every arousal system
-    l2: float = 1e-4  # lambda, full EmoBed only: lambda/2 * ||theta||^2 (gradient lambda*theta)
+    # lambda: lambda/2 * ||theta||^2 (gradient lambda*theta), the paper's L2 1e-4 on all its networks (spec
+    # §1.4): every EmoBed mode and the classic system (--method unimodal --arch gru); 0 switches it off.
+    l2: float = 1e-4
     triplet_form: Literal["difference", "hinge", "softplus"] = "hinge"  # [U] the paper writes the difference
     margin: float = 0.2  # hinge margin [U]
     classes: Literal["sign", "quantile"] = "sign"  # [U] regression labels -> classes for the triplet
     n_bins: int = 2  # quantile bins (classes = "quantile")
     max_rows: int | None = 512  # [U] steps per modality in the triplet's distance matrix (random subset)
-    pairing: Literal["paired", "unpaired"] = "paired"
+    # The paper draws audio and video samples at random, not time-aligned pairs (spec §1.3); "paired" uses
+    # the same windows for both modalities.
+    pairing: Literal["paired", "unpaired"] = "unpaired"
     units: int = 120  # GRU units of the embedding nets and of the shared back-end (RECOLA, spec §1.4)
     embed_layers: int = 2
     shared_layers: int = 2
@@ -84,13 +91,6 @@ class CERMTLConfig(Strict):
     task_weights: list[float] | None = None  # alpha_m per target; None = uniform 1/M
 
 
-class TrainConfig(Strict):
-    data: Path
-    method: MethodName = "unimodal"
-    modality: str | None = None
-    teacher: str | None = None
-    target: str | None = None
-    targets: list[str] | None = None  # several targets (multi-task); None: ``target`` or all
 class LinearConfig(Strict):
     """Linear baselines (AVEC 2016's "SVR + offset", spec §2.3): standardised features, one linear map per
     step, fitted by scikit-learn. The strength and (frame-level data) the label offset are searched on
@@ -107,6 +107,13 @@ class LinearConfig(Strict):
     max_iter: int = Field(default=5000, ge=1)
 
 
+class TrainConfig(Strict):
+    data: Path
+    method: MethodName = "unimodal"
+    modality: str | None = None
+    teacher: str | None = None
+    target: str | None = None
+    targets: list[str] | None = None  # several targets (multi-task); None: ``target`` or all
     ablation: str | None = None
     arch: Arch = "bigru-te"
     loss: LossName | None = None  # None: mse (regression; ccc for cermtl), bce (binary), ce (multiclass)
@@ -116,7 +123,8 @@ class LinearConfig(Strict):
     # data and preprocessing
     val_groups: int = 10  # groups carved from train when the data has no validation split
     cv: int | None = None
-    label_delay_s: float | None = None  # None: 2.4 s for SEW, 2.8 s otherwise; frame-level data only
+    # None: 2.4 s for SEW and EmoBed, none for CER-MTL, 2.8 s otherwise (the papers); frame-level data only
+    label_delay_s: float | None = None
     window_s: float | None = None  # None: 3 s (1 step for SEW, which sees frames one at a time)
     hop_s: float | None = None  # None: 1 s (1 step for SEW)
     eval_window_s: float | None = None  # None: window_s; 3 s for SEW (per-step models ignore context)
@@ -151,6 +159,7 @@ class LinearConfig(Strict):
     cmstew: CMStEWConfig = Field(default_factory=CMStEWConfig)
     emobed: EmoBedConfig = Field(default_factory=EmoBedConfig)
     cermtl: CERMTLConfig = Field(default_factory=CERMTLConfig)
+    linear: LinearConfig = Field(default_factory=LinearConfig)
 
 
 def first_error(e: ValidationError) -> tuple[str, str]:
@@ -159,7 +168,6 @@ def first_error(e: ValidationError) -> tuple[str, str]:
     return ".".join(str(p) for p in err["loc"]), err["msg"]
 
 
-    linear: LinearConfig = Field(default_factory=LinearConfig)
 def load_config(path: Path | None, overrides: dict) -> TrainConfig:
     """YAML file (if any) first, then explicit command-line overrides; validated as a whole."""
     raw: dict = {}
