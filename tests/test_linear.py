@@ -125,6 +125,11 @@ def test_svr_is_the_avec_baseline_option() -> None:
             delayed_frames(delay_steps=30, length=200))
     assert r["method"]["estimator"] == "svr" and r["method"]["strength_name"] == "C"
     assert r["method"]["offset_s"] == pytest.approx(1.2)
+    # The offset comes from ridge's closed-form search; the SVR then searches C at that offset only.
+    assert r["method"]["offset_found_by"] == "ridge"
+    svr_tried = [c for c in r["method"]["search"] if c["estimator"] == "svr"]
+    assert sorted(c["strength"] for c in svr_tried) == [1e-3, 1e-1]
+    assert [c["offset_s"] for c in svr_tried] == pytest.approx([1.2, 1.2])
     assert r["test"]["ccc"] > 0.8
 
 

@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 DEFAULT_GRID = {
     "ridge": [10.0**e for e in range(-1, 6)],  # alpha
-    "svr": [10.0**e for e in range(-5, 1)],  # C (AVEC 2016 searched the complexity in 1e-5..1)
+    # C: AVEC 2016 searched 1e-5..1; liblinear's dual solver does not converge at C = 1 on RECOLA-sized
+    # data (5,000 iterations, 48 s a fit on one core), so the default stops at 1e-1.
+    "svr": [10.0**e for e in range(-5, 0)],
     "logistic": [10.0**e for e in range(-4, 3)],  # C
 }
 DEFAULT_MAX_OFFSET_S, DEFAULT_OFFSET_STEP_S = 8.0, 0.4
@@ -131,10 +133,11 @@ class Linear(Method):
         val_x = np.concatenate([s.x[m].numpy() for s in bundle.val])
         ends = np.cumsum([len(s.y) for s in bundle.val])[:-1]
 
-        search, best = [], None
-        with threadpool_limits(self.threads):
-            for strength in self.grid:
-                fitted = self._fit_strength(strength, x, labels)
+        def search(estimator: str, grid: list[float], offsets: list[int]) -> tuple[list[dict], tuple]:
+            """Every (strength, offset) scored on validation; the best as (score, strength, k, w, b)."""
+            tried, best = [], None
+            for strength in grid:
+                fitted = self._fit_strength(estimator, strength, offsets, x, labels)
                 # Every offset's validation outputs in one product.
                 z_all = val_x @ np.concatenate([w for w, _ in fitted.values()]).T.astype(np.float32)
                 col = 0
@@ -143,43 +146,58 @@ class Linear(Method):
                     col += len(w)
                     preds = [unshift_predictions(p, k) for p in np.split(self._outputs(z), ends)]
                     score = float(evaluate(preds))
-                    search.append({"strength": strength, "offset_s": self._seconds(k, bundle), "val_score": score})
+                    tried.append({"estimator": estimator, "strength": strength, "offset_s": self._seconds(k, bundle),
+                                  "val_score": score})
                     # Ties keep the first candidate: the strongest regularisation, then the smallest offset.
                     if best is None or score > best[0]:
                         best = (score, strength, k, w, b)
-        assert best is not None
-        score, strength, k, w, b = best
+            assert best is not None
+            return tried, best
+
+        with threadpool_limits(self.threads):
+            offsets, tried = self.offsets, []
+            if self.estimator == "svr" and len(offsets) > 1:
+                # The offset is the annotators' delay, a property of the labels, not of the regressor: ridge
+                # finds it over every offset in a few closed-form solves, where liblinear's SVR would need a
+                # fit per (C, offset) (minutes on RECOLA). The SVR then searches C at that offset.
+                tried, found = search("ridge", _strongest_first("ridge", DEFAULT_GRID["ridge"]), offsets)
+                offsets = [found[2]]
+            more, (score, strength, k, w, b) = search(self.estimator, _strongest_first(self.estimator, self.grid),
+                                                      offsets)
         with torch.no_grad():
             self.student.head.weight.copy_(torch.as_tensor(np.array(w), dtype=torch.float32))
             self.student.head.bias.copy_(torch.as_tensor(np.array(b), dtype=torch.float32))
         self.record = {
             "estimator": self.estimator, "strength_name": "alpha" if self.estimator == "ridge" else "C",
             "strength": strength, "offset_s": self._seconds(k, bundle), "offset_steps": k,
+            "offset_found_by": "ridge" if tried else self.estimator,
             "class_weight": self.lin.class_weight if self.task != "regression" else None,
-            "n_train_rows": int(len(x)), "search": search,
+            "n_train_rows": int(len(x)), "search": tried + more,
         }
         return k
 
     def extra_record(self) -> dict:
         return self.record
 
-    def _fit_strength(self, strength: float, x: np.ndarray, labels: dict[int, np.ndarray]) -> dict:
+    def _fit_strength(
+        self, estimator: str, strength: float, offsets: list[int], x: np.ndarray, labels: dict[int, np.ndarray]
+    ) -> dict:
         """offset -> (weight [n_out, d], bias [n_out]) for one regularisation strength."""
-        if self.estimator == "ridge":
+        if estimator == "ridge":
             # Ridge fits many targets in one solve: every offset's labels are columns of one matrix.
-            stacked = np.concatenate([labels[k] for k in self.offsets], axis=1)
+            stacked = np.concatenate([labels[k] for k in offsets], axis=1)
             fitted = Ridge(alpha=strength).fit(x, stacked)
-            n_t = labels[self.offsets[0]].shape[1]
+            n_t = labels[offsets[0]].shape[1]
             coef, icpt = fitted.coef_.reshape(-1, x.shape[1]), np.broadcast_to(fitted.intercept_, (stacked.shape[1],))
-            return {k: (coef[i * n_t:(i + 1) * n_t], icpt[i * n_t:(i + 1) * n_t]) for i, k in enumerate(self.offsets)}
-        if self.estimator == "svr":
+            return {k: (coef[i * n_t:(i + 1) * n_t], icpt[i * n_t:(i + 1) * n_t]) for i, k in enumerate(offsets)}
+        if estimator == "svr":
             out = {}
-            for k in self.offsets:
+            for k in offsets:
                 fits = [LinearSVR(C=strength, loss="epsilon_insensitive", dual=True, max_iter=self.lin.max_iter,
                                   random_state=0).fit(x, y) for y in labels[k].T]
                 out[k] = (np.stack([f.coef_ for f in fits]), np.array([f.intercept_[0] for f in fits]))
             return out
-        return {k: self._logistic(strength, x, labels[k][:, 0].astype(int)) for k in self.offsets}
+        return {k: self._logistic(strength, x, labels[k][:, 0].astype(int)) for k in offsets}
 
     def _logistic(self, c: float, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         weight = "balanced" if self.lin.class_weight == "balanced" else None
@@ -201,6 +219,11 @@ class Linear(Method):
     @staticmethod
     def _seconds(k: int, bundle: Bundle) -> float:
         return round(k / bundle.ds.step_rate_hz, 6) if bundle.ds.step_rate_hz else 0.0
+
+
+def _strongest_first(estimator: str, grid: list[float]) -> list[float]:
+    """Ridge's alpha grows with regularisation, C shrinks: order so that ties go to the simpler model."""
+    return sorted(grid, reverse=estimator == "ridge")
 
 
 def build(cfg: TrainConfig, bundle: Bundle) -> Linear:
