@@ -276,7 +276,13 @@ def test_missing_modality_fails_before_training(tiny_setup, tmp_path):
 
 def test_kill_and_resume_redoes_no_finished_run(tiny_setup, tmp_path):
     """SIGKILL the whole process group after some runs finished; the next invocation completes the rest."""
-    _, data, proto = tiny_setup
+    _, data, _ = tiny_setup
+    # Runs long enough (20 epochs) that the kill lands mid-protocol on an idle machine too: with 2-epoch
+    # runs, all 9 could finish between two polls.
+    raw = json.loads(json.dumps(TINY))
+    raw["base"].update(max_epochs=20, patience=20)
+    proto = tmp_path / "slower.yaml"
+    proto.write_text(yaml.safe_dump(raw))
     out = tmp_path / "o"
     cmd = [sys.executable, "-c", "from stew.cli import main; main()", "reproduce", str(proto),
            "--data", str(data), "--out", str(out), "--workers", "2"]
@@ -285,7 +291,7 @@ def test_kill_and_resume_redoes_no_finished_run(tiny_setup, tmp_path):
         deadline = time.time() + 120
         before: list[tuple] = []
         while time.time() < deadline and len(before) < 3:
-            time.sleep(0.5)
+            time.sleep(0.1)
             if (out / "store.sqlite").is_file():
                 try:
                     with sqlite3.connect(out / "store.sqlite") as db:
