@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from stew import metrics
@@ -58,7 +58,9 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
             load_dataset(base.data, feature_set=base.feature_set or t) for t in targets}
     jobs = [(t, m, s) for t in targets for m in modalities for s in seeds]
     res: RankResult | None = None
-    with Progress(console=console, transient=True) as bar:
+    # Runs done / total, time elapsed and time left: a 5-seed ranking of deep models takes minutes.
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("ranking modalities", total=len(jobs))
         for t, m, s in jobs:
             bar.update(task, description=f"{t or 'label'} / {m} / seed {s}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from stew import metrics
@@ -76,7 +77,10 @@ def clear_pairs(ranked: RankResult, target: str, gap: float) -> list[tuple[str, 
     return [(s, w) for i, s in enumerate(order) for w in order[i + 1 :] if mean[s] - mean[w] >= gap]
 
 
-def run_over_seeds(config_for_seed: Callable[[int], TrainConfig], seeds: list[int], reuse: bool = False) -> list[dict]:
+def run_over_seeds(
+    config_for_seed: Callable[[int], TrainConfig], seeds: list[int], reuse: bool = False,
+    done: Callable[[], None] | None = None,
+) -> list[dict]:
     """Run one configuration over seeds; each result is ``run``'s dict (or its ``metrics.json``).
 
     A CM-StEW grid (alpha, beta) is searched on the first seed's validation only, and the chosen values
@@ -90,8 +94,10 @@ def run_over_seeds(config_for_seed: Callable[[int], TrainConfig], seeds: list[in
             first = results[0]["method"]
             cfg = cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(
                 update={"alpha": first["alpha"], "beta": first["beta"]})})
-        done = cfg.out / "metrics.json" if cfg.out is not None else None
-        results.append(json.loads(done.read_text()) if reuse and done and done.exists() else run(cfg))
+        finished = cfg.out / "metrics.json" if cfg.out is not None else None
+        results.append(json.loads(finished.read_text()) if reuse and finished and finished.exists() else run(cfg))
+        if done is not None:
+            done()
     return results
 
 
@@ -105,15 +111,21 @@ def transfer(
     console.print(f"transfer pairs: stronger beats weaker by >= {gap:g} validation {ranked.metric}")
     results = []
     floors: dict[tuple[str, str], list[dict]] = {}
-    for target in ranked.val:
-        for strong, weak in clear_pairs(ranked, target, gap):
+    pairs = [(target, strong, weak) for target in ranked.val for strong, weak in clear_pairs(ranked, target, gap)]
+    n_floors = len({(target, weak) for target, _, weak in pairs})
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("transfer runs", total=(len(pairs) + n_floors) * len(seeds))
+        tick = lambda: bar.advance(task)  # noqa: E731
+        for target, strong, weak in pairs:
+            bar.update(task, description=f"{target}: {weak} (+{strong})")
             if (target, weak) not in floors:
                 # The floor a transfer must clear: the linear model on the weaker modality, same seeds and carves.
                 floors[target, weak] = run_over_seeds(lambda s, weak=weak, target=target: base.model_copy(update={
                     "method": "linear", "modality": weak, "teacher": None, "seed": s, "progress": False,
                     "target": None if target == "label" else target,
                     "out": work / "linear" / target / weak / f"seed{s}",
-                }), seeds)
+                }), seeds, done=tick)
             floor = floors[target, weak]
 
             def config(s: int, weak: str = weak, strong: str = strong, target: str = target) -> TrainConfig:
@@ -125,7 +137,7 @@ def transfer(
                         update={"teacher_run": work / "rank" / target / strong / f"seed{s}"}),
                 })
 
-            runs = run_over_seeds(config, seeds)
+            runs = run_over_seeds(config, seeds, done=tick)
             scores = [r["val"][ranked.metric] for r in runs]
             tested = [r["test"][ranked.metric] for r in runs if ranked.metric in (r.get("test") or {})]
             chosen = {"alpha": runs[0]["method"]["alpha"], "beta": runs[0]["method"]["beta"]}
