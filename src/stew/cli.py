@@ -13,11 +13,46 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from stew.errors import DataError
 
+
+class OneLineUsageErrors(TyperGroup):
+    """Usage errors (a bad option value, a missing or unknown option) as one line and exit code 2.
+
+    Typer prints them as a usage line, a hint and a boxed panel (6 lines or more); the CLI's contract is
+    one line for every expected failure, so they read like a DataError: ``error: <command>: <problem>``.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        except Exception as e:  # noqa: BLE001 - only click's exceptions are handled, the rest re-raised
+            # Typer vendors click, so its ClickException is matched by shape rather than imported.
+            code, fmt = getattr(e, "exit_code", None), getattr(e, "format_message", None)
+            if not isinstance(code, int) or not callable(fmt):
+                raise
+            if type(e).__name__ == "NoArgsIsHelpError":
+                e.show()  # type: ignore[attr-defined]  # `stew` alone prints the help, as before
+                sys.exit(code)
+            ctx = getattr(e, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            msg = " ".join(str(fmt()).split()).replace("Value error, ", "")
+            typer.echo(f"error: {where}{msg}", err=True)
+            sys.exit(code)
+        # Without standalone mode, an explicit typer.Exit(code) comes back as its code; commands return None.
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="stew: train with every modality, deploy with one."
+    cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+    help="stew: train with every modality, deploy with one.",
 )
 data_app = typer.Typer(no_args_is_help=True, help="Check and synthesise datasets.")
 app.add_typer(data_app, name="data")
@@ -64,16 +99,25 @@ class Kind(StrEnum):
 def data_synth(
     kind: Annotated[Kind, typer.Option(help="recola: RECOLA-like frames; mosi: MOSI-like utterances")],
     out: Annotated[Path, typer.Option(help="output folder (must not exist or be empty)")],
-    seed: Annotated[int, typer.Option()] = 0,
-    speakers: Annotated[int, typer.Option(help="recola: speakers, a multiple of 3")] = 27,
-    minutes: Annotated[float, typer.Option(help="recola: minutes per recording")] = 5.0,
-    videos: Annotated[int, typer.Option(help="mosi: number of videos")] = 93,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1)] = 0,
+    speakers: Annotated[int, typer.Option(min=3, help="recola: speakers, a multiple of 3")] = 27,
+    minutes: Annotated[float, typer.Option(min=0, help="recola: minutes per recording")] = 5.0,
+    videos: Annotated[int, typer.Option(min=3, help="mosi: number of videos")] = 93,
     fmt: Annotated[str, typer.Option("--format", help="parquet or npz")] = "parquet",
 ) -> None:
     """Write a synthetic dataset in stew's native format (deterministic per seed)."""
     from stew.data.native import write_native
-    from stew.data.synthetic import synth_mosi, synth_recola
+    from stew.data.synthetic import RATE_HZ, synth_mosi, synth_recola
 
+    # The generators' own checks raise ValueError (a library contract); here they are options, so the
+    # same conditions are one-line errors, checked before anything is written.
+    if fmt not in ("parquet", "npz"):
+        raise DataError(f"--format must be parquet or npz, not {fmt!r}")
+    if kind == Kind.recola and speakers % 3:
+        raise DataError(f"--speakers must be a multiple of 3 (train, dev and test get a third each), not {speakers}")
+    if kind == Kind.recola and round(minutes * 60 * RATE_HZ) < 2:
+        raise DataError(f"--minutes {minutes:g} gives fewer than 2 frames at {RATE_HZ:g} Hz")
+    _check_out_folder(out)
     if kind == Kind.recola:
         ds = synth_recola(seed, n_speakers=speakers, minutes=minutes)
     else:
@@ -87,7 +131,7 @@ def data_synth(
 def data_check(
     path: Annotated[Path, typer.Argument(help="dataset folder")],
     feature_set: Annotated[str | None, typer.Option(help="AVEC RECOLA: arousal or valence features")] = None,
-    folds: Annotated[int, typer.Option(help="grouped folds of the leakage probe")] = 5,
+    folds: Annotated[int, typer.Option(min=2, help="grouped folds of the leakage probe")] = 5,
 ) -> None:
     """Validate a dataset and print its summary and a leakage probe."""
     from stew.data.check import check_dataset, render_report
@@ -95,6 +139,12 @@ def data_check(
 
     ds = load_dataset(path, feature_set=feature_set)
     render_report(check_dataset(ds, folds=folds), console)
+
+
+def _check_out_folder(out: Path | None) -> None:
+    """An output folder must be a folder (or not exist yet): checked before any data is loaded."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise DataError("exists and is not a folder", file=out)
 
 
 def _train_config(config: Path | None, **overrides: Any):
@@ -137,6 +187,7 @@ def train(
     )
     if cfg.out is None:
         raise DataError("--out is required (the run folder)")
+    _check_out_folder(cfg.out)
     t0 = time.time()
     r = run(cfg)
     console.print_json(json.dumps({k: r[k] for k in ("val", "test") if k in r}))
@@ -147,7 +198,7 @@ def train(
 @cli_errors
 def rank(
     data: DataOpt = None,
-    seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 5,
+    seeds: Annotated[int, typer.Option(min=1, help="number of seeds (0..N-1)")] = 5,
     method: Annotated[
         str | None, typer.Option(help="unimodal (default) or linear: ridge/logistic, fitted in seconds")
     ] = None,
@@ -161,6 +212,7 @@ def rank(
     from stew.rank import rank_modalities, render_ranking
 
     cfg = _train_config(config, data=data, method=method, arch=arch, target=target, max_epochs=max_epochs)
+    _check_out_folder(out)
     res = rank_modalities(cfg, list(range(seeds)), out, console)
     render_ranking(res, console)
 
@@ -170,8 +222,10 @@ def rank(
 def transfer_cmd(
     data: DataOpt = None,
     method: Annotated[str, typer.Option(help="transfer method (cmstew)")] = "cmstew",
-    seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 5,
-    gap: Annotated[float | None, typer.Option(help="minimum validation gap (default 0.05 CCC, 5 pp F1)")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="number of seeds (0..N-1)")] = 5,
+    gap: Annotated[
+        float | None, typer.Option(min=0, help="minimum validation gap (default 0.05 CCC, 5 pp F1)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="folder for all runs and transfer.json")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -180,7 +234,9 @@ def transfer_cmd(
 
     if method != "cmstew":
         raise DataError("stew transfer supports --method cmstew")
-    transfer(_train_config(config, data=data), list(range(seeds)), out, console, gap)
+    cfg = _train_config(config, data=data)
+    _check_out_folder(out)
+    transfer(cfg, list(range(seeds)), out, console, gap)
 
 
 @app.command()
@@ -214,7 +270,7 @@ def predict(
 @cli_errors
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the demo's data and runs")] = Path("demo-out"),
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1)] = 0,
 ) -> None:
     """Synthesise RECOLA-like data, rank the modalities, train the baselines (a few minutes on 2 cores)."""
     from stew.demo import run_demo
@@ -286,9 +342,11 @@ def reproduce_cmd(
         Path | None, typer.Option(help="dataset folder the protocol expects; synthetic-quick makes its own")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder: run store, runs, tables (re-run to resume)")] = None,
-    seeds: Annotated[int | None, typer.Option(help="seeds 0..N-1; default the protocol's")] = None,
-    workers: Annotated[int, typer.Option(help="runs in parallel, each in its own process")] = 2,
-    threads: Annotated[int | None, typer.Option(help="torch threads per run; default cores // workers")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="seeds 0..N-1; default the protocol's")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="runs in parallel, each in its own process")] = 2,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads per run; default cores // workers")
+    ] = None,
     tuned: Annotated[
         str | None, typer.Option(help="storage URL of stew tune studies the protocol's groups name")
     ] = None,
@@ -355,7 +413,8 @@ def tune(
         typer.Option(help="SQLAlchemy URL; default sqlite:///OUT/tune.sqlite; postgresql+psycopg://... to share"),
     ] = None,
     seed: Annotated[
-        int, typer.Option(help="TPE sampler seed (give each worker its own); the runs use the config's seed")
+        int, typer.Option(min=0, max=2**32 - 1,
+                          help="TPE sampler seed (give each worker its own); the runs use the config's seed")
     ] = 0,
     timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
     max_epochs: Annotated[int | None, typer.Option()] = None,
@@ -367,6 +426,8 @@ def tune(
     from stew.tune import render_summary
     from stew.tune import tune as do_tune
 
+    if timeout is not None and not timeout > 0:
+        raise DataError(f"--timeout must be a positive number of seconds, not {timeout:g}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = _train_config(
         config, data=data, method=method, modality=modality, teacher=teacher, target=target, ablation=ablation,

@@ -406,15 +406,19 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     Methods with a validation grid (CM-StEW's alpha and beta) train one candidate per grid point
     and keep the best on validation; the others are recorded in ``metrics.json``.
     """
-    from stew.methods import prepare, search_space
+    from stew.methods import prepare, required_modalities, search_space
 
     t0 = time.time()
+    if cfg.out is not None and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        # Before the data are loaded (seconds to minutes on real data), not when the run is written.
+        raise DataError("exists and is not a folder (the run folder)", file=cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if ds is None:
         ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target)
     cfg, ds = fuse_inputs(cfg, ds)
     cfg = resolve(cfg, ds)
+    required_modalities(cfg)  # a missing or equal --teacher fails here, before CM-StEW's stage 1 trains
     out = Path(cfg.out) if cfg.out else None
     if cfg.cv:
         return _run_cv(cfg, ds, out)

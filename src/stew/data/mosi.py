@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from stew.data.dataset import Dataset, Sequence
-from stew.data.validate import check_finite, check_labels, check_unique
+from stew.data.validate import check_finite, check_labels, check_unique, entry_exists, require_file
 from stew.errors import DataError
 
 SPLITS = ("train", "test")
@@ -43,12 +43,13 @@ def feature_path(root: Path, modality: str, split: str) -> Path:
 def is_mosi(root: Path) -> bool:
     """True when ``root`` holds any CMU-MOSI ids or feature file (then read_mosi reports what is wrong)."""
     return any(
-        ids_path(root, sp).is_file() or any(feature_path(root, m, sp).is_file() for m in MODALITIES)
+        entry_exists(ids_path(root, sp)) or any(entry_exists(feature_path(root, m, sp)) for m in MODALITIES)
         for sp in SPLITS
     )
 
 
 def _read_text(path: Path) -> str:
+    require_file(path)
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -125,14 +126,17 @@ def _split_files(root: Path) -> dict[str, tuple[Path, dict[str, Path]]]:
     found: dict[str, tuple[Path, dict[str, Path]]] = {}
     for sp in SPLITS:
         ipath = ids_path(root, sp)
-        feats = {m: p for m in MODALITIES if (p := feature_path(root, m, sp)).is_file()}
-        if not feats and not ipath.is_file():
+        # Anything at a file's name counts as present (a folder or a symlink loop is then reported as
+        # such by require_file), not as an absent modality.
+        feats = {m: require_file(p) for m in MODALITIES if entry_exists(p := feature_path(root, m, sp))}
+        if not feats and not entry_exists(ipath):
             continue
         if not feats:
             names = ", ".join(feature_path(root, m, sp).name for m in MODALITIES)
             raise DataError(f"ids file without any feature file ({names})", file=ipath)
-        if not ipath.is_file():
+        if not entry_exists(ipath):
             raise DataError(f"missing file: {next(iter(feats.values())).name} needs its ids file", file=ipath)
+        require_file(ipath)
         found[sp] = (ipath, feats)
     if not found:
         raise DataError("no CMU-MOSI ids or feature files", file=root)

@@ -28,18 +28,69 @@ is the missing-step mask; without it a step whose features are all zero counts a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stew.atomic import atomic_dir
 from stew.data.dataset import SPLITS, Dataset, Sequence
-from stew.data.validate import check_dim, check_finite, check_labels, check_unique, require_file
+from stew.data.validate import check_dim, check_finite, check_labels, check_unique, read_yaml, require_file
 from stew.errors import DataError
 
 MANIFEST = "manifest.yaml"
 FORMAT_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ModalitySpec(_Strict):
+    file: str = Field(min_length=1)
+    dim: int | None = Field(default=None, ge=1)
+
+
+class Manifest(_Strict):
+    """The manifest's schema: every key, type and range is checked before any table is opened."""
+
+    stew_format: Literal[1] = FORMAT_VERSION
+    name: str | int | float | None = None  # YAML reads a name like 2016 as a number
+    task: Literal["regression", "binary", "multiclass"]
+    targets: list[str] = Field(min_length=1)
+    label_range: tuple[float, float] | None = None  # regression only
+    n_classes: int | None = Field(default=None, ge=2)
+    step_rate_hz: float | None = Field(default=None, gt=0)  # None: utterance-level data
+    index: str = Field(min_length=1)
+    modalities: dict[str, ModalitySpec] = Field(min_length=1)
+    meta: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets must be distinct, not {self.targets}")
+        if self.label_range is not None and not self.label_range[0] < self.label_range[1]:
+            raise ValueError(f"label_range must be [low, high] with low < high, not {list(self.label_range)}")
+        if self.task == "multiclass" and self.n_classes is None:
+            raise ValueError("multiclass datasets must declare n_classes")
+        if self.task == "binary" and self.n_classes not in (None, 2):
+            raise ValueError(f"a binary task has n_classes 2, not {self.n_classes}")
+        return self
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse and validate ``manifest.yaml``; any problem is one DataError line naming the key."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise DataError("a manifest must be a mapping", file=path)
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise DataError(f"invalid manifest{' key ' + repr(loc) if loc else ''}: {err['msg']}", file=path) from None
 
 
 def is_native(path: Path) -> bool:
@@ -81,23 +132,13 @@ def _feature_matrix(cols: dict[str, np.ndarray], path: Path) -> tuple[np.ndarray
 def read_native(root: Path) -> Dataset:
     """Read and validate a native-format dataset folder."""
     mpath = root / MANIFEST
-    try:
-        man = yaml.safe_load(mpath.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise DataError(f"invalid YAML: {e}", file=mpath) from e
-    for key in ("task", "targets", "modalities", "index"):
-        if key not in man:
-            raise DataError(f"manifest lacks '{key}'", file=mpath)
-    task = man["task"]
-    if task not in ("regression", "binary", "multiclass"):
-        raise DataError(f"unknown task {task!r}", file=mpath, column="task")
-    targets = list(man["targets"])
-    n_classes = man.get("n_classes", 2 if task == "binary" else None)
-    if task == "multiclass" and not n_classes:
-        raise DataError("multiclass datasets must declare n_classes", file=mpath)
-    label_range = tuple(man["label_range"]) if man.get("label_range") is not None else None
+    man = read_manifest(mpath)
+    task = man.task
+    targets = list(man.targets)
+    n_classes = man.n_classes if man.n_classes is not None else (2 if task == "binary" else None)
+    label_range = man.label_range
 
-    ipath = root / man["index"]
+    ipath = root / man.index
     idx = _read_table(ipath)
     for c in ("sequence", "step", "group", "split", *targets):
         if c not in idx:
@@ -117,8 +158,8 @@ def read_native(root: Path) -> Dataset:
     feats: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
     dims: dict[str, int] = {}
-    for mod, spec in man["modalities"].items():
-        fpath = root / spec["file"]
+    for mod, spec in man.modalities.items():
+        fpath = root / spec.file
         cols = _read_table(fpath)
         for c in ("sequence", "step"):
             if c not in cols:
@@ -134,7 +175,7 @@ def read_native(root: Path) -> Dataset:
                 file=fpath, row=r + 1, column="sequence,step",
             )
         x, names = _feature_matrix(cols, fpath)
-        check_dim(x.shape[1], spec.get("dim"), fpath)
+        check_dim(x.shape[1], spec.dim, fpath)
         check_finite(x, fpath, names)
         feats[mod], dims[mod] = x.astype(np.float32), x.shape[1]
         present[mod] = cols["present"].astype(bool) if "present" in cols else np.any(x != 0, axis=1)
@@ -161,10 +202,27 @@ def read_native(root: Path) -> Dataset:
         )
     if not sequences:
         raise DataError("dataset has no rows", file=ipath)
+    _check_group_leakage(groups, splits, ipath)
     return Dataset(
-        name=str(man.get("name", root.name)), task=task, targets=targets, modalities=dims,
+        name=str(man.name if man.name is not None else root.name), task=task, targets=targets, modalities=dims,
         sequences=sequences, n_classes=n_classes, label_range=label_range,
-        step_rate_hz=man.get("step_rate_hz"), meta=dict(man.get("meta", {})),
+        step_rate_hz=man.step_rate_hz, meta=dict(man.meta or {}),
+    )
+
+
+def _check_group_leakage(groups: np.ndarray, splits: np.ndarray, ipath: Path) -> None:
+    """A group (speaker, video) in two splits leaks its identity into evaluation: an error, as in the
+    CMU-MOSI reader. Names the first row where the group turns up in a second split."""
+    pairs = pd.DataFrame({"group": groups, "split": splits}).drop_duplicates()  # first row of each pair kept
+    twice = pairs[pairs.duplicated("group", keep=False)]
+    if twice.empty:
+        return
+    g = twice["group"].iloc[0]
+    twice_g = twice[twice["group"] == g]
+    (a, sp_a), (b, sp_b) = list(twice_g["split"].items())[:2]
+    raise DataError(
+        f"group {g!r} is in split {sp_b!r} and also in split {sp_a!r} (row {a + 1}): a group must stay in one split",
+        file=ipath, row=int(b) + 1, column="group",
     )
 
 

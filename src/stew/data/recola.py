@@ -29,7 +29,7 @@ import pandas as pd
 
 from stew.atomic import atomic_dir
 from stew.data.dataset import Dataset, Sequence
-from stew.data.validate import check_dim, check_finite, check_labels
+from stew.data.validate import check_dim, check_finite, check_labels, require_file
 from stew.errors import DataError
 
 FORMAT = "avec2016-recola"
@@ -70,6 +70,7 @@ def is_recola(root: Path) -> bool:
 
 
 def _lines(path: Path) -> list[str]:
+    require_file(path)
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
@@ -187,8 +188,9 @@ def _check_aligned(tab: _Table, ref: _Table) -> None:
 def _recordings(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if _RECORDING_RE.fullmatch(p.name) is None or not p.is_file():
+        if _RECORDING_RE.fullmatch(p.name) is None:
             continue
+        require_file(p)  # a folder or a symlink loop named like a recording is an error, not a gap
         if p.stem in found:
             raise DataError(f"both {found[p.stem].name} and {p.name} exist: keep one", file=p)
         found[p.stem] = p

@@ -16,10 +16,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stew.config import TrainConfig, first_error
+from stew.data.validate import parse_yaml
 from stew.errors import DataError
 
 
@@ -194,10 +194,7 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
 
 
 def parse_protocol(text: str, where: Path | str = "<protocol>") -> Protocol:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise DataError(f"invalid YAML: {e}", file=where) from e
+    raw = parse_yaml(text, where)  # one line: PyYAML's own message spans several
     if not isinstance(raw, dict):
         raise DataError("a protocol must be a mapping", file=where)
     try:
