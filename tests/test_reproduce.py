@@ -376,3 +376,71 @@ def test_tuned_values_come_from_a_study(tiny_setup, tmp_path):
         row = next(r for r in store.runs() if r["group"] == "cmstew-audio-full")
     assert row["config"]["cmstew"]["alpha"] == best["cmstew.alpha"]
     assert row["config"]["cmstew"]["beta"] == best["cmstew.beta"]
+
+
+@pytest.mark.slow
+def test_repeated_random_kills_lose_no_finished_run(tiny_setup, tmp_path):
+    """SIGKILL ``stew reproduce`` at random moments, again and again, resuming each time.
+
+    After every kill: each earlier row is still there, unchanged (no finished run lost or redone), and
+    every row's run folder is complete (no row for an unfinished run). Finally a resume trains exactly
+    the runs no row records.
+    """
+    import random
+
+    _, data, _ = tiny_setup
+    raw = json.loads(json.dumps(TINY))
+    raw["base"].update(max_epochs=60, patience=60)  # about a second a run: kills land between and within runs
+    proto = tmp_path / "slower.yaml"
+    proto.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-c", "from stew.cli import main; main()", "reproduce", str(proto),
+           "--data", str(data), "--out", str(out), "--workers", "2"]
+    rng = random.Random(14)
+    rows: dict[str, tuple] = {}
+    kills = 0
+    t_start = time.time()
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        # Start-up (imports) takes seconds and a run about one: wait until this invocation has finished a
+        # run of its own, then kill after a random delay, so each kill lands somewhere in the training.
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and _row_count(out) <= len(rows):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if not (out / "store.sqlite").is_file():
+            continue
+        with sqlite3.connect(out / "store.sqlite") as db:
+            now = {r[0]: r for r in db.execute("SELECT key, finished_at, metrics, run_dir FROM runs")}
+        db.close()
+        assert all(now.get(k) == r for k, r in rows.items()), "a finished run was lost or redone"
+        for r in now.values():
+            assert (out / r[3] / "metrics.json").is_file() and (out / r[3] / "model" / "model.json").is_file()
+        rows = now
+        print(f"kill {kills}: {len(rows)} rows at {time.time() - t_start:.1f}s")
+        if len(rows) == N_RUNS:
+            break
+    assert kills >= 3, f"only {kills} kills landed before the protocol finished"
+    summary = reproduce(load_protocol(proto), data, out, workers=1, threads=1)
+    assert summary["skipped"] == len(rows) and summary["trained"] == N_RUNS - len(rows)
+    with sqlite3.connect(out / "store.sqlite") as db:
+        after = {r[0]: r for r in db.execute("SELECT key, finished_at, metrics, run_dir FROM runs")}
+    db.close()
+    assert len(after) == N_RUNS and all(after[k] == r for k, r in rows.items())
+    print(f"kills={kills} rows_before_final_resume={len(rows)} runs={N_RUNS} lost=0")
+
+
+def _row_count(out: Path) -> int:
+    if not (out / "store.sqlite").is_file():
+        return 0
+    try:
+        with sqlite3.connect(out / "store.sqlite") as db:
+            n = db.execute("SELECT count(*) FROM runs").fetchone()[0]
+        db.close()
+        return n
+    except sqlite3.OperationalError:  # the schema is not written yet
+        return 0

@@ -188,9 +188,12 @@ def test_open_study_loads_when_another_worker_created_it(tmp_path, monkeypatch):
 
 def test_best_params_errors(tmp_path):
     url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    with pytest.raises(DataError, match="no such storage file"):  # a lookup creates no file
+        best_params(url, "nope")
+    assert not (tmp_path / "s.sqlite").exists()
+    optuna.create_study(storage=url, study_name="empty", direction="maximize")
     with pytest.raises(DataError, match="no study 'nope'"):
         best_params(url, "nope")
-    optuna.create_study(storage=url, study_name="empty", direction="maximize")
     with pytest.raises(DataError, match="no completed trial"):
         best_params(url, "empty")
 

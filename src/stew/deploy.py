@@ -8,16 +8,18 @@ without the training config and without executing code.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors.torch import load_file, save_file
 
-from stew.atomic import atomic_dir
+from stew.atomic import atomic_dir, check_output_file, check_output_folder, write_atomic
 from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
 from stew.data.preprocess import Standardizer, predict_windows, prepare
@@ -30,6 +32,67 @@ if TYPE_CHECKING:
 
 FORMAT = "stew-model/1"
 WEIGHTS, META = "model.safetensors", "model.json"
+# A model folder holds these two files and nothing else; only such a folder is ever replaced.
+MODEL_FILES = frozenset({WEIGHTS, META})
+
+
+class _Stats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mean: list[float]
+    std: list[float]
+
+
+class ModelMeta(BaseModel):
+    """The schema of ``model.json``. A model folder is untrusted input: every field the loader and
+    ``predict`` read is checked here, and the fields that must agree with each other are cross-checked."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["stew-model/1"]
+    student: StudentSpec
+    modality: str = Field(min_length=1)
+    dim: int = Field(ge=1)
+    task: Literal["regression", "binary", "multiclass"]
+    targets: list[str] = Field(min_length=1)
+    n_classes: int | None = Field(default=None, ge=2)
+    standardizer: dict[str, _Stats]
+    step_rate_hz: float | None = Field(default=None, gt=0)
+    label_delay_steps: int = Field(ge=0)
+    window_steps: int | None = Field(ge=1)  # None: the whole sequence at once (utterance data)
+    # Older model folders lack these two: one input (the modality itself), raw predictions.
+    inputs: list[str] | None = None
+    postprocess: dict[str, dict[str, Any]] | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelMeta:
+        s, m = self.student, self.modality
+        if (s.modality, s.task, s.targets) != (m, self.task, self.targets):
+            raise ValueError("student.modality, task and targets must equal the top-level modality, task, targets")
+        if s.encoder.d_in != self.dim:
+            raise ValueError(f"student.encoder.d_in is {s.encoder.d_in} but dim is {self.dim}")
+        n_out = len(self.targets) if self.task == "regression" else 1 if self.task == "binary" else self.n_classes
+        if s.head.n_out != n_out:
+            raise ValueError(f"student.head.n_out is {s.head.n_out}; a {self.task} model of these targets has {n_out}")
+        if set(self.standardizer) != {m}:
+            raise ValueError(f"standardizer must have exactly one entry, {m!r}; it has {sorted(self.standardizer)}")
+        st = self.standardizer[m]
+        if len(st.mean) != self.dim or len(st.std) != self.dim:
+            raise ValueError(f"standardizer {m!r} has {len(st.mean)} means and {len(st.std)} stds; dim is {self.dim}")
+        if not all(math.isfinite(v) for v in st.mean) or not all(math.isfinite(v) and v > 0 for v in st.std):
+            raise ValueError(f"standardizer {m!r} must have finite means and positive finite stds")
+        if self.inputs is not None and "+".join(self.inputs) != m:
+            raise ValueError(f"inputs {self.inputs} do not make up modality {m!r}")
+        if self.postprocess:
+            from stew.postprocess import Chain
+
+            if self.task != "regression" or not set(self.postprocess) <= set(self.targets):
+                raise ValueError(f"postprocess applies to regression targets only; got {sorted(self.postprocess)}")
+            for t, c in self.postprocess.items():
+                try:
+                    Chain.from_json(c)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"postprocess.{t}: {e}") from None
+        return self
 
 
 def save_model(
@@ -59,47 +122,141 @@ def save_model(
 
 
 def _write_atomically(out: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    with atomic_dir(out, overwrite=True) as tmp:
+    # A previous model folder is replaced; a folder holding anything else is the user's and is refused.
+    with atomic_dir(out, replaceable=MODEL_FILES) as tmp:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / META).write_text(json.dumps(meta, indent=2))
 
 
 def export(run_dir: Path, out: Path) -> Path:
-    """Copy a run's deployable model (weaker encoder and head only) to ``out``, checking it loads."""
-    src = Path(run_dir) / "model"
+    """Copy a run's deployable model (weaker encoder and head only) to ``out``, checking it loads.
+
+    ``out`` must be new, empty or an earlier model folder: a folder with any other file is refused,
+    never emptied (checked before anything is read or written).
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    check_output_folder(out, replaceable=MODEL_FILES)
+    src = run_dir / "model"
     if not (src / META).is_file() or not (src / WEIGHTS).is_file():
         raise DataError("not a finished stew run (no model/model.json and model/model.safetensors)", file=run_dir)
     model, meta = load_model(src)
-    run_metrics = Path(run_dir) / "metrics.json"
+    run_metrics = run_dir / "metrics.json"
     if run_metrics.is_file():
-        meta["provenance"]["run"] = str(Path(run_dir).resolve())
-        meta["provenance"]["validation"] = json.loads(run_metrics.read_text()).get("val", {})
-    _write_atomically(Path(out), {k: v.contiguous() for k, v in model.state_dict().items()}, meta)
-    return Path(out)
+        val = _read_json(run_metrics).get("val", {})
+        if not isinstance(val, dict):
+            raise DataError("'val' must be a mapping of metric -> value", file=run_metrics)
+        meta["provenance"]["run"] = str(run_dir.resolve())
+        meta["provenance"]["validation"] = val
+    _write_atomically(out, {k: v.contiguous() for k, v in model.state_dict().items()}, meta)
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; any failure (not UTF-8, not JSON, truncated, not an object) is a DataError."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON: {e.msg}", file=path, row=e.lineno, column=e.colno) from None
+    except UnicodeDecodeError:
+        raise DataError("not a JSON file (not UTF-8 text)", file=path) from None
+    except OSError as e:
+        raise DataError(f"cannot read: {e.strerror or e}", file=path) from None
+    if not isinstance(raw, dict):
+        raise DataError(f"expected a JSON object, found {type(raw).__name__}", file=path)
+    return raw
+
+
+def read_meta(path: Path) -> ModelMeta:
+    """``model.json`` validated against :class:`ModelMeta` (one-line DataError naming the key)."""
+    from stew.config import first_error
+
+    raw = _read_json(path)
+    if raw.get("format") != FORMAT:
+        raise DataError(f"unknown model format {raw.get('format')!r} (this stew reads {FORMAT!r})", file=path)
+    try:
+        return ModelMeta.model_validate(raw)
+    except ValidationError as e:
+        loc, msg = first_error(e)
+        raise DataError(f"invalid '{loc}': {msg}" if loc else msg.removeprefix("Value error, "), file=path) from None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types (and OSError) for any malformed file
+        text = str(e).strip()
+        text = text.splitlines()[0] if text else type(e).__name__
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(2)
+        except OSError:
+            magic = b""
+        if magic[:1] == b"\x80" or magic == b"PK":  # pickle protocol 2+, or torch.save's zip of pickles
+            text += " (it looks like a pickle or torch.save file: stew never unpickles)"
+        raise DataError(f"not a readable safetensors file: {text}", file=path) from None
+
+
+def _check_weights(spec: StudentSpec, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The weights' names, shapes and values match the model ``spec`` declares, before the real build.
+
+    The reference model is built on the meta device: nothing is allocated, so a model.json declaring
+    absurd sizes cannot exhaust memory before the mismatch is reported.
+    """
+    try:
+        with torch.device("meta"):
+            ref = SingleModalityModel(spec).state_dict()
+    except Exception as e:  # the spec passed its schema but torch rejects it (e.g. a negative size)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot build the model it declares: {text}", file=path.parent / META) from None
+    missing = [k for k in ref if k not in tensors]
+    unexpected = [k for k in tensors if k not in ref]
+    if missing or unexpected:
+        what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
+        raise DataError(f"weights do not match model.json: {what}", file=path)
+    for k, want in ref.items():
+        got = tensors[k]
+        if tuple(got.shape) != tuple(want.shape):
+            raise DataError(f"weights do not match model.json: {k!r} has shape {tuple(got.shape)}, "
+                            f"model.json implies {tuple(want.shape)}", file=path)
+        if got.dtype.is_floating_point != want.dtype.is_floating_point:
+            raise DataError(f"weights do not match model.json: {k!r} has dtype {got.dtype}", file=path)
+        if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
+            raise DataError(f"tensor {k!r} holds NaN or infinite values", file=path)
 
 
 def load_model(path: Path) -> tuple[SingleModalityModel, dict]:
+    """The model of a model folder and its metadata; every malformed file is a one-line DataError.
+
+    ``model.json`` is checked against its schema and the weights against the model it declares before
+    the model is built; safetensors never executes code, so a pickle renamed ``.safetensors`` is refused.
+    """
     path = Path(path)
+    if not path.is_dir():
+        raise DataError("not a model folder", file=path)
     for f in (META, WEIGHTS):
         if not (path / f).is_file():
             raise DataError("missing file", file=path / f)
-    meta = json.loads((path / META).read_text())
-    if meta.get("format") != FORMAT:
-        raise DataError(f"unknown model format {meta.get('format')!r}", file=path / META)
-    model = SingleModalityModel(StudentSpec.model_validate(meta["student"]))
-    model.load_state_dict(load_file(str(path / WEIGHTS)))
+    meta = read_meta(path / META)
+    tensors = _read_weights(path / WEIGHTS)
+    _check_weights(meta.student, tensors, path / WEIGHTS)
+    model = SingleModalityModel(meta.student)
+    model.load_state_dict(tensors)
     model.eval()
-    return model, meta
+    raw = json.loads(meta.model_dump_json())
+    raw["inputs"] = raw["inputs"] or meta.modality.split("+")
+    return model, raw
 
 
 def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None = None) -> pd.DataFrame:
     """Predict every step of every sequence in ``data`` (all splits) with an exported model."""
+    if out_csv is not None:  # refuse an unusable --out before the model and data are read
+        check_output_file(Path(out_csv))
     model, meta = load_model(model_dir)
     m = meta["modality"]
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     where = None if isinstance(data, Dataset) else data
     if m not in ds.modalities:  # an early-fused model: rebuild its input from the parts
-        inputs = meta.get("inputs", [m])
+        inputs = meta["inputs"]
         missing = [p for p in inputs if p not in ds.modalities]
         if missing:
             raise DataError(
@@ -115,7 +272,7 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
     seqs = ds.sequences
     prepared = _prepare_unlabelled(seqs, m, Standardizer.from_json(meta["standardizer"]))
     preds = predict_windows(model, prepared, meta["window_steps"], meta["label_delay_steps"])
-    if meta.get("postprocess"):
+    if meta["postprocess"]:
         from stew.postprocess import Chain, apply_chains
 
         chains = {t: Chain.from_json(c) for t, c in meta["postprocess"].items()}
@@ -135,11 +292,7 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
         frames.append(df)
     result = pd.concat(frames, ignore_index=True)
     if out_csv is not None:
-        out_csv = Path(out_csv)
-        out_csv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_csv.with_name(f".{out_csv.name}.tmp")
-        result.to_csv(tmp, index=False)
-        tmp.replace(out_csv)
+        write_atomic(Path(out_csv), lambda tmp: result.to_csv(tmp, index=False))
     return result
 
 

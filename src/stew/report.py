@@ -32,12 +32,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from pydantic import ValidationError
 
 from stew import results
-from stew.atomic import write_text_atomic
+from stew.atomic import check_output_file, write_text_atomic
+from stew.config import first_error
 from stew.errors import DataError
 from stew.protocols import Column, Protocol, available
 from stew.results import Cell, TableResult
+from stew.store import RunStore
 
 Collected = dict[str, dict[int, dict[str, Any]]]  # group -> seed -> store row (results.collect)
 
@@ -705,8 +708,19 @@ def load_report(folder: Path) -> Report:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("not a stew reproduce folder (no such folder)", file=folder)
-    protocol, store = results.load(folder)
+    path = folder / "store.sqlite"
+    if not path.is_file():
+        raise DataError("not a stew reproduce folder (no store.sqlite)", file=folder)
+    # Read-only (SQLite mode=ro): a report never creates, converts or touches the store it reads.
+    store = RunStore(path, readonly=True)
     with store:
+        raw = store.meta().get("protocol_yaml")
+        if raw is None:
+            raise DataError("run store has no protocol recorded", file=path)
+        try:
+            protocol = Protocol.model_validate_json(raw)
+        except ValidationError as e:
+            raise DataError(f"run store's recorded protocol is invalid: {first_error(e)[1]}", file=path) from None
         meta, runs = store.meta(), store.runs()
         collected = results.collect(store)
         root = store.root
@@ -738,6 +752,7 @@ def write_report(folder: Path, out: Path | None = None, *, tsne: bool = False) -
     dest = Path(out) if out is not None else Path(folder) / "report.html"
     if dest.is_dir():
         raise DataError("--out is a folder; give the HTML file to write", file=dest)
+    check_output_file(dest)  # a path under a file or a read-only folder: refused before the plots are drawn
     text = build_html(rep, dest, tsne=tsne)
     write_text_atomic(dest, text)
     return dest

@@ -29,6 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from stew.atomic import check_writable_parent
 from stew.config import TrainConfig
 from stew.errors import DataError
 from stew.protocols import Protocol
@@ -273,9 +274,20 @@ def reproduce(
         raise DataError("--seeds must be at least 1")
     if workers < 1:
         raise DataError("--workers must be at least 1")
+    # Everything that can be checked without the data is checked before anything is written (no
+    # synthetic data, no store.sqlite): the output path, the store already there, --set and --only
+    # (every run's configuration is built once), and the --tuned studies (read-only lookups).
+    if out.exists() and not out.is_dir():
+        raise DataError("--out exists and is not a folder", file=out)
+    check_writable_parent(out / "store.sqlite")
+    RunStore.check(out / "store.sqlite")
+    groups = select_groups(protocol.expand_groups(), only)
+    for group in groups:
+        protocol.config(group, Path(data) if data is not None else out / "data", seed_list[0],
+                        out / "runs" / group / f"seed{seed_list[0]}", overrides)
+    tuned = tuned_params(protocol, tuned_storage)
     data = Path(data) if data is not None else synthesize(protocol, out / "data", console)
     check_data(protocol, data, only)
-    tuned = tuned_params(protocol, tuned_storage)
     threads = threads or threads_per_worker(workers)
     t0 = time.time()
     with RunStore(out / "store.sqlite") as store:

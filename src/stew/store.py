@@ -12,6 +12,7 @@ import hashlib
 import json
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +65,57 @@ def data_fingerprint(path: Path) -> str:
     return h.hexdigest()[:20]
 
 
-class RunStore:
-    """SQLite store of finished runs. Only the coordinating process writes to it."""
+# Columns a store's ``runs`` table must have for its rows to be read.
+_RUN_COLUMNS = {"key", "name", "grp", "seed", "candidate", "run_dir", "config", "metrics", "wall_s", "finished_at"}
 
-    def __init__(self, path: Path) -> None:
+
+class RunStore:
+    """SQLite store of finished runs. Only the coordinating process writes to it.
+
+    ``readonly`` (``stew report``, tables of a finished folder) opens the file with SQLite's
+    ``mode=ro``: a read never creates, converts or touches the file, and one that is not a stew
+    store (zero bytes, another database, not SQLite) is a one-line DataError.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.root = self.path.parent
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if readonly and not self.path.is_file():
+            raise DataError("no run store (missing file)", file=self.path)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30)
-            self._db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise DataError(f"not a stew run store: {e}", file=self.path) from e
+            if readonly:
+                uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, timeout=30)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=30)
+                self._db.executescript(SCHEMA)
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
+        except (sqlite3.DatabaseError, OSError) as e:
+            self._close_quietly()
+            raise DataError(f"not a stew run store: {e}", file=self.path) from None
+        if not {"runs", "meta"} <= tables or not _RUN_COLUMNS <= columns:
+            self._close_quietly()
+            raise DataError("not a stew run store (no runs and meta tables of stew's schema)", file=self.path)
+
+    @staticmethod
+    def check(path: Path) -> None:
+        """Before a writer starts: an existing non-empty file at ``path`` must be a stew store.
+
+        A zero-byte file is an empty SQLite database (a first invocation killed before its first
+        commit leaves one), so the writer may build its schema there.
+        """
+        path = Path(path)
+        if path.exists() and (not path.is_file() or path.stat().st_size > 0):
+            if not path.is_file():
+                raise DataError("run store is not a file", file=path)
+            RunStore(path, readonly=True).close()
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
 
     def close(self) -> None:
         self._db.close()
@@ -88,10 +128,17 @@ class RunStore:
 
     # -- runs --------------------------------------------------------------------------------------
 
+    def _query(self, sql: str, args: tuple = ()) -> tuple[sqlite3.Cursor, list[tuple]]:
+        # A damaged file can pass the open and fail on the first page read: still the one-line error.
+        try:
+            cur = self._db.execute(sql, args)
+            return cur, cur.fetchall()
+        except sqlite3.DatabaseError as e:
+            raise DataError(f"cannot read the run store: {e}", file=self.path) from None
+
     def get(self, key: str) -> dict[str, Any] | None:
-        cur = self._db.execute("SELECT * FROM runs WHERE key = ?", (key,))
-        row = cur.fetchone()
-        return self._row(cur, row) if row else None
+        cur, rows = self._query("SELECT * FROM runs WHERE key = ?", (key,))
+        return self._row(cur, rows[0]) if rows else None
 
     def record(
         self, key: str, *, name: str, group: str, seed: int, candidate: str | None, run_dir: Path,
@@ -107,13 +154,15 @@ class RunStore:
 
     def runs(self) -> list[dict[str, Any]]:
         """Every finished run, in the order they finished."""
-        cur = self._db.execute("SELECT * FROM runs ORDER BY finished_at, rowid")
-        return [self._row(cur, r) for r in cur.fetchall()]
+        cur, rows = self._query("SELECT * FROM runs ORDER BY finished_at, rowid")
+        return [self._row(cur, r) for r in rows]
 
-    @staticmethod
-    def _row(cur: sqlite3.Cursor, row: tuple) -> dict[str, Any]:
+    def _row(self, cur: sqlite3.Cursor, row: tuple) -> dict[str, Any]:
         d = dict(zip([c[0] for c in cur.description], row, strict=True))
-        d["config"], d["metrics"] = json.loads(d["config"]), json.loads(d["metrics"])
+        try:
+            d["config"], d["metrics"] = json.loads(d["config"]), json.loads(d["metrics"])
+        except (TypeError, json.JSONDecodeError) as e:
+            raise DataError(f"run {d.get('name')!r} has invalid JSON: {e}", file=self.path) from None
         d["group"] = d.pop("grp")
         return d
 
@@ -127,4 +176,4 @@ class RunStore:
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(kv.items()))
 
     def meta(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT k, v FROM meta").fetchall())
+        return dict(self._query("SELECT k, v FROM meta")[1])

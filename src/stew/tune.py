@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from stew.atomic import write_text_atomic
+from stew.atomic import check_writable_parent, write_text_atomic
 from stew.config import TrainConfig, first_error
 from stew.errors import DataError
 
@@ -204,8 +204,29 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def _readonly_sqlite(url: str) -> str:
+    """The read-only form of an SQLite storage URL (SQLite ``mode=ro``); a missing file is a DataError.
+
+    A lookup (``reproduce --tuned``) must not create the file it looks in, nor write Optuna's tables
+    into an empty or foreign one. Other databases are opened as given.
+    """
+    from urllib.parse import quote
+
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.query.get("uri"):
+        return url
+    path = Path(u.database)
+    if not path.is_file():
+        raise DataError("no such storage file (a lookup never creates one)", file=path)
+    return f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
+
+
+def open_storage(url: str, *, readonly: bool = False) -> optuna.storages.RDBStorage:
     """Open an Optuna storage (creating its tables on first use); bad or unreachable URLs are DataErrors.
+
+    ``readonly``: an SQLite file is opened read-only and must exist (lookups of finished studies).
 
     Two workers meeting an empty PostgreSQL database at once both create the tables; the loser's
     error is retried. Heartbeats let the other workers fail the running trial of a worker that died.
@@ -215,6 +236,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
     _quiet_optuna()
     shown = _shown(url)
+    if readonly:
+        url = _readonly_sqlite(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}
@@ -292,11 +315,11 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
 
 
 def load_study(storage: str, study: str) -> optuna.Study:
-    """An existing study; a missing one is a DataError."""
+    """An existing study, read without creating or changing anything; a missing one is a DataError."""
     import optuna
 
     try:
-        return optuna.load_study(study_name=study, storage=open_storage(storage))
+        return optuna.load_study(study_name=study, storage=open_storage(storage, readonly=True))
     except KeyError:
         raise DataError(f"no study {study!r} in {_shown(storage)}") from None
 
@@ -372,6 +395,9 @@ def tune(
     ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target)
     fallback_key = _check(cfg, ds)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError("--out exists and is not a folder", file=out)
+    check_writable_parent(out)
     if storage is None:
         out.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{out.resolve() / 'tune.sqlite'}"
