@@ -227,6 +227,4 @@ def _strongest_first(estimator: str, grid: list[float]) -> list[float]:
 
 
 def build(cfg: TrainConfig, bundle: Bundle) -> Linear:
-    if cfg.ablation:
-        raise DataError("--ablation applies to sew and cmstew only")
     return Linear(cfg, bundle)
