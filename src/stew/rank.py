@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from stew import metrics
 from stew.config import TrainConfig
 from stew.data.io import load_dataset
 from stew.errors import DataError
+from stew.progress import Runs
 from stew.training import run
 
 
@@ -58,12 +58,11 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
             load_dataset(base.data, feature_set=base.feature_set or t) for t in targets}
     jobs = [(t, m, s) for t in targets for m in modalities for s in seeds]
     res: RankResult | None = None
-    # Runs done / total, time elapsed and time left: a 5-seed ranking of deep models takes minutes.
-    columns = (*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("ranking modalities", total=len(jobs))
+    # Runs done / total, time elapsed and time left (a line per run off a terminal): a 5-seed ranking
+    # of deep models takes minutes.
+    with Runs(console, "ranking modalities", len(jobs)) as bar:
         for t, m, s in jobs:
-            bar.update(task, description=f"{t or 'label'} / {m} / seed {s}")
+            bar.describe(f"{t or 'label'} / {m} / seed {s}")
             cfg = base.model_copy(update={
                 "method": base.method, "modality": m, "target": t, "seed": s, "progress": False,
                 "out": (out / (t or "label") / m / f"seed{s}") if out else None,
@@ -75,7 +74,7 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
             res.val.setdefault(tk, {}).setdefault(m, []).append(r["val"][key])
             if r["test"]:
                 res.test.setdefault(tk, {}).setdefault(m, []).append(r["test"][key])
-            bar.advance(task)
+            bar.advance(f"val {key} {r['val'][key]:.3f}")
     assert res is not None
     for t in res.val:
         res.test.setdefault(t, {})

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from stew.atomic import check_writable_parent
 from stew.config import TrainConfig
 from stew.errors import DataError
+from stew.progress import Runs
 from stew.protocols import Protocol
 from stew.store import RunStore, data_fingerprint, run_key
 from stew.tune import redact
@@ -299,10 +299,9 @@ def reproduce(
         skipped = plan.done_count()
         failures: dict[str, str] = {}
         trained = 0
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
-                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
-        with Progress(*columns, console=console) as bar, _pool(workers, threads) as pool:
-            task = bar.add_task(protocol.name, total=plan.total, completed=skipped)
+        # A bar on a terminal; one line per finished run (done / total, elapsed, time left) elsewhere.
+        with Runs(console, protocol.name, plan.total, transient=False, done=skipped) as bar, \
+                _pool(workers, threads) as pool:
             running: dict[Future, Job] = {}
             while True:
                 busy = {j.key for j in running.values()}
@@ -313,7 +312,8 @@ def reproduce(
                         break
                     running[_submit(pool, job)] = job
                     busy.add(job.key)
-                bar.update(task, description=f"{protocol.name}: {len(running)} running")
+                if bar.console.is_terminal:
+                    bar.describe(f"{len(running)} running")
                 if not running:
                     break
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -330,7 +330,8 @@ def reproduce(
                                  metrics=res["metrics"], wall_s=res["wall_s"])
                     store.set_meta(selected=json.dumps(plan.selected()))
                     trained += 1
-                    bar.advance(task)
+                    bar.label = job.name  # off a terminal, the finished run's line names it
+                    bar.advance()
         done = plan.done_count()
     summary = {"protocol": protocol.name, "runs": plan.total, "done": done, "skipped": skipped, "trained": trained,
                "failed": failures, "wall_s": round(time.time() - t0, 1), "workers": workers, "threads": threads}

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from stew import metrics
 from stew.config import TrainConfig
+from stew.progress import Runs
 from stew.rank import RankResult, rank_modalities, render_ranking
 from stew.training import run
 
@@ -113,13 +113,11 @@ def transfer(
     floors: dict[tuple[str, str], list[dict]] = {}
     pairs = [(target, strong, weak) for target in ranked.val for strong, weak in clear_pairs(ranked, target, gap)]
     n_floors = len({(target, weak) for target, _, weak in pairs})
-    columns = (*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("transfer runs", total=(len(pairs) + n_floors) * len(seeds))
-        tick = lambda: bar.advance(task)  # noqa: E731
+    with Runs(console, "transfer runs", (len(pairs) + n_floors) * len(seeds)) as bar:
+        tick = bar.advance
         for target, strong, weak in pairs:
-            bar.update(task, description=f"{target}: {weak} (+{strong})")
             if (target, weak) not in floors:
+                bar.describe(f"{target}: linear floor on {weak}")
                 # The floor a transfer must clear: the linear model on the weaker modality, same seeds and carves.
                 floors[target, weak] = run_over_seeds(lambda s, weak=weak, target=target: base.model_copy(update={
                     "method": "linear", "modality": weak, "teacher": None, "seed": s, "progress": False,
@@ -137,6 +135,8 @@ def transfer(
                         update={"teacher_run": work / "rank" / target / strong / f"seed{s}"}),
                 })
 
+            # The first seed also searches CM-StEW's alpha/beta grid on validation: the longest run.
+            bar.describe(f"{target}: CM-StEW {weak} (+{strong})")
             runs = run_over_seeds(config, seeds, done=tick)
             scores = [r["val"][ranked.metric] for r in runs]
             tested = [r["test"][ranked.metric] for r in runs if ranked.metric in (r.get("test") or {})]

@@ -21,11 +21,13 @@ W_E, S_D and C_W only. At inference W_E + C_W are the deployable ``student``. Ab
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from stew import progress
 from stew.deploy import load_model
 from stew.errors import DataError
 from stew.methods.base import Method, prediction_loss
@@ -110,7 +112,12 @@ def prepare(cfg: TrainConfig, ds: Dataset, work: Path) -> TrainConfig:
     c = cfg.cmstew
     if c.teacher_run is None:
         teacher_dir = work / "teacher"
+        # Announced: stage 1 is a whole training run before CM-StEW itself starts (minutes, silent before).
+        say = progress.say if cfg.progress else (lambda _: None)
+        t0 = time.monotonic()
+        say(f"stage 1: training the stronger modality's teacher ({cfg.teacher}, Bi-GRU + TE) -> {teacher_dir}")
         run(teacher_config(cfg, teacher_dir), ds)
+        say(f"stage 1 done in {progress.clock(time.monotonic() - t0)}; stage 2: CM-StEW on {cfg.modality}")
         c = c.model_copy(update={"teacher_run": teacher_dir})
     _check_teacher(c.teacher_run, cfg, ds)
     return cfg.model_copy(update={"cmstew": c})
