@@ -97,7 +97,8 @@ def test_pairs_fisher_matches_metrics(tmp_path):
     r0, r1 = res["pairs"]
     assert (r0["z"], r0["p"]) == pytest.approx(metrics.fisher_r_to_z(0.60, 800, 0.50, 900))
     assert (r1["z"], r1["p"]) == pytest.approx(metrics.fisher_r_to_z(0.40, 700, 0.45, 600))
-    assert r0["direction"] == "A > B" and r1["direction"] == "A < B"
+    # r0: p = .003; r1 (0.40 vs 0.45): p = .27, so no side is named.
+    assert r0["direction"] == "A > B" and r1["direction"] == "no significant difference"
     assert (r0["value_a"], r0["value_b"], r0["key"]) == (0.60, 0.50, "ccc")
     one = compare(a, b, tail="greater")["pairs"][0]
     assert one["p"] == pytest.approx(metrics.fisher_r_to_z(0.60, 800, 0.50, 900, "greater")[1])
@@ -137,7 +138,9 @@ def test_paired_when_same_seeds_in_order_else_welch(tmp_path):
     a = [make_run(tmp_path / f"a{s}", reg(v), None, s) for s, v in enumerate(va)]
     b = [make_run(tmp_path / f"b{s}", reg(v), None, s) for s, v in enumerate(vb)]
     (row,) = compare(a, b)["sets"]
-    assert row["test"] == "paired t" and row["direction"] == "A > B"
+    # Two-tailed p = .086 over three seeds: not significant; one-tailed (A > B) p = .043 is.
+    assert row["test"] == "paired t" and row["direction"] == "no significant difference"
+    assert compare(a, b, tail="greater")["sets"][0]["direction"] == "A > B"
     assert (row["t"], row["p"]) == pytest.approx(metrics.paired_ttest(va, vb))
     assert (row["mean_a"], row["std_a"]) == pytest.approx(metrics.mean_std(va))
     assert (row["mean_b"], row["std_b"]) == pytest.approx(metrics.mean_std(vb))

@@ -20,6 +20,29 @@ from pathlib import Path
 from stew.errors import DataError
 
 
+def _umask() -> int:
+    """The process's umask (os.umask can only be read by setting it, so it is set back at once)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def folder_mode() -> int:
+    """What ``mkdir`` would give a new folder: 0o777 less the umask (0o755 under the usual 022)."""
+    return 0o777 & ~_umask()
+
+
+def file_mode() -> int:
+    """What ``open(..., "w")`` would give a new file: 0o666 less the umask (0o644 under the usual 022)."""
+    return 0o666 & ~_umask()
+
+
+def follow_umask(path: Path) -> None:
+    """Give ``path`` (a folder, or a file) the mode a plain mkdir or open would have: tempfile makes
+    0700 folders and 0600 files, which would keep a model from a service account that only reads it."""
+    os.chmod(path, folder_mode() if Path(path).is_dir() else file_mode())
+
+
 def _existing_ancestor(out: Path) -> Path:
     """The nearest ancestor of ``out`` that exists (what ``mkdir(parents=True)`` would build under)."""
     for p in Path(os.path.abspath(out)).parents:
@@ -90,6 +113,7 @@ def atomic_dir(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        follow_umask(tmp)
     except OSError as e:
         raise DataError(f"cannot write: {e.strerror or e}", file=out) from None
     try:
@@ -112,7 +136,7 @@ def atomic_dir(
 
 
 def write_text_atomic(out: Path, text: str) -> None:
-    """Write ``text`` to ``out`` through a temporary sibling file and a rename (readable by all, like open())."""
+    """Write ``text`` to ``out`` through a temporary sibling file and a rename (mode as open() gives it)."""
     write_atomic(out, lambda f: f.write_text(text, encoding="utf-8"))
 
 
@@ -133,7 +157,7 @@ def write_atomic(out: Path, write: Callable[[Path], object]) -> None:
     tmp = Path(name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        follow_umask(tmp)  # mkstemp creates 0600
         tmp.replace(out)
     except OSError as e:
         tmp.unlink(missing_ok=True)

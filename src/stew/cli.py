@@ -13,9 +13,22 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
+from stew import progress
 from stew.errors import DataError
+from stew.tables import FormatConsole, TableFormat, WideConsole, console_for
+
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _no_type_for_flags(self: TyperOption, ctx: Any) -> str | None:
+    # Typer 0.29 prints "<bool>" in the type column of every flag (--help, --resume/--no-resume), where
+    # it reads like a value the flag takes; a flag takes none, so its type column stays empty.
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _no_type_for_flags  # type: ignore[method-assign]
 
 
 class OneLineUsageErrors(TyperGroup):
@@ -58,7 +71,23 @@ data_app = typer.Typer(no_args_is_help=True, help="Check and synthesise datasets
 app.add_typer(data_app, name="data")
 # Piped or logged output (CI, `| tee`) is where tables are read most: rich would wrap them at 80 columns
 # and cut cells to "Acoust…", so off a terminal tables get room for their natural width.
-console = Console() if sys.stdout.isatty() else Console(width=240)
+# WideConsole also prints a table wider than that at its natural width: no cell is ever cut.
+console = Console() if sys.stdout.isatty() else WideConsole(width=240)
+progress.use(console)  # library stages (CM-StEW's stage 1, the grid, epoch lines) print here
+
+FormatOpt = Annotated[
+    TableFormat,
+    typer.Option("--format", help="tables as: table (boxed), md, csv or json (one object per line); "
+                                  "md/csv/json put only the tables on stdout, everything else on stderr"),
+]
+
+
+def _table_console(fmt: TableFormat) -> Console:
+    """The console a table-printing command renders on (see stew.tables)."""
+    out = console_for(fmt, console)
+    if isinstance(out, FormatConsole):
+        progress.use(out.messages)  # stage announcements stay off the tables' stdout
+    return out
 
 # Options of the commands that build a TrainConfig (train, rank, transfer, tune): one wording everywhere.
 DataOpt = Annotated[Path | None, typer.Option(help="dataset folder")]
@@ -105,7 +134,12 @@ def data_synth(
     videos: Annotated[int, typer.Option(min=3, help="mosi: number of videos")] = 93,
     fmt: Annotated[str, typer.Option("--format", help="parquet or npz")] = "parquet",
 ) -> None:
-    """Write a synthetic dataset in stew's native format (deterministic per seed)."""
+    """Write a synthetic dataset in stew's native format (deterministic per seed).
+
+    The default RECOLA-like set (27 speakers x 5 minutes) takes about 1 GB on disk, and training one
+    epoch of a unimodal model on it needs about 5 GB of memory; --speakers 9 --minutes 1 makes a small
+    one (the demo's size).
+    """
     from stew.data.native import write_native
     from stew.data.synthetic import RATE_HZ, synth_mosi, synth_recola
 
@@ -132,19 +166,25 @@ def data_check(
     path: Annotated[Path, typer.Argument(help="dataset folder")],
     feature_set: Annotated[str | None, typer.Option(help="AVEC RECOLA: arousal or valence features")] = None,
     folds: Annotated[int, typer.Option(min=2, help="grouped folds of the leakage probe")] = 5,
+    fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Validate a dataset and print its summary and a leakage probe."""
     from stew.data.check import check_dataset, render_report
     from stew.data.io import load_dataset
 
     ds = load_dataset(path, feature_set=feature_set)
-    render_report(check_dataset(ds, folds=folds), console)
+    render_report(check_dataset(ds, folds=folds), _table_console(fmt))
 
 
-def _check_out_folder(out: Path | None) -> None:
-    """An output folder must be a folder (or not exist yet): checked before any data is loaded."""
+def _check_out_folder(out: Path | None, empty: bool = False) -> None:
+    """An output folder must be a folder (or not exist yet), and with ``empty`` (rank and transfer without
+    --overwrite) hold nothing: checked before any data is loaded, so an earlier result is never replaced
+    by accident. (train's run() and data synth's writer make their own emptiness check.)"""
     if out is not None and out.exists() and not out.is_dir():
         raise DataError("exists and is not a folder", file=out)
+    if out is not None and empty and out.is_dir() and any(out.iterdir()):
+        raise DataError("output folder is not empty (an earlier result?): give --overwrite to replace it, "
+                        "or a new --out", file=out)
 
 
 def _train_config(config: Path | None, **overrides: Any):
@@ -166,11 +206,18 @@ def train(
     loss: Annotated[str | None, typer.Option(help="mse | ccc | pcc | bce | ce")] = None,
     ablation: Annotated[str | None, typer.Option(help="sew: -SD2 -CCA -SD1 -(CCA&SD1); cmstew: -LFA -Decoder")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    out: Annotated[Path | None, typer.Option(help="run folder")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="run folder: new or empty, unless --resume or --overwrite")
+    ] = None,
     cv: Annotated[int | None, typer.Option(help="grouped K-fold over training groups")] = None,
     max_epochs: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
-    resume: Annotated[bool | None, typer.Option(help="continue from RUN/checkpoints/last.ckpt")] = None,
+    resume: Annotated[
+        bool | None, typer.Option(help="continue the run in a non-empty --out from its checkpoints/last.ckpt")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace the earlier run in a non-empty --out (stew's files only)")
+    ] = False,
     postprocess: Annotated[
         bool | None, typer.Option(help="AVEC chain (median filter, centring, scaling, shift) searched on validation")
     ] = None,
@@ -179,14 +226,17 @@ def train(
     """Train one model; write RUN/metrics.json, RUN/predictions.csv and RUN/model/."""
     from stew.training import run
 
+    if resume and overwrite:
+        raise DataError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     target_list = [t.strip() for t in targets.split(",") if t.strip()] if targets is not None else None
     cfg = _train_config(
         config, data=data, method=method, modality=modality, teacher=teacher, target=target, targets=target_list,
         arch=arch, loss=loss, ablation=ablation, seed=seed, out=out, cv=cv, max_epochs=max_epochs, lr=lr,
-        resume=resume, postprocess=postprocess,
+        resume=resume, postprocess=postprocess, overwrite=overwrite or None,
     )
     if cfg.out is None:
         raise DataError("--out is required (the run folder)")
+    # A non-empty run folder is run()'s to judge: continued with --resume, replaced with --overwrite.
     _check_out_folder(cfg.out)
     t0 = time.time()
     r = run(cfg)
@@ -202,19 +252,31 @@ def rank(
     method: Annotated[
         str | None, typer.Option(help="unimodal (default) or linear: ridge/logistic, fitted in seconds")
     ] = None,
-    arch: Annotated[str | None, typer.Option()] = None,
-    target: Annotated[str | None, typer.Option()] = None,
-    out: Annotated[Path | None, typer.Option(help="folder for the runs and rank.json")] = None,
-    max_epochs: Annotated[int | None, typer.Option()] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="unimodal architecture: classifier | bigru | bigru-te (default) | gru4 | gru")
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="regression target to rank on; default each target")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="folder for the runs and rank.json: new or empty, unless --overwrite")
+    ] = None,
+    max_epochs: Annotated[
+        int | None, typer.Option(help="epochs per run at most (early stopping may end sooner)")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace the runs and rank.json of an earlier ranking in --out")
+    ] = False,
     config: ConfigOpt = None,
+    fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Train every modality's unimodal (or linear) model over seeds and print the ranking (validation decides)."""
     from stew.rank import rank_modalities, render_ranking
 
-    cfg = _train_config(config, data=data, method=method, arch=arch, target=target, max_epochs=max_epochs)
-    _check_out_folder(out)
-    res = rank_modalities(cfg, list(range(seeds)), out, console)
-    render_ranking(res, console)
+    cfg = _train_config(config, data=data, method=method, arch=arch, target=target, max_epochs=max_epochs,
+                        overwrite=overwrite or None)
+    _check_out_folder(out, empty=not cfg.overwrite)
+    c = _table_console(fmt)
+    res = rank_modalities(cfg, list(range(seeds)), out, c)
+    render_ranking(res, c)
 
 
 @app.command("transfer")
@@ -226,17 +288,23 @@ def transfer_cmd(
     gap: Annotated[
         float | None, typer.Option(min=0, help="minimum validation gap (default 0.05 CCC, 5 pp F1)")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="folder for all runs and transfer.json")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="folder for all runs and transfer.json: new or empty, unless --overwrite")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace the runs and transfer.json of an earlier transfer in --out")
+    ] = False,
     config: ConfigOpt = None,
+    fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Rank the modalities, run every clear stronger-to-weaker pair, compare with the weaker unimodal."""
     from stew.transfer import transfer
 
     if method != "cmstew":
         raise DataError("stew transfer supports --method cmstew")
-    cfg = _train_config(config, data=data)
-    _check_out_folder(out)
-    transfer(cfg, list(range(seeds)), out, console, gap)
+    cfg = _train_config(config, data=data, overwrite=overwrite or None)
+    _check_out_folder(out, empty=not cfg.overwrite)
+    transfer(cfg, list(range(seeds)), out, _table_console(fmt), gap)
 
 
 @app.command()
@@ -320,16 +388,18 @@ def compare_cmd(
     ] = None,
     tail: Annotated[CompareTail, typer.Option(help="two, greater (A > B) or less (A < B)")] = CompareTail.two,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON")] = None,
+    fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Significance of A against B: run for run (Fisher r-to-z / two-proportion z) and over seeds (t-test)."""
     from stew.compare import compare, render, write_json
 
     runs_a, runs_b = _split_vs(runs)
     res = compare(runs_a, runs_b, split=split, metric=metric, tail=tail.value)
-    render(res, console)
+    c = _table_console(fmt)
+    render(res, c)
     if out is not None:
         write_json(res, out)
-        console.print(f"results -> {out}")
+        c.print(f"results -> {out}")
 
 
 @app.command("reproduce")
@@ -358,6 +428,7 @@ def reproduce_cmd(
         list[str] | None, typer.Option(help="run only groups matching this glob (repeatable), plus their teachers")
     ] = None,
     list_: Annotated[bool, typer.Option("--list", help="list the shipped protocols and exit")] = False,
+    fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Run a whole paper table: every run over seeds, resumable; prints the tables (see stew report)."""
     from stew.protocols import available, load_protocol
@@ -376,13 +447,14 @@ def reproduce_cmd(
 
     p = load_protocol(protocol)
     sigterm_as_interrupt()
+    c = _table_console(fmt)
     summary = reproduce(p, data, out, seeds=seeds, workers=workers, tuned_storage=tuned,
                         overrides=parse_overrides(set_ or []), only=only, threads=threads,
-                        console=console)
+                        console=c)
     proto, store = results.load(out)
     with store:
-        results.render(results.tables(proto, results.collect(store)), console)
-    console.print(f"{summary['done']}/{summary['runs']} runs done ({summary['trained']} trained now, "
+        results.render(results.tables(proto, results.collect(store)), c)
+    c.print(f"{summary['done']}/{summary['runs']} runs done ({summary['trained']} trained now, "
                   f"{summary['skipped']} already finished) in {summary['wall_s']:.0f}s with {summary['workers']} "
                   f"workers x {summary['threads']} threads -> {out}")
     if summary["failed"]:
@@ -395,7 +467,11 @@ def reproduce_cmd(
 @cli_errors
 def tune(
     study: Annotated[str, typer.Option(help="study name: workers giving the same name and --storage share it")],
-    out: Annotated[Path, typer.Option(help="folder for best.json, trials/<study>/trial<N>/ and the default SQLite")],
+    out: Annotated[
+        Path,
+        typer.Option(help="folder for best.json, trials/<study>/trial<N>/ and the default SQLite; "
+                          "re-used on purpose: a study continues there"),
+    ],
     data: DataOpt = None,
     method: MethodOpt = None,
     modality: ModalityOpt = None,

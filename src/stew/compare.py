@@ -12,6 +12,11 @@ Two kinds of test, both on one partition (``split``) of each run's ``metrics.jso
   paired when both sets hold the same seeds in the same order, Welch's otherwise. Each run is one
   sample, so the autocorrelation of steps does not inflate this evidence; with few seeds it is
   merely weak.
+
+Every row's ``direction`` reads ``"A > B"`` or ``"A < B"`` only where the test finds the difference
+significant (p < ``alpha``, .05 by default, the papers' threshold); otherwise it reads ``"no significant
+difference"`` (``"="`` where the two values are equal). A bare ``A < B`` beside p = 0.76 would read as
+a finding.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from stew.atomic import write_text_atomic
 from stew.errors import DataError
 
 TAILS = ("two", "greater", "less", "one")
+ALPHA = 0.05  # significance level of every row's direction (the papers' threshold)
+NOT_SIGNIFICANT = "no significant difference"
 SPLITS = ("val", "test")
 
 
@@ -68,8 +75,13 @@ def ccc_keys(block: dict) -> list[str]:
     return sorted(k for k in block if k.startswith("ccc_") and k != "ccc_mean" and not k.startswith("ccc_seq"))
 
 
-def _direction(a: float, b: float) -> str:
-    return "A > B" if a > b else "A < B" if a < b else "="
+def _direction(a: float, b: float, p: float, alpha: float) -> str:
+    """Which side is better, said only where the test backs it (p < alpha)."""
+    if a == b:
+        return "="
+    if math.isnan(p) or p >= alpha:
+        return NOT_SIGNIFICANT
+    return "A > B" if a > b else "A < B"
 
 
 def _one_tailed(t: float, p_two: float, tail: str) -> float:
@@ -91,6 +103,7 @@ def compare(
     split: str | None = None,
     metric: str | None = None,
     tail: str = "two",
+    alpha: float = ALPHA,
 ) -> dict:
     """Test the runs ``runs_a`` against ``runs_b``; see the module docstring for the tests.
 
@@ -98,7 +111,8 @@ def compare(
     ``metric``: one key or several, comma-separated; default every per-target ``ccc`` key
     (regression) or ``acc`` (classification). For classification the run-for-run z-test is always
     on ``acc``; ``metric`` picks what the t-test over runs compares. ``tail``: ``"two"``,
-    ``"greater"`` (A > B) or ``"less"``. Returns ``{"split", "tail", "task", "keys", "pairs", "sets"}``.
+    ``"greater"`` (A > B) or ``"less"``. ``alpha``: the level below which a row names a direction.
+    Returns ``{"split", "tail", "alpha", "task", "keys", "pairs", "sets"}``.
     """
     if not runs_a or not runs_b:
         raise DataError("need at least one run on each side of --vs")
@@ -170,7 +184,7 @@ def compare(
                 pairs.append({
                     "run_a": str(pa), "run_b": str(pb), "key": k, "value_a": va, "value_b": vb,
                     "n_a": na, "n_b": nb, "test": "Fisher z" if kind == "regression" else "2-prop z",
-                    "z": z, "p": p, "direction": _direction(va, vb),
+                    "z": z, "p": p, "direction": _direction(va, vb, p, alpha),
                 })
 
     sets = []
@@ -181,15 +195,16 @@ def compare(
             xa = [float(blocks[p][k]) for p in paths_a]
             xb = [float(blocks[p][k]) for p in paths_b]
             t, p2 = metrics.paired_ttest(xa, xb) if paired else metrics.unpaired_ttest(xa, xb)
+            p = _one_tailed(t, p2, tail)
             (ma, sa), (mb, sb) = metrics.mean_std(xa), metrics.mean_std(xb)
             sets.append({
                 "key": k, "mean_a": ma, "std_a": sa, "mean_b": mb, "std_b": sb,
                 "n_a": len(xa), "n_b": len(xb), "test": "paired t" if paired else "Welch t",
                 "seeds_a": seeds_a, "seeds_b": seeds_b,
-                "t": t, "p": _one_tailed(t, p2, tail), "direction": _direction(ma, mb),
+                "t": t, "p": p, "direction": _direction(ma, mb, p, alpha),
             })
 
-    return {"split": split, "tail": tail, "task": kind, "keys": keys, "pairs": pairs, "sets": sets}
+    return {"split": split, "tail": tail, "alpha": alpha, "task": kind, "keys": keys, "pairs": pairs, "sets": sets}
 
 
 def _num(x: float, digits: int = 3) -> str:
@@ -200,7 +215,7 @@ def _p(p: float) -> str:
     """p with 3 decimals (or in e-notation below .001); a ``*`` marks p < .05, the papers' threshold."""
     if math.isnan(p):
         return "n/a"
-    return (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}") + ("*" if p < 0.05 else " ")
+    return (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}") + ("*" if p < ALPHA else " ")
 
 
 def render(result: dict, console: Console) -> None:

@@ -163,6 +163,9 @@ class TrainConfig(Strict):
     threads: Count | None = None
     progress: bool = True
     resume: bool = False
+    # A non-empty run folder is refused unless the run resumes it or replaces it (an earlier run is
+    # never lost by accident); rank, transfer and the demo pass it on to their runs.
+    overwrite: bool = False
     postprocess: bool = False  # AVEC chain (median filter, centring, scaling, shift) searched on validation
 
     sew: SEWConfig = Field(default_factory=SEWConfig)
@@ -183,6 +186,8 @@ class TrainConfig(Strict):
         ):
             # Checked here, before any data is read or a stage-1 teacher is trained.
             raise ValueError(f"teacher {self.teacher!r} must differ from modality {self.modality!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("give resume (continue the run folder) or overwrite (replace it), not both")
         return self
 
 

@@ -22,6 +22,7 @@ from stew import metrics
 from stew.config import CMStEWConfig, TrainConfig
 from stew.data.native import is_native, write_native
 from stew.data.synthetic import synth_recola
+from stew.progress import Runs
 
 DATA = {"n_speakers": 9, "minutes": 1.0}
 SEEDS = [0, 1]
@@ -43,9 +44,11 @@ def run_demo(out: Path, seed: int, console: Console) -> None:
         write_native(synth_recola(seed, **DATA), data)
     console.print(f"[bold]1. Synthetic RECOLA-like data[/bold] -> {data} ({DATA})")
     console.print(f"   demo settings: {DEMO}")
-    base = TrainConfig(data=data, **DEMO)
+    # Running the demo again replaces its own earlier runs (stew train would refuse a non-empty folder).
+    base = TrainConfig(data=data, overwrite=True, **DEMO)
 
-    console.print("[bold]2. Ranking the modalities[/bold] (unimodal Bi-GRU + TE + Classifier, validation CCC)")
+    console.print("[bold]2. Ranking the modalities[/bold] (unimodal Bi-GRU + TE + Classifier, validation CCC): "
+                  "every target x modality x seed")
     ranked = rank_modalities(base, SEEDS, out / "rank", console)
     render_ranking(ranked, console)
 
@@ -61,14 +64,19 @@ def run_demo(out: Path, seed: int, console: Console) -> None:
     )
     cms = CMStEWConfig(alpha=0.1, beta=0.1)
     transfer = []
-    for s in SEEDS:
-        # Stage 1 reuses the ranking's teacher run: same data, carve and seed.
-        teacher = cms.model_copy(update={"teacher_run": out / "rank" / target / strong / f"seed{s}"})
-        cfg = base.model_copy(update={
-            "method": "cmstew", "modality": weak, "teacher": strong, "target": target, "seed": s, "cmstew": teacher,
-            "out": out / "cmstew" / f"seed{s}",
-        })
-        transfer.append(run(cfg)["val"])
+    # Runs done / left and time left, as a bar on a terminal and one line per run elsewhere (the demo
+    # turns the per-epoch bars off, so this is all that shows while it trains).
+    with Runs(console, "CM-StEW runs", len(SEEDS)) as bar:
+        for s in SEEDS:
+            bar.describe(f"{target} / {weak} (+{strong}) / seed {s}")
+            # Stage 1 reuses the ranking's teacher run: same data, carve and seed.
+            teacher = cms.model_copy(update={"teacher_run": out / "rank" / target / strong / f"seed{s}"})
+            cfg = base.model_copy(update={
+                "method": "cmstew", "modality": weak, "teacher": strong, "target": target, "seed": s,
+                "cmstew": teacher, "out": out / "cmstew" / f"seed{s}",
+            })
+            transfer.append(run(cfg)["val"])
+            bar.advance(f"val {ranked.metric} {transfer[-1][ranked.metric]:.3f}")
     key = ranked.metric
     uni = ranked.val[target][weak]
     tr = [r[key] for r in transfer]

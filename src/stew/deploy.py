@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors.torch import load_file, save_file
 
-from stew.atomic import atomic_dir, check_output_file, check_output_folder, write_atomic
+from stew.atomic import atomic_dir, check_output_file, check_output_folder, follow_umask, write_atomic
 from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
 from stew.data.preprocess import Standardizer, predict_windows, prepare
@@ -125,6 +125,7 @@ def _write_atomically(out: Path, tensors: dict[str, torch.Tensor], meta: dict) -
     # A previous model folder is replaced; a folder holding anything else is the user's and is refused.
     with atomic_dir(out, replaceable=MODEL_FILES) as tmp:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        follow_umask(tmp / WEIGHTS)  # safetensors writes 0600: a service account could not read the model
         (tmp / META).write_text(json.dumps(meta, indent=2))
 
 

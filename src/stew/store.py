@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 
 # Fields that change where or how fast a run executes, not what it computes.
-_NOT_IN_KEY = ("out", "progress", "threads", "resume", "data")
+_NOT_IN_KEY = ("out", "progress", "threads", "resume", "overwrite", "data")
 
 
 def run_key(config: dict[str, Any], data_fingerprint: str, teacher_key: str | None = None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -22,10 +23,10 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from stew import metrics
+from stew import metrics, progress
 from stew.config import EMOBED_MODES, TrainConfig
 from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
@@ -70,10 +71,19 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
             raise DataError(f"--targets {','.join(cfg.targets)}: choose distinct targets among {ds.targets}")
     if cfg.ablation and cfg.method not in ("sew", "cmstew"):
         raise DataError(f"--ablation applies to sew and cmstew only, not --method {cfg.method}")
+    # A teacher-student method without --teacher must say so: naming only --modality (or nothing
+    # useful) sends the user after the wrong option.
+    no_teacher = cfg.teacher is None and cfg.method not in ("unimodal", "linear", "cermtl")
     if cfg.modality is None:
         if len(mods) != 1:
-            raise DataError(f"choose --modality among {mods}")
+            raise DataError(f"choose {'--modality and --teacher' if no_teacher else '--modality'} among {mods}")
         upd["modality"] = mods[0]
+    if no_teacher:
+        role = "auxiliary" if cfg.method in EMOBED_MODES else "stronger"
+        student = upd.get("modality", cfg.modality)
+        others = [m for m in mods if m != student and "+" not in m and m not in str(student).split("+")]
+        among = f": choose among {others}" if others else f"; the data has no modality besides {student!r}"
+        raise DataError(f"--method {cfg.method} needs --teacher (the {role} modality){among}")
     for name in (cfg.modality, cfg.teacher):
         if name is not None and name not in ds.modalities:
             raise DataError(f"unknown modality {name!r}; the data has {mods}")
@@ -333,16 +343,28 @@ class LastCheckpoint(Checkpoint):
         self._last = time.monotonic()
 
 
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+_clock = progress.clock  # kept under its old name (tests/test_progress.py)
+
+
+def _epoch_status(trainer: L.Trainer, t0: float, first: int, patience: int) -> str:
+    """"Epoch e/N · elapsed · lo-hi left": the time left is a range, from "early stopping fires if
+    validation does not improve again" to "it runs all epochs"."""
+    e, n = trainer.current_epoch, trainer.max_epochs
+    elapsed = time.monotonic() - t0
+    desc = f"Epoch {e + 1}/{n} · {_clock(elapsed)} elapsed"
+    if e > first:
+        per_epoch = elapsed / (e - first)
+        best = getattr(trainer.lightning_module, "best_epoch", e - 1)
+        soonest = max(0, min(n, best + 1 + patience) - e)
+        lo, hi = _clock(per_epoch * soonest), _clock(per_epoch * (n - e))
+        desc += f" · {lo if lo == hi else f'{lo}-{hi}'} left"
+    return desc
 
 
 class RunProgressBar(TQDMProgressBar):
     """Lightning's bar, whose description also tells how far the whole run is: the epoch out of
-    ``max_epochs``, the time elapsed, and the time left as a range, from "early stopping fires
-    if validation does not improve again" to "it runs all epochs" (one epoch can take a minute on
-    paper-sized data, so the epoch bar alone says little)."""
+    ``max_epochs``, the time elapsed, and the time left as a range (one epoch can take a minute on
+    paper-sized data, so the epoch bar alone says little). For a terminal."""
 
     def __init__(self, patience: int) -> None:
         super().__init__()
@@ -355,16 +377,45 @@ class RunProgressBar(TQDMProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: object) -> None:
         super().on_train_epoch_start(trainer, *args)
-        e, n = trainer.current_epoch, trainer.max_epochs
-        elapsed = time.monotonic() - self._t0
-        desc = f"Epoch {e + 1}/{n} · {_clock(elapsed)} elapsed"
-        if e > self._first:
-            per_epoch = elapsed / (e - self._first)
-            best = getattr(trainer.lightning_module, "best_epoch", e - 1)
-            soonest = max(0, min(n, best + 1 + self.patience) - e)
-            lo, hi = _clock(per_epoch * soonest), _clock(per_epoch * (n - e))
-            desc += f" · {lo if lo == hi else f'{lo}-{hi}'} left"
-        self.train_progress_bar.set_description(desc)
+        self.train_progress_bar.set_description(_epoch_status(trainer, self._t0, self._first, self.patience))
+
+
+EPOCH_LINE_EVERY_S = 10.0
+
+
+class EpochLines(Callback):
+    """The same status as ``RunProgressBar``, as plain lines, for a stream that is not a terminal (a log,
+    CI, ``| tee``), where tqdm's carriage returns make one unreadable line. A line for the first and the
+    last epoch and at most one every ``every_s`` seconds between, so a 300-epoch run stays readable;
+    then one line when training ends (the epochs run and the best one)."""
+
+    def __init__(self, patience: int, every_s: float = EPOCH_LINE_EVERY_S) -> None:
+        self.patience, self.every_s = patience, every_s
+        self._t0, self._first, self._last = time.monotonic(), 0, -float("inf")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0, self._first, self._last = time.monotonic(), trainer.current_epoch, -float("inf")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        e, now = trainer.current_epoch, time.monotonic()
+        if e == self._first or e + 1 == trainer.max_epochs or now - self._last >= self.every_s:
+            best = getattr(pl_module, "best_epoch", -1)
+            score = f" · best val {pl_module.best_score:.4g} (epoch {best + 1})" if best >= 0 else ""
+            progress.say(_epoch_status(trainer, self._t0, self._first, self.patience) + score)
+            self._last = now
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        best = getattr(pl_module, "best_epoch", -1)
+        score = f"; best val {pl_module.best_score:.4g} at epoch {best + 1}" if best >= 0 else ""
+        progress.say(f"trained {trainer.current_epoch}/{trainer.max_epochs} epochs in "
+                     f"{_clock(time.monotonic() - self._t0)}{score}")
+
+
+def _progress_callbacks(cfg: TrainConfig) -> list[Callback]:
+    """The bar on a terminal, lines elsewhere; nothing with ``progress`` off."""
+    if not cfg.progress:
+        return []
+    return [RunProgressBar(cfg.patience)] if progress.console().is_terminal else [EpochLines(cfg.patience)]
 
 
 def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> StewModule:
@@ -381,11 +432,12 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
         # (tests/test_training.py::test_deterministic_for_a_seed).
         deterministic=False,
         logger=CSVLogger(run_dir, name="logs", version=version), enable_model_summary=False,
-        enable_progress_bar=cfg.progress, num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1,
+        enable_progress_bar=cfg.progress and progress.console().is_terminal,
+        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1,
         callbacks=[
             EarlyStopping(monitor="val_score", mode="max", patience=cfg.patience, check_on_train_epoch_end=True),
             LastCheckpoint(last, every_s=CHECKPOINT_EVERY_S),
-            *([RunProgressBar(cfg.patience)] if cfg.progress else []),
+            *_progress_callbacks(cfg),
         ],
     )
     train_ds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop, context_of(method))
@@ -400,6 +452,42 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
 # A whole run
 
 
+# What stew writes in a run folder (reproduce's job file and grid candidates, a CV's folds, the
+# temporary model folder a killed run leaves): the entries ``overwrite`` may delete.
+RUN_FOLDER_ENTRIES = re.compile(
+    r"metrics\.json|predictions\.csv|latents\.npz|model|checkpoints|logs|grid|teacher|fold\d+|"
+    r"alpha[^/]*_beta[^/]*|stew-job\.json|\.model\..+"
+)
+
+
+def check_run_folder(cfg: TrainConfig) -> None:
+    """Refuse a non-empty ``cfg.out`` unless the run resumes it or (if it holds only stew's files)
+    replaces it: an earlier run must not be lost to a typo or a re-used command line."""
+    if cfg.out is None:
+        return
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        # Before the data are loaded (seconds to minutes on real data), not when the run is written.
+        raise DataError("exists and is not a folder (the run folder)", file=out)
+    if cfg.resume:
+        return
+    try:
+        names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    except OSError as e:
+        raise DataError(f"cannot read the run folder: {e.strerror}", file=out) from None
+    if not names:
+        return
+    if not cfg.overwrite:
+        raise DataError(
+            "run folder is not empty (an earlier run?): give --resume to continue it, --overwrite to replace it, "
+            "or a new --out", file=out,
+        )
+    foreign = [n for n in names if not RUN_FOLDER_ENTRIES.fullmatch(n)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise DataError(f"--overwrite replaces only a stew run folder; this one also holds {shown}", file=out)
+
+
 def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     """Train, select and evaluate one configuration; write its artefacts under ``cfg.out``.
 
@@ -409,9 +497,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     from stew.methods import prepare, required_modalities, search_space
 
     t0 = time.time()
-    if cfg.out is not None and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        # Before the data are loaded (seconds to minutes on real data), not when the run is written.
-        raise DataError("exists and is not a folder (the run folder)", file=cfg.out)
+    check_run_folder(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if ds is None:
@@ -420,6 +506,9 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     cfg = resolve(cfg, ds)
     required_modalities(cfg)  # a missing or equal --teacher fails here, before CM-StEW's stage 1 trains
     out = Path(cfg.out) if cfg.out else None
+    if cfg.overwrite and out is not None and out.is_dir() and any(out.iterdir()):
+        # Replaced only now that the configuration and data have passed their checks.
+        shutil.rmtree(out)
     if cfg.cv:
         return _run_cv(cfg, ds, out)
     ds = carve_validation(ds, cfg.val_groups, cfg.seed)
@@ -431,7 +520,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
         if len(candidates) == 1:
             result = _fit_one(candidates[0], ds, work)
         else:
-            results = [_fit_one(c, ds, work / "grid" / _grid_name(c)) for c in candidates]
+            results = _fit_grid(candidates, ds, work)
             result = max(results, key=lambda r: r["val"][r["selection"]["key"]])
             result["selection"]["grid"] = [
                 {**r["method"], f"val_{r['selection']['key']}": r["val"][r["selection"]["key"]]} for r in results
@@ -448,6 +537,24 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     if out is not None:
         _write_run(result, out)
     return result
+
+
+def _fit_grid(candidates: list[TrainConfig], ds: Dataset, work: Path) -> list[dict]:
+    """One run per grid point (CM-StEW's alpha x beta), announced: the grid multiplies the run's time."""
+    say = progress.say if candidates[0].progress else (lambda _: None)
+    n, t0 = len(candidates), time.monotonic()
+    say(f"alpha/beta grid: {n} candidates on validation, each trained like one run")
+    results = []
+    for i, c in enumerate(candidates):
+        elapsed = time.monotonic() - t0
+        say(f"candidate {i + 1}/{n} (alpha {c.cmstew.alpha:g}, beta {c.cmstew.beta:g}) · {_clock(elapsed)} elapsed"
+            f" · ~{progress.eta(elapsed, i, n)} left")
+        results.append(_fit_one(c, ds, work / "grid" / _grid_name(c)))
+    key = results[0]["selection"]["key"]
+    best = max(results, key=lambda r: r["val"][key])
+    say(f"alpha/beta grid done in {_clock(time.monotonic() - t0)}: alpha {best['method']['alpha']:g}, "
+        f"beta {best['method']['beta']:g} chosen (val {key} {best['val'][key]:.4g})")
+    return results
 
 
 def _grid_name(cfg: TrainConfig) -> str:
