@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from stew.config import TrainConfig
-from stew.training import _clock, run
+from stew.progress import clock
+from stew.training import run
 from tests.conftest import FAST, tiny_frames
 
 
 def test_clock() -> None:
-    assert _clock(0) == "0:00" and _clock(61.4) == "1:01" and _clock(3725) == "1:02:05"
+    assert clock(0) == "0:00" and clock(61.4) == "1:01" and clock(3725) == "1:02:05"
 
 
 def test_progress_bar_shows_epochs_elapsed_and_time_left(capfd: pytest.CaptureFixture[str]) -> None:

@@ -343,20 +343,17 @@ class LastCheckpoint(Checkpoint):
         self._last = time.monotonic()
 
 
-_clock = progress.clock  # kept under its old name (tests/test_progress.py)
-
-
 def _epoch_status(trainer: L.Trainer, t0: float, first: int, patience: int) -> str:
     """"Epoch e/N · elapsed · lo-hi left": the time left is a range, from "early stopping fires if
     validation does not improve again" to "it runs all epochs"."""
     e, n = trainer.current_epoch, trainer.max_epochs
     elapsed = time.monotonic() - t0
-    desc = f"Epoch {e + 1}/{n} · {_clock(elapsed)} elapsed"
+    desc = f"Epoch {e + 1}/{n} · {progress.clock(elapsed)} elapsed"
     if e > first:
         per_epoch = elapsed / (e - first)
         best = getattr(trainer.lightning_module, "best_epoch", e - 1)
         soonest = max(0, min(n, best + 1 + patience) - e)
-        lo, hi = _clock(per_epoch * soonest), _clock(per_epoch * (n - e))
+        lo, hi = progress.clock(per_epoch * soonest), progress.clock(per_epoch * (n - e))
         desc += f" · {lo if lo == hi else f'{lo}-{hi}'} left"
     return desc
 
@@ -408,7 +405,7 @@ class EpochLines(Callback):
         best = getattr(pl_module, "best_epoch", -1)
         score = f"; best val {pl_module.best_score:.4g} at epoch {best + 1}" if best >= 0 else ""
         progress.say(f"trained {trainer.current_epoch}/{trainer.max_epochs} epochs in "
-                     f"{_clock(time.monotonic() - self._t0)}{score}")
+                     f"{progress.clock(time.monotonic() - self._t0)}{score}")
 
 
 def _progress_callbacks(cfg: TrainConfig) -> list[Callback]:
@@ -547,12 +544,12 @@ def _fit_grid(candidates: list[TrainConfig], ds: Dataset, work: Path) -> list[di
     results = []
     for i, c in enumerate(candidates):
         elapsed = time.monotonic() - t0
-        say(f"candidate {i + 1}/{n} (alpha {c.cmstew.alpha:g}, beta {c.cmstew.beta:g}) · {_clock(elapsed)} elapsed"
-            f" · ~{progress.eta(elapsed, i, n)} left")
+        say(f"candidate {i + 1}/{n} (alpha {c.cmstew.alpha:g}, beta {c.cmstew.beta:g}) · "
+            f"{progress.clock(elapsed)} elapsed · ~{progress.eta(elapsed, i, n)} left")
         results.append(_fit_one(c, ds, work / "grid" / _grid_name(c)))
     key = results[0]["selection"]["key"]
     best = max(results, key=lambda r: r["val"][key])
-    say(f"alpha/beta grid done in {_clock(time.monotonic() - t0)}: alpha {best['method']['alpha']:g}, "
+    say(f"alpha/beta grid done in {progress.clock(time.monotonic() - t0)}: alpha {best['method']['alpha']:g}, "
         f"beta {best['method']['beta']:g} chosen (val {key} {best['val'][key]:.4g})")
     return results
 
