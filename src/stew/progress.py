@@ -72,7 +72,7 @@ class Runs:
             self._task = self._bar.add_task(self.what, total=self.total, completed=self.done)
         else:
             already = f" ({self.done} already done)" if self.done else ""
-            self._line(f"{self.what}: {self.total} runs{already}")
+            self._line(f"{self.what}: {self.total} run{'' if self.total == 1 else 's'}{already}")
         return self
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
