@@ -30,9 +30,14 @@ def console() -> Console:
     return _console
 
 
+def line(console: Console, message: str) -> None:
+    """One plain line (no markup) on ``console``, whatever the stream."""
+    console.print(escape(message), soft_wrap=True, highlight=False)
+
+
 def say(message: str) -> None:
-    """One plain line (no markup), whatever the stream."""
-    _console.print(escape(message), soft_wrap=True, highlight=False)
+    """One plain line on the library's console (see ``use``)."""
+    line(_console, message)
 
 
 def clock(seconds: float) -> str:
@@ -72,7 +77,7 @@ class Runs:
             self._task = self._bar.add_task(self.what, total=self.total, completed=self.done)
         else:
             already = f" ({self.done} already done)" if self.done else ""
-            self._line(f"{self.what}: {self.total} run{'' if self.total == 1 else 's'}{already}")
+            line(self.console, f"{self.what}: {self.total} run{'' if self.total == 1 else 's'}{already}")
         return self
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
@@ -93,8 +98,5 @@ class Runs:
             return
         elapsed = time.monotonic() - self._t0
         what = f" ({self.label}{', ' + note if note else ''})" if self.label or note else ""
-        self._line(f"{self.what}: {self.done}/{self.total} runs done{what} · {clock(elapsed)} elapsed"
-                   f" · ~{eta(elapsed, self.done - self._start, self.total - self._start)} left")
-
-    def _line(self, text: str) -> None:
-        self.console.print(escape(text), soft_wrap=True, highlight=False)
+        line(self.console, f"{self.what}: {self.done}/{self.total} runs done{what} · {clock(elapsed)} elapsed"
+                           f" · ~{eta(elapsed, self.done - self._start, self.total - self._start)} left")
