@@ -32,15 +32,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import ValidationError
 
 from stew import results
 from stew.atomic import check_output_file, write_text_atomic
-from stew.config import first_error
 from stew.errors import DataError
 from stew.protocols import Column, Protocol, available
 from stew.results import Cell, TableResult
-from stew.store import RunStore
 
 Collected = dict[str, dict[int, dict[str, Any]]]  # group -> seed -> store row (results.collect)
 
@@ -708,19 +705,8 @@ def load_report(folder: Path) -> Report:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("not a stew reproduce folder (no such folder)", file=folder)
-    path = folder / "store.sqlite"
-    if not path.is_file():
-        raise DataError("not a stew reproduce folder (no store.sqlite)", file=folder)
-    # Read-only (SQLite mode=ro): a report never creates, converts or touches the store it reads.
-    store = RunStore(path, readonly=True)
+    protocol, store = results.load(folder)
     with store:
-        raw = store.meta().get("protocol_yaml")
-        if raw is None:
-            raise DataError("run store has no protocol recorded", file=path)
-        try:
-            protocol = Protocol.model_validate_json(raw)
-        except ValidationError as e:
-            raise DataError(f"run store's recorded protocol is invalid: {first_error(e)[1]}", file=path) from None
         meta, runs = store.meta(), store.runs()
         collected = results.collect(store)
         root = store.root

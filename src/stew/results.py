@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from stew import metrics
+from stew.config import first_error
 from stew.errors import DataError
 from stew.protocols import Column, Protocol, Row, TableSpec, fill_col
 from stew.store import RunStore
@@ -253,13 +255,22 @@ def note(t: TableResult) -> str:
 
 
 def load(out: Path) -> tuple[Protocol, RunStore]:
-    """The protocol and run store of a ``stew reproduce`` output folder."""
+    """The protocol and run store of a ``stew reproduce`` output folder.
+
+    Read-only (SQLite mode=ro): tables and reports never create, convert or touch the store they read.
+    """
     path = Path(out) / "store.sqlite"
     if not path.is_file():
         raise DataError("not a stew reproduce folder (no store.sqlite)", file=out)
-    store = RunStore(path)
-    raw = store.meta().get("protocol_yaml")
-    if raw is None:
+    store = RunStore(path, readonly=True)
+    try:
+        raw = store.meta().get("protocol_yaml")
+        if raw is None:
+            raise DataError("run store has no protocol recorded", file=path)
+        try:
+            return Protocol.model_validate_json(raw), store
+        except ValidationError as e:
+            raise DataError(f"run store's recorded protocol is invalid: {first_error(e)[1]}", file=path) from None
+    except BaseException:
         store.close()
-        raise DataError("run store has no protocol recorded", file=path)
-    return Protocol.model_validate_json(raw), store
+        raise
