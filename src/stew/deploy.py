@@ -178,7 +178,7 @@ def read_meta(path: Path) -> ModelMeta:
         return ModelMeta.model_validate(raw)
     except ValidationError as e:
         loc, msg = first_error(e)
-        raise DataError(f"invalid '{loc}': {msg}" if loc else msg.removeprefix("Value error, "), file=path) from None
+        raise DataError(f"invalid '{loc}': {msg}" if loc else msg, file=path) from None
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
