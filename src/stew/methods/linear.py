@@ -62,8 +62,6 @@ def offset_grid(cfg: TrainConfig, step_rate_hz: float | None) -> list[float]:
             raise DataError("label offsets apply to frame-level data; this data is utterance-level")
         return [0.0]
     if given is not None:
-        if not given:
-            raise DataError("linear.offsets_s is empty")
         return sorted(set(given))
     if cfg.label_delay_s is not None:
         return [cfg.label_delay_s]
