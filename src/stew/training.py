@@ -517,11 +517,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
         if len(candidates) == 1:
             result = _fit_one(candidates[0], ds, work)
         else:
-            results = _fit_grid(candidates, ds, work)
-            result = max(results, key=lambda r: r["val"][r["selection"]["key"]])
-            result["selection"]["grid"] = [
-                {**r["method"], f"val_{r['selection']['key']}": r["val"][r["selection"]["key"]]} for r in results
-            ]
+            result = _fit_grid(candidates, ds, work)
     except DataError:
         # Bad input found while building the method: leave no half-made run folder behind.
         if fresh:
@@ -536,8 +532,10 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     return result
 
 
-def _fit_grid(candidates: list[TrainConfig], ds: Dataset, work: Path) -> list[dict]:
-    """One run per grid point (CM-StEW's alpha x beta), announced: the grid multiplies the run's time."""
+def _fit_grid(candidates: list[TrainConfig], ds: Dataset, work: Path) -> dict:
+    """One run per grid point (CM-StEW's alpha x beta), announced: the grid multiplies the run's time.
+
+    Returns the best on validation, every candidate's score recorded in its ``selection["grid"]``."""
     say = progress.say if candidates[0].progress else (lambda _: None)
     n, t0 = len(candidates), time.monotonic()
     say(f"alpha/beta grid: {n} candidates on validation, each trained like one run")
@@ -551,7 +549,8 @@ def _fit_grid(candidates: list[TrainConfig], ds: Dataset, work: Path) -> list[di
     best = max(results, key=lambda r: r["val"][key])
     say(f"alpha/beta grid done in {progress.clock(time.monotonic() - t0)}: alpha {best['method']['alpha']:g}, "
         f"beta {best['method']['beta']:g} chosen (val {key} {best['val'][key]:.4g})")
-    return results
+    best["selection"]["grid"] = [{**r["method"], f"val_{key}": r["val"][key]} for r in results]
+    return best
 
 
 def _grid_name(cfg: TrainConfig) -> str:
