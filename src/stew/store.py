@@ -65,6 +65,11 @@ def data_fingerprint(path: Path) -> str:
     return h.hexdigest()[:20]
 
 
+def readonly_uri(path: Path) -> str:
+    """The SQLite URI that opens ``path`` read-only (``mode=ro``): never creates, converts or writes it."""
+    return "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?mode=ro"
+
+
 # Columns a store's ``runs`` table must have for its rows to be read.
 _RUN_COLUMNS = {"key", "name", "grp", "seed", "candidate", "run_dir", "config", "metrics", "wall_s", "finished_at"}
 
@@ -84,8 +89,7 @@ class RunStore:
             raise DataError("no run store (missing file)", file=self.path)
         try:
             if readonly:
-                uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, timeout=30)
+                self._db = sqlite3.connect(readonly_uri(self.path), uri=True, timeout=30)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(self.path, timeout=30)

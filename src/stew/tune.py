@@ -210,9 +210,9 @@ def _readonly_sqlite(url: str) -> str:
     A lookup (``reproduce --tuned``) must not create the file it looks in, nor write Optuna's tables
     into an empty or foreign one. Other databases are opened as given.
     """
-    from urllib.parse import quote
-
     from sqlalchemy.engine import make_url
+
+    from stew.store import readonly_uri
 
     u = make_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.query.get("uri"):
@@ -220,7 +220,7 @@ def _readonly_sqlite(url: str) -> str:
     path = Path(u.database)
     if not path.is_file():
         raise DataError("no such storage file (a lookup never creates one)", file=path)
-    return f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
+    return f"sqlite:///{readonly_uri(path)}&uri=true"
 
 
 def open_storage(url: str, *, readonly: bool = False) -> optuna.storages.RDBStorage:
