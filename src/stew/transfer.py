@@ -101,6 +101,11 @@ def run_over_seeds(
     return results
 
 
+def _test_scores(runs: list[dict], metric: str) -> list[float]:
+    """``metric`` on test per run; none where the data has no labelled test split."""
+    return [r["test"][metric] for r in runs if metric in (r.get("test") or {})]
+
+
 def transfer(
     base: TrainConfig, seeds: list[int], out: Path | None, console: Console, gap: float | None = None
 ) -> list[PairResult]:
@@ -139,13 +144,11 @@ def transfer(
             bar.describe(f"{target}: CM-StEW {weak} (+{strong})")
             runs = run_over_seeds(config, seeds, done=tick)
             scores = [r["val"][ranked.metric] for r in runs]
-            tested = [r["test"][ranked.metric] for r in runs if ranked.metric in (r.get("test") or {})]
             chosen = {"alpha": runs[0]["method"]["alpha"], "beta": runs[0]["method"]["beta"]}
             results.append(PairResult(
                 target, weak, strong, ranked.val[target][weak], scores, **chosen,
-                unimodal_test=ranked.test[target].get(weak, []), transfer_test=tested,
-                linear=[r["val"][ranked.metric] for r in floor],
-                linear_test=[r["test"][ranked.metric] for r in floor if ranked.metric in (r.get("test") or {})],
+                unimodal_test=ranked.test[target].get(weak, []), transfer_test=_test_scores(runs, ranked.metric),
+                linear=[r["val"][ranked.metric] for r in floor], linear_test=_test_scores(floor, ranked.metric),
             ))
     render_transfer(results, ranked.metric, console)
     if out is not None:
