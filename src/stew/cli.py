@@ -179,7 +179,7 @@ def data_check(
 def _check_out_folder(out: Path | None, empty: bool = False) -> None:
     """An output folder must be a folder (or not exist yet), and with ``empty`` (rank and transfer without
     --overwrite) hold nothing: checked before any data is loaded, so an earlier result is never replaced
-    by accident. (train's run() and data synth's writer make their own emptiness check.)"""
+    by accident. (data synth's writer makes its own emptiness check; train leaves all to run().)"""
     if out is not None and out.exists() and not out.is_dir():
         raise DataError("exists and is not a folder", file=out)
     if out is not None and empty and out.is_dir() and any(out.iterdir()):
@@ -236,8 +236,8 @@ def train(
     )
     if cfg.out is None:
         raise DataError("--out is required (the run folder)")
-    # A non-empty run folder is run()'s to judge: continued with --resume, replaced with --overwrite.
-    _check_out_folder(cfg.out)
+    # The run folder is run()'s to judge (training.check_run_folder, before any data is loaded): a file
+    # is refused, a non-empty folder continued with --resume or replaced with --overwrite.
     t0 = time.time()
     r = run(cfg)
     console.print_json(json.dumps({k: r[k] for k in ("val", "test") if k in r}))
