@@ -181,12 +181,17 @@ def read_meta(path: Path) -> ModelMeta:
         raise DataError(f"invalid '{loc}': {msg}" if loc else msg, file=path) from None
 
 
+def _first_line(e: Exception) -> str:
+    """The first line of ``e``'s message (its type's name when it has none): a one-line DataError's text."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types (and OSError) for any malformed file
-        text = str(e).strip()
-        text = text.splitlines()[0] if text else type(e).__name__
+        text = _first_line(e)
         try:
             with open(path, "rb") as f:
                 magic = f.read(2)
@@ -207,8 +212,7 @@ def _check_weights(spec: StudentSpec, tensors: dict[str, torch.Tensor], path: Pa
         with torch.device("meta"):
             ref = SingleModalityModel(spec).state_dict()
     except Exception as e:  # the spec passed its schema but torch rejects it (e.g. a negative size)
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot build the model it declares: {text}", file=path.parent / META) from None
+        raise DataError(f"cannot build the model it declares: {_first_line(e)}", file=path.parent / META) from None
     missing = [k for k in ref if k not in tensors]
     unexpected = [k for k in tensors if k not in ref]
     if missing or unexpected:
