@@ -111,9 +111,11 @@ class RunStore:
         commit leaves one), so the writer may build its schema there.
         """
         path = Path(path)
-        if path.exists() and (not path.is_file() or path.stat().st_size > 0):
-            if not path.is_file():
-                raise DataError("run store is not a file", file=path)
+        if not path.exists():
+            return
+        if not path.is_file():
+            raise DataError("run store is not a file", file=path)
+        if path.stat().st_size > 0:
             RunStore(path, readonly=True).close()
 
     def _close_quietly(self) -> None:
