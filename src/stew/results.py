@@ -62,12 +62,16 @@ class Cell:
     def values(self) -> dict[str, list[float]]:
         return self.by_split.get(self.split, {})
 
+    def scores(self, m: str, split: str | None = None) -> list[float]:
+        """One value of ``m`` per seed on ``split`` (the headline split by default)."""
+        return self.by_split.get(split or self.split, {}).get(m) or []
+
     def mean(self, m: str, split: str | None = None) -> float:
-        v = self.by_split.get(split or self.split, {}).get(m) or []
+        v = self.scores(m, split)
         return float(np.mean(v)) if v else float("nan")
 
     def std(self, m: str, split: str | None = None) -> float:
-        v = self.by_split.get(split or self.split, {}).get(m) or []
+        v = self.scores(m, split)
         return float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
 
 
@@ -168,7 +172,7 @@ def tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) 
 
 
 def fmt(cell: Cell, m: str, digits: int, split: str | None = None) -> str:
-    v = cell.by_split.get(split or cell.split, {}).get(m)
+    v = cell.scores(m, split)
     if not v or not np.isfinite(cell.mean(m, split)):
         return "-"
     s = f"{cell.mean(m, split):.{digits}f}"
@@ -206,11 +210,12 @@ def render(results: list[TableResult], console: Console) -> None:
     """The tables in the terminal: ours on the headline split (mean ± std, p against the baseline), the
     other split beside it, and the paper's value beside the split the paper reports."""
     for t in results:
+        cols = layout(t)
         table = Table(title=t.title, title_justify="left")
         table.add_column("")
         for col in t.columns:
             for m in t.spec.metrics:
-                for kind, sp in layout(t):
+                for kind, sp in cols:
                     name = t.split_name(sp)
                     if kind == "paper":
                         table.add_column(f"paper ({name})", justify="right", style="dim")
@@ -223,7 +228,7 @@ def render(results: list[TableResult], console: Console) -> None:
             for cell in cells:
                 for m in t.spec.metrics:
                     d = digits_for(m)
-                    for kind, sp in layout(t):
+                    for kind, sp in cols:
                         if kind == "paper":
                             values.append("-" if cell.paper.get(m) is None else f"{cell.paper[m]:.{d}f}")
                             continue
