@@ -512,9 +512,9 @@ def table_html(t: TableResult) -> str:
         head.append("<tr><th rowspan='2' class='rowlabel'></th>"
                     + "".join(f"<th colspan='{len(cols) * len(metrics)}' class='colgroup'>{_e(c.label)}</th>"
                               for c in t.columns) + "</tr>")
-        head.append("<tr>" + "".join(_metric_heads(t) for _ in t.columns) + "</tr>")
+        head.append("<tr>" + "".join(_metric_heads(t, cols) for _ in t.columns) + "</tr>")
     else:
-        head.append("<tr><th class='rowlabel'></th>" + _metric_heads(t) + "</tr>")
+        head.append("<tr><th class='rowlabel'></th>" + _metric_heads(t, cols) + "</tr>")
     head.append("</thead>")
     body = ["<tbody>"]
     for row, cells in t.rows:
@@ -539,10 +539,10 @@ def table_html(t: TableResult) -> str:
             f"<caption>{_e(t.title)}</caption>{''.join(head)}{''.join(body)}</table>{note}")
 
 
-def _metric_heads(t: TableResult) -> str:
+def _metric_heads(t: TableResult, cols: list[tuple[str, str]]) -> str:
     out = []
     for m in t.spec.metrics:
-        for kind, sp in results.layout(t):
+        for kind, sp in cols:
             name = _e(t.split_name(sp))
             if kind == "paper":
                 out.append(f"<th class='paper'>paper ({name})</th>")
