@@ -52,8 +52,11 @@ def estimator_name(task: str, cfg: LinearConfig) -> str:
     return cfg.model if task == "regression" else "logistic"
 
 
-def offset_grid(cfg: TrainConfig, step_rate_hz: float | None) -> list[float]:
-    """The label offsets (seconds) to search; one fixed offset when ``--label-delay-s`` is given."""
+def offset_grid(cfg: TrainConfig, step_rate_hz: float | None, shortest: int) -> list[float]:
+    """The label offsets (seconds) to search; one fixed offset when ``--label-delay-s`` is given.
+
+    ``shortest``: the shortest training recording, in steps (bounds the default range).
+    """
     given = cfg.linear.offsets_s
     if given is not None and cfg.label_delay_s is not None:
         raise DataError("give linear.offsets_s (searched) or --label-delay-s (fixed), not both")
@@ -66,7 +69,10 @@ def offset_grid(cfg: TrainConfig, step_rate_hz: float | None) -> list[float]:
     if cfg.label_delay_s is not None:
         return [cfg.label_delay_s]
     n = int(round(DEFAULT_MAX_OFFSET_S / DEFAULT_OFFSET_STEP_S))
-    return [round(i * DEFAULT_OFFSET_STEP_S, 6) for i in range(n + 1)]
+    grid = [round(i * DEFAULT_OFFSET_STEP_S, 6) for i in range(n + 1)]
+    # The default range stops at half the shortest training recording, so that short data still
+    # leaves most of each recording paired with a label that is not a repeated last one.
+    return [o for o in grid if o * step_rate_hz <= shortest / 2] or [0.0]
 
 
 class Linear(Method):
@@ -81,13 +87,9 @@ class Linear(Method):
         self.task, self.lin, self.threads = ds.task, cfg.linear, cfg.threads
         self.estimator = estimator_name(ds.task, cfg.linear)
         self.grid = list(cfg.linear.grid or DEFAULT_GRID[self.estimator])
-        self.offsets_s = offset_grid(cfg, ds.step_rate_hz)
         rate = ds.step_rate_hz or 0.0
         shortest = min(len(s) for s in ds.split("train"))
-        if cfg.linear.offsets_s is None and cfg.label_delay_s is None:
-            # The default range stops at half the shortest training recording, so that short data
-            # still leaves most of each recording paired with a label that is not a repeated last one.
-            self.offsets_s = [o for o in self.offsets_s if o * rate <= shortest / 2] or [0.0]
+        self.offsets_s = offset_grid(cfg, ds.step_rate_hz, shortest)
         self.offsets = sorted({int(round(o * rate)) for o in self.offsets_s})
         if self.offsets[-1] >= shortest:
             raise DataError(
