@@ -340,8 +340,7 @@ def _baseline_mean(rep: Report, t: TableResult, j: int, m: str) -> float:
     if cell is not None:
         return cell.mean(m)
     name = t.spec.baseline_for(t.columns[j])
-    values = [(r["metrics"].get(t.split) or {}).get(m, float("nan"))
-              for r in rep.collected.get(name or "", {}).values()]
+    values = [results.split_scores(r, t.split).get(m, float("nan")) for r in rep.collected.get(name or "", {}).values()]
     return float(np.mean(values)) if values else float("nan")
 
 

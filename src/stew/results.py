@@ -109,7 +109,8 @@ class TableResult:
         return phrase
 
 
-def _split_scores(row: dict[str, Any], split: str) -> dict[str, float]:
+def split_scores(row: dict[str, Any], split: str) -> dict[str, float]:
+    """A store row's metrics on ``split`` (empty when the run has no scores there, e.g. no test labels)."""
     return row["metrics"].get(split) or {}
 
 
@@ -126,7 +127,7 @@ def headline_split(spec: TableSpec, collected: dict[str, dict[int, dict[str, Any
     rows = [r for g in groups for r in collected.get(g, {}).values()]
     if not rows:  # nothing of this table finished: the data decides through the other tables' runs
         rows = [r for runs in collected.values() for r in runs.values()]
-    return "test" if rows and all(_split_scores(r, "test") for r in rows) else "val"
+    return "test" if rows and all(split_scores(r, "test") for r in rows) else "val"
 
 
 def tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) -> list[TableResult]:
@@ -142,7 +143,7 @@ def tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) 
                 group = fill_col(row.group, col) if row.group else None
                 runs = collected.get(group, {}) if group else {}
                 seeds = sorted(runs)
-                by_split = {sp: {m: [_split_scores(runs[s], sp).get(m, float("nan")) for s in seeds]
+                by_split = {sp: {m: [split_scores(runs[s], sp).get(m, float("nan")) for s in seeds]
                                  for m in spec.metrics} for sp in splits}
                 paper = {m: spec.paper_value(row, col, m) for m in spec.metrics}
                 cell = Cell(group, seeds, by_split, paper, split)
@@ -152,8 +153,8 @@ def tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) 
                     common = [s for s in seeds if s in b]
                     for m in spec.metrics:
                         # On the headline split: a p-value on val would test numbers that chose the models.
-                        ours = [_split_scores(runs[s], split).get(m, float("nan")) for s in common]
-                        theirs = [_split_scores(b[s], split).get(m, float("nan")) for s in common]
+                        ours = [split_scores(runs[s], split).get(m, float("nan")) for s in common]
+                        theirs = [split_scores(b[s], split).get(m, float("nan")) for s in common]
                         p = metrics.paired_ttest(ours, theirs)[1] if len(common) > 1 else float("nan")
                         cell.p[m] = None if np.isnan(p) else float(p)
                 cells.append(cell)
