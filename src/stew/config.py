@@ -58,7 +58,7 @@ class CMStEWConfig(Strict):
     decoder_units: Count | None = None  # [U] None: 250, or 500 when the teacher is 168/632-d video
     # None: the spec's default, 1 for a frame-level audio student (the RECOLA valence audio model) else 2
     # (spec §6.3); an explicit value is honoured for every student.
-    decoder_layers: int | None = Field(default=None, ge=1)
+    decoder_layers: Count | None = None
     teacher_run: Path | None = None  # reuse a unimodal run of the teacher modality as stage 1
 
 
@@ -114,7 +114,7 @@ class LinearConfig(Strict):
     # features at t. None: 0 to 8 s every 0.4 s on frame-level data, 0 on utterance-level data.
     offsets_s: list[NonNeg] | None = Field(default=None, min_length=1)
     class_weight: Literal["balanced", "none"] = "balanced"  # classification: weight classes by 1 / frequency
-    max_iter: int = Field(default=5000, ge=1)
+    max_iter: Count = 5000
 
 
 class TrainConfig(Strict):
