@@ -15,7 +15,7 @@ from torch import nn
 
 from stew.data.dataset import Task
 from stew.models.student import SingleModalityModel
-from stew.objectives import ccc_loss, masked_bce, masked_ce, masked_mse, pcc_loss
+from stew.objectives import ccc_loss, l2_penalty, masked_bce, masked_ce, masked_mse, pcc_loss
 
 
 class Method(nn.Module):
@@ -33,6 +33,17 @@ class Method(nn.Module):
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
+
+    def l2_regularised(
+        self, loss: torch.Tensor, parts: dict[str, torch.Tensor], l2: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``loss + l2 * R(theta)``, R = 1/2 ||theta||^2 over the trainable parameters (EmoBed's lambda,
+        emobed_cermtl spec §1.3-1.4); R is logged as ``parts["l2"]``. ``l2 = 0`` leaves the loss as it is."""
+        if l2:
+            penalty = l2_penalty(self.trainable_parameters())
+            loss = loss + l2 * penalty
+            parts["l2"] = penalty.detach()
+        return loss, parts
 
     def extra_record(self) -> dict:
         """Method-specific facts written to metrics.json (e.g. the teacher used)."""

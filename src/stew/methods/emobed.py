@@ -35,7 +35,7 @@ from stew.errors import DataError
 from stew.methods.base import Method, prediction_loss
 from stew.models.encoders import EncoderSpec, build_encoder
 from stew.models.student import SingleModalityModel, StudentSpec
-from stew.objectives import crossmodal_triplet_loss, l2_penalty, labels_to_classes, quantile_edges
+from stew.objectives import crossmodal_triplet_loss, labels_to_classes, quantile_edges
 
 if TYPE_CHECKING:
     from stew.config import EmoBedConfig, TrainConfig
@@ -80,7 +80,7 @@ class EmoBed(Method):
                                       self.loss_name)
         loss, parts = target_loss, {"prediction": target_loss.detach()}
         if not (self.alpha or self.beta):
-            return self._regularised(loss, parts)
+            return self.l2_regularised(loss, parts, self.l2)
 
         aux = self._aux_batch(batch)
         valid_x = aux["mask"] & aux["present"][self.aux]
@@ -97,14 +97,7 @@ class EmoBed(Method):
             )
             loss = loss + self.beta * triplet_loss
             parts["triplet"] = triplet_loss.detach()
-        return self._regularised(loss, parts)
-
-    def _regularised(self, loss: torch.Tensor, parts: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.l2:
-            penalty = l2_penalty(self.trainable_parameters())
-            loss = loss + self.l2 * penalty
-            parts["l2"] = penalty.detach()
-        return loss, parts
+        return self.l2_regularised(loss, parts, self.l2)
 
     def _aux_batch(self, batch: dict) -> dict:
         """The same windows (paired) or as many windows drawn independently from the training set."""

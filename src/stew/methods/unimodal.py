@@ -13,7 +13,6 @@ import torch
 
 from stew.methods.base import Method, prediction_loss
 from stew.models.student import SingleModalityModel, StudentSpec
-from stew.objectives import l2_penalty
 
 
 class Unimodal(Method):
@@ -26,12 +25,7 @@ class Unimodal(Method):
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.student(batch["x"][self.student.spec.modality], batch["mask"])
         loss = prediction_loss(out, batch["y"], batch["mask"], self.student.spec.task, self.loss_name)
-        parts = {"prediction": loss.detach()}
-        if self.l2:
-            penalty = l2_penalty(self.trainable_parameters())
-            loss = loss + self.l2 * penalty
-            parts["l2"] = penalty.detach()
-        return loss, parts
+        return self.l2_regularised(loss, {"prediction": loss.detach()}, self.l2)
 
     def extra_record(self) -> dict:
         return {"l2": self.l2} if self.l2 else {}
