@@ -9,6 +9,7 @@ total, elapsed, time left), and the training loop one line per epoch milestone.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
@@ -38,6 +39,11 @@ def line(console: Console, message: str) -> None:
 def say(message: str) -> None:
     """One plain line on the library's console (see ``use``)."""
     line(_console, message)
+
+
+def sayer(enabled: bool) -> Callable[[str], None]:
+    """``say`` when a run reports progress, else a no-op: runs inside rank/transfer/reproduce stay quiet."""
+    return say if enabled else (lambda _message: None)
 
 
 def clock(seconds: float) -> str:

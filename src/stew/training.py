@@ -536,7 +536,7 @@ def _fit_grid(candidates: list[TrainConfig], ds: Dataset, work: Path) -> dict:
     """One run per grid point (CM-StEW's alpha x beta), announced: the grid multiplies the run's time.
 
     Returns the best on validation, every candidate's score recorded in its ``selection["grid"]``."""
-    say = progress.say if candidates[0].progress else (lambda _: None)
+    say = progress.sayer(candidates[0].progress)
     n, t0 = len(candidates), time.monotonic()
     say(f"alpha/beta grid: {n} candidates on validation, each trained like one run")
     results = []

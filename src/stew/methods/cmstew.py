@@ -113,7 +113,7 @@ def prepare(cfg: TrainConfig, ds: Dataset, work: Path) -> TrainConfig:
     if c.teacher_run is None:
         teacher_dir = work / "teacher"
         # Announced: stage 1 is a whole training run before CM-StEW itself starts (minutes, silent before).
-        say = progress.say if cfg.progress else (lambda _: None)
+        say = progress.sayer(cfg.progress)
         t0 = time.monotonic()
         say(f"stage 1: training the stronger modality's teacher ({cfg.teacher}, Bi-GRU + TE) -> {teacher_dir}")
         run(teacher_config(cfg, teacher_dir), ds)
