@@ -17,11 +17,13 @@ pickle is ever written.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from scipy.linalg import LinAlgWarning
 from scipy.special import expit, softmax
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.svm import LinearSVR
@@ -186,7 +188,11 @@ class Linear(Method):
         if estimator == "ridge":
             # Ridge fits many targets in one solve: every offset's labels are columns of one matrix.
             stacked = np.concatenate([labels[k] for k in offsets], axis=1)
-            fitted = Ridge(alpha=strength).fit(x, stacked)
+            # The weakest alphas of the grid are near-singular on 600+ correlated features; scipy warns,
+            # validation then rejects them. The warning would only alarm the user.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", LinAlgWarning)
+                fitted = Ridge(alpha=strength).fit(x, stacked)
             n_t = labels[offsets[0]].shape[1]
             coef, icpt = fitted.coef_.reshape(-1, x.shape[1]), np.broadcast_to(fitted.intercept_, (stacked.shape[1],))
             return {k: (coef[i * n_t:(i + 1) * n_t], icpt[i * n_t:(i + 1) * n_t]) for i, k in enumerate(offsets)}
