@@ -1,10 +1,20 @@
 """stew's in-memory data model.
 
 A :class:`Dataset` is a list of :class:`Sequence` objects. A sequence is one recording (RECOLA: 7,500
-frames of 40 ms) or one video of utterances (CMU-MOSI). Every sequence carries, per modality, a
-``[T, d_m]`` float32 feature array and a ``[T]`` boolean mask that is False where the modality is
-missing at that step (face not found, utterance without audio). Targets are ``[T, n_targets]``
-float32; for classification the single target column holds the class index.
+frames of 40 ms), one video of utterances (CMU-MOSI), one utterance (IEMOCAP) or one audio clip.
+Every sequence carries, per modality, a ``[T_m, d_m]`` float32 feature array and a ``[T_m]`` boolean
+mask that is False where the modality is missing at that step (face not found, utterance without
+audio). Targets are ``[T, n_targets]`` float32; for classification the single target column holds
+the class index.
+
+Two label levels (``Dataset.label_level``):
+
+- ``"step"``: one label per step, and every modality on the labels' step grid (``T_m == T``): RECOLA
+  frames, MOSI utterances. Methods that pair steps across modalities (SEW, CM-StEW, EmoBed, CER-MTL)
+  need this.
+- ``"sequence"``: one label per sequence (``T == 1``) and each modality on its own clock and length
+  (IEMOCAP: 1,000 MFCC frames, 32 video frames, 128 tokens; a clip's waveform or feature frames).
+  A modality absent from a sequence is one masked step of zeros, never a zero-length array.
 """
 
 from __future__ import annotations
@@ -15,13 +25,17 @@ from typing import Literal
 
 import numpy as np
 
+from stew.errors import DataError
+
 Task = Literal["regression", "binary", "multiclass"]
+LabelLevel = Literal["step", "sequence"]
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class Sequence:
-    """One recording or video: aligned per-modality features, targets and step ids."""
+    """One recording, video, utterance or clip: per-modality features and masks, targets, step ids
+    (one id per label row)."""
 
     id: str
     group: str
@@ -37,6 +51,10 @@ class Sequence:
     def with_split(self, split: str) -> Sequence:
         return replace(self, split=split)
 
+    def length(self, modality: str) -> int:
+        """Steps of ``modality`` in this sequence (its own clock on sequence-level data)."""
+        return int(self.features[modality].shape[0])
+
 
 @dataclass
 class Dataset:
@@ -51,6 +69,7 @@ class Dataset:
     label_range: tuple[float, float] | None = None
     step_rate_hz: float | None = None
     meta: dict = field(default_factory=dict)
+    label_level: LabelLevel = "step"
 
     def split(self, name: str) -> list[Sequence]:
         return [s for s in self.sequences if s.split == name]
@@ -63,6 +82,22 @@ class Dataset:
 
     def n_steps(self, split: str | None = None) -> int:
         return sum(len(s) for s in self.sequences if split is None or s.split == split)
+
+    @property
+    def aligned(self) -> bool:
+        """Every modality on the labels' step grid in every sequence (always so for step-level data)."""
+        return all(s.length(m) == len(s) for s in self.sequences for m in self.modalities)
+
+    def require_aligned(self, what: str) -> None:
+        """A one-line DataError when ``what`` (a method) needs the modalities on one step grid."""
+        for s in self.sequences:
+            lengths = {m: s.length(m) for m in self.modalities}
+            if any(n != len(s) for n in lengths.values()):
+                shown = ", ".join(f"{m} {n}" for m, n in lengths.items())
+                raise DataError(
+                    f"{what} pairs steps across modalities, but dataset {self.name!r} is not aligned "
+                    f"(sequence {s.id!r}: {len(s)} label rows; steps {shown})"
+                )
 
     def replace_sequences(self, sequences: Iterable[Sequence]) -> Dataset:
         return replace(self, sequences=list(sequences))
@@ -85,6 +120,8 @@ class Dataset:
         unknown = [m for m in names if m not in self.modalities]
         if unknown or len(names) < 2:
             raise ValueError(f"cannot fuse {names}: the data has {list(self.modalities)}")
+        if not self.select_modalities(names).aligned:
+            raise ValueError(f"cannot fuse {names}: their steps are not aligned (each has its own length)")
         name = "+".join(names)
         seqs = []
         for s in self.sequences:
