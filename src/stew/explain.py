@@ -1,0 +1,312 @@
+"""LIME for raw-audio regressors (spec §3.7, SoundLIME/SLIME) and the true-vs-predicted analysis plot (§3.6).
+
+The interpretable representation is a binary vector over contiguous time segments ("super-samples"); a
+perturbation keeps the segments whose bit is 1 and zero-fills the rest. The surrogate is fitted by
+``lime.lime_base.LimeBase`` so the ridge, its weighted R^2 and the sorting are exactly lime's:
+
+- ``feature_selection="none"``: every segment is in the explanation (spec: 10 features of 10). lime's
+  ``"auto"`` (SLIME's setting) picks ``highest_weights`` for 10 features, which selects the same full set.
+- The surrogate is LimeBase's default ``Ridge(alpha=1, fit_intercept=True)``; the spec leaves alpha open
+  and names sklearn's default, 1.0.
+- LimeBase does not compute distances or the kernel: it calls ``kernel_fn(distances)``. We pass the
+  spec's eq. 3.5, ``exp(-d^2 / sigma^2)``. lime_image (which SLIME patched) uses
+  ``sqrt(exp(-d^2 / w^2)) = exp(-d^2 / (2 w^2))``, i.e. the spec's kernel with sigma = w * sqrt(2); with
+  cosine distances in [0, 1] and sigma = 25 both are flat to within 0.2 %, so the choice barely matters.
+- Its returned weights are sorted by |weight| descending (the spec's "sort by |coefficient|"), ties in
+  segment order, and keep their sign.
+
+No torch here: ``predict`` is any function from a batch of waveforms to one score per waveform.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stew.atomic import write_atomic, write_text_atomic
+from stew.errors import DataError
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+# §3.6 category names, in the thesis's numbering (1-4).
+CATEGORIES: tuple[str, ...] = (
+    "same_polarity_close",  # 1: same polarity and |y - y_hat| <= epsilon
+    "true_pos_pred_neg",  # 2: y >= 0, y_hat < 0
+    "true_neg_pred_pos",  # 3: y < 0, y_hat >= 0
+    "same_polarity_far",  # 4: same polarity and |y - y_hat| > epsilon
+)
+
+
+@dataclass
+class Explanation:
+    """One clip's LIME explanation; ``segments`` is sorted most relevant (largest |weight|) first."""
+
+    segments: list[dict[str, Any]]  # {"index", "start_s", "end_s", "weight"}
+    intercept: float
+    score: float  # LimeBase's weighted R^2 on the perturbations (sklearn gives 1.0 when every score is equal)
+    prediction: float  # predict() on the unperturbed clip (the raw score, whatever ``target``)
+    local_prediction: float  # the surrogate at the all-ones vector, on the ``target`` scale
+    target: str = "score"  # "score" (raw output) or "p_pos" ((1 + score) / 2, spec eq. 3.7)
+    sample_rate: int = 0
+    n_samples: int = 0
+    kernel_width: float = 25.0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (``segments`` first)."""
+        d = asdict(self)
+        return {"segments": d.pop("segments"), **d}
+
+    def to_json(self) -> str:
+        """JSON text; NaN/inf are refused rather than written as invalid JSON."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+def segment_bounds(n: int, sr: int, segment_s: float = 3.0, n_segments: int | None = None) -> list[tuple[int, int]]:
+    """Sample ranges [start, end) of the super-samples of an ``n``-sample clip.
+
+    With ``n_segments`` the clip is split into that many near-equal contiguous parts (``segment_s`` is
+    ignored). Otherwise it is cut into consecutive ``segment_s`` parts; a last partial part becomes its
+    own, shorter segment if it is at least half a segment long and is merged into the previous segment
+    otherwise (so a few samples of rounding never become a feature of their own).
+    """
+    if n_segments is not None:
+        if n_segments < 1:
+            raise ValueError(f"n_segments must be at least 1, got {n_segments}")
+        if n < n_segments:
+            raise DataError(f"the clip has {n} samples, fewer than n_segments={n_segments}")
+        edges = np.linspace(0, n, n_segments + 1).round().astype(int)
+        return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    if not segment_s > 0:
+        raise ValueError(f"segment_s must be positive, got {segment_s}")
+    seg = int(round(segment_s * sr))
+    if seg < 1:
+        raise ValueError(f"segment_s={segment_s} s is shorter than one sample at {sr} Hz")
+    if n < seg:
+        raise DataError(f"the clip is {n / sr:.3g} s long, shorter than one {segment_s:g} s super-sample")
+    full, rest = divmod(n, seg)
+    bounds = [(i * seg, (i + 1) * seg) for i in range(full)]
+    if rest * 2 >= seg:
+        bounds.append((full * seg, n))
+    elif rest:
+        bounds[-1] = (bounds[-1][0], n)
+    return bounds
+
+
+def _cosine_to_ones(masks: np.ndarray) -> np.ndarray:
+    """Cosine distance of each binary mask to the all-ones vector: 1 - sqrt(k / n) for k ones of n.
+
+    Closed form of sklearn's pairwise cosine distance to x' = 1; the all-zeros mask (cosine undefined)
+    gets distance 1, as sklearn gives it, so no NaN reaches the kernel.
+    """
+    n = masks.shape[1]
+    return 1.0 - np.sqrt(masks.sum(axis=1) / n)
+
+
+def _scores(out: Any, rows: int) -> np.ndarray:
+    """predict's output as a float vector of length ``rows``, or a DataError saying what was wrong."""
+    arr = np.asarray(out, dtype=np.float64)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.shape != (rows,):
+        raise DataError(
+            f"predict returned shape {np.shape(out)} for a batch of {rows}; expected ({rows},) or ({rows}, 1)"
+        )
+    if not np.isfinite(arr).all():
+        raise DataError(f"predict returned {int((~np.isfinite(arr)).sum())} non-finite scores in a batch of {rows}")
+    return arr
+
+
+def explain_clip(
+    predict: Predict,
+    wave: np.ndarray,
+    sr: int,
+    *,
+    segment_s: float = 3.0,
+    n_segments: int | None = None,
+    n_samples: int = 2000,
+    kernel_width: float = 25.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    positive_probability: bool = False,
+) -> Explanation:
+    """Explain ``predict(wave)`` with LIME over time segments (spec §3.7).
+
+    ``predict`` maps a float32 batch (batch, samples) to (batch,) or (batch, 1) scores and is called
+    ``ceil(n_samples / batch_size)`` times; row 0 of the first batch is the unperturbed clip. Pass the clip
+    exactly as the model sees it (e.g. already RMS-normalised): the perturbations zero-fill that signal.
+    ``positive_probability`` explains P_pos = (1 + score) / 2 (eq. 3.7, the thesis's scale); since ridge
+    is linear in its targets, that halves every weight and keeps the order.
+    """
+    from lime.lime_base import LimeBase  # lime pulls in sklearn: import only when explaining
+
+    if n_samples < 2:
+        raise ValueError(f"n_samples must be at least 2 (the unperturbed clip plus one perturbation), got {n_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not kernel_width > 0:
+        raise ValueError(f"kernel_width must be positive, got {kernel_width}")
+    if sr < 1:
+        raise ValueError(f"sample rate must be positive, got {sr}")
+    x = np.asarray(wave, dtype=np.float32)
+    if x.ndim == 2 and x.shape[1] == 1:  # the spec's (samples, 1) layout
+        x = x[:, 0]
+    if x.ndim != 1:
+        raise DataError(f"expected a mono waveform (samples,) or (samples, 1), got shape {np.shape(wave)}")
+    if not np.isfinite(x).all():
+        raise DataError("the waveform holds NaN or infinite samples")
+
+    bounds = segment_bounds(len(x), sr, segment_s, n_segments)
+    n_feat = len(bounds)
+    seg_of_sample = np.repeat(np.arange(n_feat), [b - a for a, b in bounds])
+
+    # SLIME draws each bit uniformly; row 0 is the original clip, which LimeBase requires.
+    rng = np.random.default_rng(seed)
+    masks = rng.integers(0, 2, size=(n_samples, n_feat), dtype=np.int8)
+    masks[0] = 1
+
+    scores = np.empty(n_samples)
+    for lo in range(0, n_samples, batch_size):
+        m = masks[lo : lo + batch_size]
+        batch = x[None, :] * m[:, seg_of_sample].astype(np.float32)
+        scores[lo : lo + len(m)] = _scores(predict(batch), len(m))
+
+    labels = (1.0 + scores) / 2.0 if positive_probability else scores
+    width = float(kernel_width)
+    base = LimeBase(kernel_fn=lambda d: np.exp(-(d**2) / width**2), random_state=seed)
+    intercept, ranked, r2, local = base.explain_instance_with_data(
+        masks.astype(np.float64),
+        labels[:, None],
+        _cosine_to_ones(masks),
+        label=0,
+        num_features=n_feat,
+        feature_selection="none",
+    )
+    segments = [
+        {"index": int(i), "start_s": bounds[i][0] / sr, "end_s": bounds[i][1] / sr, "weight": float(w)}
+        for i, w in ranked
+    ]
+    return Explanation(
+        segments=segments,
+        intercept=float(intercept),
+        score=float(r2),
+        prediction=float(scores[0]),
+        local_prediction=float(np.ravel(local)[0]),
+        target="p_pos" if positive_probability else "score",
+        sample_rate=int(sr),
+        n_samples=int(n_samples),
+        kernel_width=width,
+        seed=int(seed),
+    )
+
+
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    # A bare Figure renders with Agg on savefig and never touches pyplot's global backend state.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return fig, fig.subplots()
+
+
+def _save_png(fig: Any, out: Path) -> None:
+    write_atomic(out, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def write_explanation(expl: Explanation, wave: np.ndarray, sr: int, out_dir: Path, top: int = 3) -> tuple[Path, Path]:
+    """Write ``out_dir/explanation.json`` and ``out_dir/explanation.png``, each atomically.
+
+    The PNG is the log-magnitude (dB) spectrogram with the ``top`` most relevant segments shaded, red
+    for a positive weight (towards a higher score) and blue for a negative one.
+    """
+    from scipy.signal import stft
+
+    if top < 0:
+        raise ValueError(f"top must be non-negative, got {top}")
+    x = np.asarray(wave, dtype=np.float64).reshape(-1)
+    out_dir = Path(out_dir)
+    json_path, png_path = out_dir / "explanation.json", out_dir / "explanation.png"
+
+    nperseg = max(16, min(len(x), 2 ** int(round(math.log2(max(sr * 0.032, 16))))))  # ~32 ms windows
+    f, t, z = stft(x, fs=sr, nperseg=nperseg, noverlap=nperseg // 2, boundary=None, padded=False)
+    db = 20 * np.log10(np.maximum(np.abs(z), 1e-10))  # floor: a silent clip gives a flat image, not -inf
+    fig, ax = _figure(10, 4)
+    # Grey image so the red/blue spans stand out; an 80 dB range keeps near-empty bins from washing it out.
+    img = ax.imshow(db, origin="lower", aspect="auto", cmap="gray_r", vmin=float(db.max()) - 80, vmax=float(db.max()),
+                    extent=(0.0, len(x) / sr, float(f[0]), float(f[-1])))
+    fig.colorbar(img, ax=ax, label="dB")
+    for seg in expl.segments[:top]:
+        colour = "tab:red" if seg["weight"] >= 0 else "tab:blue"
+        ax.axvspan(seg["start_s"], seg["end_s"], color=colour, alpha=0.3, lw=0)
+        ax.text((seg["start_s"] + seg["end_s"]) / 2, float(f[-1]), f"{seg['index']}\n{seg['weight']:+.3g}",
+                ha="center", va="top", fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+    for seg in expl.segments:  # segment borders, so unshaded super-samples are visible too
+        ax.axvline(seg["start_s"], color="black", lw=0.5, alpha=0.4)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("frequency (Hz)")
+    ax.set_title(f"LIME, top {min(top, len(expl.segments))} super-samples (red +, blue -); "
+                 f"prediction {expl.prediction:.3g}, R^2 {expl.score:.3g}")
+    write_text_atomic(json_path, expl.to_json())
+    _save_png(fig, png_path)
+    return json_path, png_path
+
+
+def analysis_categories(y_true: np.ndarray, y_pred: np.ndarray, epsilon: float = 0.5) -> np.ndarray:
+    """The §3.6 category (1-4) of each clip; 0 counts as positive, as when binarising at 0 (§0.7).
+
+    1: same polarity, |y - y_hat| <= epsilon; 2: y >= 0 > y_hat; 3: y < 0 <= y_hat;
+    4: same polarity, |y - y_hat| > epsilon.
+    """
+    y = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    p = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"y_true has {y.size} values but y_pred has {p.size}")
+    if not (np.isfinite(y).all() and np.isfinite(p).all()):
+        raise ValueError("y_true and y_pred must be finite")
+    if not epsilon >= 0:
+        raise ValueError(f"epsilon must be non-negative, got {epsilon}")
+    pos_y, pos_p = y >= 0, p >= 0
+    close = np.abs(y - p) <= epsilon
+    return np.select([pos_y & ~pos_p, ~pos_y & pos_p, close], [2, 3, 1], default=4)
+
+
+def analysis_plot(y_true: np.ndarray, y_pred: np.ndarray, out_png: Path, epsilon: float = 0.5) -> dict[str, int]:
+    """Write the §3.6 true-vs-predicted plot to ``out_png`` (atomically) and return the category counts.
+
+    Opposite-polarity quadrants are shaded yellow, with reference lines y = x and y = x +- epsilon; points
+    are coloured by category. The keys are :data:`CATEGORIES` (categories 1-4 in order) plus ``"total"``.
+    """
+    cats = analysis_categories(y_true, y_pred, epsilon)
+    y = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    p = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    counts = {name: int((cats == k).sum()) for k, name in enumerate(CATEGORIES, start=1)}
+    counts["total"] = int(cats.size)
+
+    lim = max(1.0, float(np.abs(np.concatenate([y, p])).max(initial=0.0))) * 1.05
+    fig, ax = _figure(6, 6.8)
+    ax.fill_between([0, lim], -lim, 0, color="yellow", alpha=0.25, lw=0)
+    ax.fill_between([-lim, 0], 0, lim, color="yellow", alpha=0.25, lw=0)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    line = np.array([-lim, lim])
+    ax.plot(line, line, color="black", lw=1, label="y = x")
+    ax.plot(line, line + epsilon, color="black", lw=1, ls="--", label=f"y = x ± {epsilon:g}")
+    ax.plot(line, line - epsilon, color="black", lw=1, ls="--")
+    colours = ("tab:green", "tab:orange", "tab:purple", "tab:red")
+    for k, (name, colour) in enumerate(zip(CATEGORIES, colours, strict=True), start=1):
+        sel = cats == k
+        ax.scatter(y[sel], p[sel], s=20, color=colour, edgecolors="black", linewidths=0.3,
+                   label=f"{k}: {name} ({counts[name]})")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=7)  # outside: no point hidden
+    _save_png(fig, Path(out_png))
+    return counts
