@@ -59,6 +59,37 @@ def tiny_utterances(seed: int = 0, n_videos: int = 24) -> Dataset:
                    sequences=seqs, n_classes=2)
 
 
+def tiny_clips(seed: int = 0, n: int = 48, task: str = "multiclass") -> Dataset:
+    """One label per sequence, modalities on their own clocks: 'long' (10-30 steps) carries the class
+    clearly, 'short' (2-6 steps) weakly; 'short' is absent (one masked step) from every 8th clip."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for i in range(n):
+        c = int(rng.integers(0, 3)) if task == "multiclass" else int(rng.integers(0, 2))
+        t_long, t_short = int(rng.integers(10, 31)), int(rng.integers(2, 7))
+        long = rng.normal(0, 1, (t_long, 4)).astype(np.float32)
+        long[:, c] += 1.5
+        short = rng.normal(0, 1, (t_short, 3)).astype(np.float32)
+        short[:, c % 3] += 0.5
+        present_short = np.ones(t_short, bool)
+        if i % 8 == 7:
+            short, present_short = np.zeros((1, 3), np.float32), np.zeros(1, bool)
+        split = "train" if i < n * 0.6 else "val" if i < n * 0.8 else "test"
+        sid = f"clip{i:03d}"
+        seqs.append(Sequence(
+            id=sid, group=sid, split=split, features={"long": long, "short": short},
+            masks={"long": np.ones(t_long, bool), "short": present_short},
+            targets=np.array([[c]], np.float32), step_ids=[sid],
+        ))
+    return Dataset(name="tiny-clips", task=task, targets=["emotion"], modalities={"long": 4, "short": 3},
+                   sequences=seqs, n_classes=3 if task == "multiclass" else 2, label_level="sequence")
+
+
+@pytest.fixture
+def clips_dir(tmp_path: Path) -> Path:
+    return write_native(tiny_clips(), tmp_path / "clips")
+
+
 @pytest.fixture
 def frames_dir(tmp_path: Path) -> Path:
     return write_native(tiny_frames(), tmp_path / "frames")

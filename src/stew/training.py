@@ -46,7 +46,7 @@ from stew.errors import DataError
 from stew.methods.base import Method
 from stew.models.encoders import EncoderSpec
 from stew.models.heads import HeadSpec
-from stew.models.student import StudentSpec
+from stew.models.student import StudentSpec, masked_mean
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -95,7 +95,11 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
             upd["loss"] = "ccc"  # the paper's best loss (spec §2.6)
     elif (cfg.loss in ("bce",)) != (ds.task == "binary") or (cfg.loss == "ce") != (ds.task == "multiclass"):
         raise DataError(f"--loss {cfg.loss} does not fit a {ds.task} task")
-    frame_level = ds.step_rate_hz is not None
+    # Sequence-level labels (a clip, an utterance) are never windowed or delayed, whatever the frame rate.
+    frame_level = ds.step_rate_hz is not None and ds.label_level == "step"
+    if cfg.method in STEP_PAIRING:
+        names = [m for m in (upd.get("modality", cfg.modality), cfg.teacher) if m is not None]
+        ds.select_modalities(names).require_aligned(f"--method {cfg.method}")
     if cfg.postprocess and not (frame_level and ds.task == "regression"):
         raise DataError("--postprocess needs continuous (frame-level regression) data")
     if cfg.method == "linear" and cfg.loss in ("ccc", "pcc"):
@@ -119,6 +123,11 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
         elif cfg.method == "cermtl":
             upd["lr"] = 5e-5  # spec §2.5
     return cfg.model_copy(update=upd)
+
+
+# Methods that pair step t of one modality with step t of another (alignment, translation, triplets,
+# shared back-ends) or with the label at step t (CER-MTL's feature images): they need aligned steps.
+STEP_PAIRING = ("sew", "cmstew", "cermtl", *EMOBED_MODES)
 
 
 def target_names(cfg: TrainConfig, ds: Dataset) -> list[str]:
@@ -154,7 +163,8 @@ def student_spec(cfg: TrainConfig, ds: Dataset, modality: str, arch: str | None 
         enc = EncoderSpec(kind="gru", d_in=d_in, gru_units=e.units, gru_layers=e.embed_layers, dropout=cfg.dropout)
         head = HeadSpec(kind="gru", d_in=e.units, n_out=n_out, gru_units=e.units, gru_layers=e.shared_layers,
                         dropout=cfg.dropout)
-        return StudentSpec(modality=modality, task=ds.task, targets=targets, encoder=enc, head=head)
+        return StudentSpec(modality=modality, task=ds.task, targets=targets, encoder=enc, head=head,
+                           pool="mean" if ds.label_level == "sequence" else "none")
     # Spec §6.3: one Bi-GRU layer for the RECOLA audio models and the MOSI text model, two otherwise.
     one_layer = modality == "text" or (ds.step_rate_hz is not None and modality == "audio")
     enc = EncoderSpec(
@@ -166,7 +176,8 @@ def student_spec(cfg: TrainConfig, ds: Dataset, modality: str, arch: str | None 
         kind="gru4" if arch == "gru4" else "classifier", d_in=enc.out_dim, n_out=n_out,
         hidden=cfg.clf_hidden, dropout=cfg.clf_dropout,
     )
-    return StudentSpec(modality=modality, task=ds.task, targets=targets, encoder=enc, head=head)
+    return StudentSpec(modality=modality, task=ds.task, targets=targets, encoder=enc, head=head,
+                       pool="mean" if ds.label_level == "sequence" else "none")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,12 +217,13 @@ def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
     targets = target_names(cfg, ds)
     cols = [ds.targets.index(t) for t in targets]
     scaler = Standardizer.fit(ds.split("train"), modalities)
-    k = delay_steps(cfg.label_delay_s or 0.0, ds.step_rate_hz)
+    rate = ds.step_rate_hz if ds.label_level == "step" else None  # one label per sequence: no windows
+    k = delay_steps(cfg.label_delay_s or 0.0, rate)
     parts = {sp: prepare(ds.split(sp), modalities, cols, scaler, k) for sp in ("train", "val", "test")}
     return Bundle(
         ds=ds, modalities=modalities, targets=targets, scaler=scaler, k_delay=k,
-        win=steps_for(cfg.window_s, ds.step_rate_hz), hop=steps_for(cfg.hop_s, ds.step_rate_hz),
-        eval_win=steps_for(cfg.eval_window_s, ds.step_rate_hz), **parts,
+        win=steps_for(cfg.window_s, rate), hop=steps_for(cfg.hop_s, rate),
+        eval_win=steps_for(cfg.eval_window_s, rate), **parts,
     )
 
 
@@ -226,7 +238,8 @@ def predict_sequences(method: Method, seqs: list[PreparedSequence], bundle: Bund
 def score(preds: list[np.ndarray], seqs: list[PreparedSequence], bundle: Bundle) -> dict[str, float]:
     cols = bundle.target_cols
     y = np.concatenate([s.source.targets[:, cols] for s in seqs])
-    ids = np.concatenate([[i] * len(s.y) for i, s in enumerate(seqs)])
+    # Per-sequence CCC needs several steps per sequence; with one label per sequence there is none.
+    ids = np.concatenate([[i] * len(s.y) for i, s in enumerate(seqs)]) if bundle.ds.label_level == "step" else None
     return metrics.task_metrics(bundle.task, bundle.targets, y, np.concatenate(preds), sequence_ids=ids)
 
 
@@ -617,7 +630,10 @@ class _EncoderOutputs(torch.nn.Module):
         self.student = student
 
     def predict(self, batch: dict) -> torch.Tensor:
-        return self.student.encoder(batch["x"][self.student.spec.modality], batch["mask"])
+        m = self.student.spec.modality
+        if self.student.spec.pool == "mean":
+            return masked_mean(self.student.encoder(batch["x"][m], batch["present"][m]), batch["present"][m])
+        return self.student.encoder(batch["x"][m], batch["mask"])
 
 
 LATENT_STEPS = 2000  # validation steps kept in latents.npz: enough for the report's 2-D projection
@@ -629,7 +645,10 @@ def validation_latents(method: Method, bundle: Bundle, max_steps: int = LATENT_S
     seqs = bundle.val
     z = np.concatenate(predict_windows(_EncoderOutputs(method.student), seqs, bundle.eval_win, bundle.k_delay))
     modality = method.student.spec.modality
-    present = np.concatenate([s.present[modality].numpy() for s in seqs]).astype(bool)
+    if method.student.spec.pool == "mean":  # one latent per sequence: present if any of its steps is
+        present = np.array([bool(s.present[modality].any()) for s in seqs])
+    else:
+        present = np.concatenate([s.present[modality].numpy() for s in seqs]).astype(bool)
     y = np.concatenate([s.source.targets[:, bundle.target_cols[0]] for s in seqs])
     step = np.concatenate([np.arange(len(s.y)) for s in seqs])
     seq = np.concatenate([[i] * len(s.y) for i, s in enumerate(seqs)])

@@ -95,7 +95,7 @@ class Dataset:
             if any(n != len(s) for n in lengths.values()):
                 shown = ", ".join(f"{m} {n}" for m, n in lengths.items())
                 raise DataError(
-                    f"{what} pairs steps across modalities, but dataset {self.name!r} is not aligned "
+                    f"{what} needs each modality on the labels' steps, but dataset {self.name!r} is not aligned "
                     f"(sequence {s.id!r}: {len(s)} label rows; steps {shown})"
                 )
 

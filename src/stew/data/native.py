@@ -15,6 +15,7 @@ Layout::
     label_range: [-1.0, 1.0]    # regression only
     n_classes: 2                # binary (2) / multiclass only
     step_rate_hz: 25.0          # frames; null for utterance-level data
+    label_level: step           # step (default) | sequence: one label per sequence (see below)
     index: index.parquet
     modalities:
       audio: {dim: 88, file: audio.parquet}
@@ -23,6 +24,11 @@ Every table may be ``.parquet`` or ``.npz`` (an NPZ holds one array per column; 
 2-D array named ``features`` instead of ``f0..``). Rows of a modality table must carry the same
 ``(sequence, step)`` keys, in the same order, as the index. The optional boolean ``present`` column
 is the missing-step mask; without it a step whose features are all zero counts as missing.
+
+With ``label_level: sequence`` (one label per clip or utterance) the index has one row per sequence
+(``step`` 0), and each modality table has its own steps: rows ``(sequence, 0..T_m-1)`` grouped by
+sequence, every sequence named in the index. A sequence absent from a modality table has that
+modality missing (one masked step of zeros).
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class Manifest(_Strict):
     label_range: tuple[float, float] | None = None  # regression only
     n_classes: int | None = Field(default=None, ge=2)
     step_rate_hz: float | None = Field(default=None, gt=0)  # None: utterance-level data
+    label_level: Literal["step", "sequence"] = "step"
     index: str = Field(min_length=1)
     modalities: dict[str, ModalitySpec] = Field(min_length=1)
     meta: dict[str, Any] | None = None
@@ -155,18 +162,32 @@ def read_native(root: Path) -> Dataset:
     y = np.stack([np.asarray(idx[t], dtype=np.float64) for t in targets], axis=1)
     check_labels(y, ipath, targets, label_range=label_range, n_classes=n_classes if task != "regression" else None)
 
+    if man.label_level == "sequence":
+        bad_step = np.flatnonzero(step_col != 0)
+        if bad_step.size:
+            raise DataError("label_level sequence: the index has one row per sequence, with step 0",
+                            file=ipath, row=int(bad_step[0]) + 1, column="step")
     feats: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
     dims: dict[str, int] = {}
+    own_steps: dict[str, dict[str, slice]] = {}  # sequence-level data: each modality's rows per sequence
     for mod, spec in man.modalities.items():
         fpath = root / spec.file
         cols = _read_table(fpath)
         for c in ("sequence", "step"):
             if c not in cols:
                 raise DataError(f"lacks column '{c}'", file=fpath, column=c)
+        mseq, mstep = cols["sequence"].astype(str), np.asarray(cols["step"]).astype(np.int64)
+        x, names = _feature_matrix(cols, fpath)
+        check_dim(x.shape[1], spec.dim, fpath)
+        check_finite(x, fpath, names)
+        feats[mod], dims[mod] = x.astype(np.float32), x.shape[1]
+        present[mod] = cols["present"].astype(bool) if "present" in cols else np.any(x != 0, axis=1)
+        if man.label_level == "sequence":
+            own_steps[mod] = _own_steps(mseq, mstep, set(seq_col), fpath)
+            continue
         if len(cols["sequence"]) != len(keys):
             raise DataError(f"{len(cols['sequence'])} rows but the index has {len(keys)}", file=fpath)
-        mseq, mstep = cols["sequence"].astype(str), np.asarray(cols["step"]).astype(np.int64)
         mismatch = np.flatnonzero((mseq != seq_col) | (mstep != step_col))
         if mismatch.size:
             r = int(mismatch[0])
@@ -174,11 +195,6 @@ def read_native(root: Path) -> Dataset:
                 f"ids disagree with the index ({mseq[r]}/{mstep[r]} vs {seq_col[r]}/{step_col[r]})",
                 file=fpath, row=r + 1, column="sequence,step",
             )
-        x, names = _feature_matrix(cols, fpath)
-        check_dim(x.shape[1], spec.dim, fpath)
-        check_finite(x, fpath, names)
-        feats[mod], dims[mod] = x.astype(np.float32), x.shape[1]
-        present[mod] = cols["present"].astype(bool) if "present" in cols else np.any(x != 0, axis=1)
 
     sequences = []
     order = np.lexsort((step_col, seq_col))
@@ -193,10 +209,17 @@ def read_native(root: Path) -> Dataset:
                 raise DataError(
                     f"sequence {sid!r} has more than one {col}", file=ipath, row=int(rows[0]) + 1, column=col
                 )
+        if man.label_level == "sequence":
+            features, masks = {}, {}
+            for m in feats:
+                r = own_steps[m].get(sid)
+                features[m] = feats[m][r] if r is not None else np.zeros((1, dims[m]), np.float32)
+                masks[m] = present[m][r] if r is not None else np.zeros(1, bool)
+        else:
+            features, masks = {m: feats[m][rows] for m in feats}, {m: present[m][rows] for m in feats}
         sequences.append(
             Sequence(
-                id=sid, group=str(groups[rows[0]]), split=str(splits[rows[0]]),
-                features={m: feats[m][rows] for m in feats}, masks={m: present[m][rows] for m in feats},
+                id=sid, group=str(groups[rows[0]]), split=str(splits[rows[0]]), features=features, masks=masks,
                 targets=y[rows].astype(np.float32), step_ids=[str(i) for i in step_ids[rows]],
             )
         )
@@ -206,8 +229,30 @@ def read_native(root: Path) -> Dataset:
     return Dataset(
         name=str(man.name if man.name is not None else root.name), task=task, targets=targets, modalities=dims,
         sequences=sequences, n_classes=n_classes, label_range=label_range,
-        step_rate_hz=man.step_rate_hz, meta=dict(man.meta or {}),
+        step_rate_hz=man.step_rate_hz, meta=dict(man.meta or {}), label_level=man.label_level,
     )
+
+
+def _own_steps(mseq: np.ndarray, mstep: np.ndarray, known: set[str], fpath: Path) -> dict[str, slice]:
+    """Rows of each sequence in a sequence-level modality table: contiguous, steps 0..T-1 in order."""
+    if len(mseq) == 0:
+        return {}
+    starts = np.flatnonzero(np.r_[True, mseq[1:] != mseq[:-1]])
+    ends = np.r_[starts[1:], len(mseq)]
+    out: dict[str, slice] = {}
+    for a, b in zip(starts, ends, strict=True):
+        sid = str(mseq[a])
+        if sid in out:
+            raise DataError(f"rows of sequence {sid!r} are not contiguous", file=fpath, row=int(a) + 1,
+                            column="sequence")
+        if sid not in known:
+            raise DataError(f"sequence {sid!r} is not in the index", file=fpath, row=int(a) + 1, column="sequence")
+        bad = np.flatnonzero(mstep[a:b] != np.arange(b - a))
+        if bad.size:
+            raise DataError(f"steps of sequence {sid!r} must run 0, 1, 2, ... in order", file=fpath,
+                            row=int(a + bad[0]) + 1, column="step")
+        out[sid] = slice(int(a), int(b))
+    return out
 
 
 def _check_group_leakage(groups: np.ndarray, splits: np.ndarray, ipath: Path) -> None:
@@ -247,7 +292,10 @@ def write_native(ds: Dataset, out: Path, fmt: str = "parquet") -> Path:
         mods = {}
         for m, d in ds.modalities.items():
             x = np.concatenate([s.features[m] for s in ds.sequences]).astype(np.float32)
-            cols: dict[str, np.ndarray] = {"sequence": seq, "step": step}
+            # Each modality on its own clock when labels are per sequence; else on the index's steps.
+            m_seq = np.concatenate([[s.id] * s.length(m) for s in ds.sequences])
+            m_step = np.concatenate([np.arange(s.length(m)) for s in ds.sequences])
+            cols: dict[str, np.ndarray] = {"sequence": m_seq, "step": m_step}
             cols |= {f"f{j}": x[:, j] for j in range(d)}
             cols["present"] = np.concatenate([s.masks[m] for s in ds.sequences])
             _write_table(cols, tmp / f"{m}.{fmt}")
@@ -255,7 +303,8 @@ def write_native(ds: Dataset, out: Path, fmt: str = "parquet") -> Path:
         man = {
             "stew_format": FORMAT_VERSION, "name": ds.name, "task": ds.task, "targets": ds.targets,
             "label_range": list(ds.label_range) if ds.label_range else None, "n_classes": ds.n_classes,
-            "step_rate_hz": ds.step_rate_hz, "index": f"index.{fmt}", "modalities": mods, "meta": ds.meta,
+            "step_rate_hz": ds.step_rate_hz, "label_level": ds.label_level, "index": f"index.{fmt}",
+            "modalities": mods, "meta": ds.meta,
         }
         (tmp / MANIFEST).write_text(yaml.safe_dump(man, sort_keys=False))
     return out

@@ -163,13 +163,24 @@ class WindowDataset(torch.utils.data.Dataset):
         return self.spans[i]
 
     def collate(self, items: list[tuple[int, int, int]]) -> dict:
-        """Pad to the longest item; ``mask`` is True on real steps, False on padding."""
+        """Pad to the longest item; ``mask`` is True on real label steps, False on padding.
+
+        A modality on the labels' step grid is cut to the window; one on its own clock (sequence-level
+        data: an utterance's 1,000 MFCC frames beside its 32 video frames) comes whole, padded to the
+        longest in the batch, with ``present[m]`` False on its padding.
+        """
         t_max = max(b - a for _, a, b in items)
         n = len(items)
         left, right = self.context
         first = self.seqs[items[0][0]]
-        x = {m: torch.zeros(n, left + t_max + right, v.shape[1]) for m, v in first.x.items()}
-        present = {m: torch.zeros(n, t_max, dtype=torch.bool) for m in first.x}
+
+        def own_clock(s: PreparedSequence, m: str) -> bool:
+            return s.x[m].shape[0] != len(s.y)
+
+        steps = {m: max(self.seqs[i].x[m].shape[0] if own_clock(self.seqs[i], m) else b - a for i, a, b in items)
+                 for m in first.x}
+        x = {m: torch.zeros(n, left + steps[m] + right, v.shape[1]) for m, v in first.x.items()}
+        present = {m: torch.zeros(n, steps[m], dtype=torch.bool) for m in first.x}
         y = torch.zeros(n, t_max, first.y.shape[1])
         mask = torch.zeros(n, t_max, dtype=torch.bool)
         for j, (i, a, b) in enumerate(items):
@@ -177,8 +188,12 @@ class WindowDataset(torch.utils.data.Dataset):
             # With context, gather around the window (edge frames repeat); without, a plain slice.
             rows = torch.arange(a - left, b + right).clamp(0, len(s.y) - 1) if left or right else slice(a, b)
             for m in x:
-                x[m][j, : left + t + right] = s.x[m][rows]
-                present[m][j, :t] = s.present[m][a:b]
+                if own_clock(s, m):
+                    k = s.x[m].shape[0]
+                    x[m][j, :k], present[m][j, :k] = s.x[m], s.present[m]
+                else:
+                    x[m][j, : left + t + right] = s.x[m][rows]
+                    present[m][j, :t] = s.present[m][a:b]
             y[j, :t] = s.y[a:b]
             mask[j, :t] = True
         return {"x": x, "present": present, "y": y, "mask": mask, "spans": torch.tensor(items)}

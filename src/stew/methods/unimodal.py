@@ -23,7 +23,7 @@ class Unimodal(Method):
         self.l2 = l2  # lambda of lambda/2 ||theta||^2; set for EmoBed's classic system (--arch gru)
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.student(batch["x"][self.student.spec.modality], batch["mask"])
+        out = self.student.outputs(batch)
         loss = prediction_loss(out, batch["y"], batch["mask"], self.student.spec.task, self.loss_name)
         return self.l2_regularised(loss, {"prediction": loss.detach()}, self.l2)
 

@@ -26,6 +26,9 @@ class StudentSpec(BaseModel):
     head: HeadSpec
     # "identity": raw outputs, for linear regression, whose least-squares fit is not squashed by tanh.
     activation: Literal["task", "identity"] = "task"
+    # "mean": one label per sequence (a clip, an utterance): the encoder's outputs are averaged over the
+    # modality's present steps and the head predicts once per sequence.
+    pool: Literal["none", "mean"] = "none"
 
 
 class SingleModalityModel(nn.Module):
@@ -41,13 +44,28 @@ class SingleModalityModel(nn.Module):
         return self.spec.encoder.context
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Pre-activation outputs [B, T, n_out]."""
-        return self.head(self.encoder(x, mask), mask)
+        """Pre-activation outputs: [B, T, n_out], or [B, 1, n_out] when pooling (``mask`` is then the
+        modality's own step mask)."""
+        z = self.encoder(x, mask)
+        if self.spec.pool == "none":
+            return self.head(z, mask)
+        return self.head(masked_mean(z, mask), torch.ones(len(z), 1, dtype=torch.bool, device=z.device))
+
+    def outputs(self, batch: dict) -> torch.Tensor:
+        """Pre-activation outputs on a collated batch: per label step, or per sequence when pooling."""
+        m = self.spec.modality
+        return self(batch["x"][m], batch["present"][m] if self.spec.pool == "mean" else batch["mask"])
 
     def predict(self, batch: dict) -> torch.Tensor:
         """Activated outputs on a collated batch (only this model's modality is read)."""
-        out = self(batch["x"][self.spec.modality], batch["mask"])
+        out = self.outputs(batch)
         return out if self.spec.activation == "identity" else activate(out, self.spec.task)
+
+
+def masked_mean(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, d] -> [B, 1, d], the mean over present steps; a sequence with none present gives zeros."""
+    w = mask.unsqueeze(-1).to(z.dtype)
+    return (z * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)
 
 
 def activate(out: torch.Tensor, task: Task) -> torch.Tensor:
