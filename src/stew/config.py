@@ -15,7 +15,7 @@ from stew.errors import DataError
 
 Arch = Literal["classifier", "bigru", "bigru-te", "gru4", "gru"]
 LossName = Literal["mse", "ccc", "pcc", "bce", "ce"]
-MethodName = Literal["unimodal", "linear", "sew", "cmstew", "emobed", "joint", "triplet", "cermtl"]
+MethodName = Literal["unimodal", "linear", "sew", "cmstew", "emobed", "joint", "triplet", "cermtl", "fusion"]
 EMOBED_MODES = ("emobed", "joint", "triplet")
 
 
@@ -117,6 +117,42 @@ class LinearConfig(Strict):
     max_iter: Count = 5000
 
 
+class FusionConfig(Strict):
+    """Attention fusion over several modalities (spec §4): the thesis's sizes and its best model (intra
+    with statistical pooling, every modality of the data) by default."""
+
+    kind: Literal["intra", "cross", "cross+intra"] = "intra"
+    modalities: list[str] | None = Field(default=None, min_length=1)  # None: every modality of the data
+    # Cross pairs as SOURCE2TARGET, initials (T2V: query video, key/value text) or names; None: all pairs.
+    pairs: list[str] | None = Field(default=None, min_length=1)
+    sp: bool = True  # statistical pooling; False: the -noSP variant (vectors concatenated)
+    moddrop: bool = False  # every training sample also with each single modality absent (M + 1 versions)
+    moddrop_p: Prob = 0.0  # instead: drop each modality of each training sample with this probability
+    # An absent modality at evaluation/prediction: masked out ("zero" vectors) or imputed from the K
+    # nearest training samples' vectors ("knn", intra only).
+    impute: Literal["zero", "knn"] = "zero"
+    k: Count = 10
+    gru_units: Count = 60  # per direction
+    heads: Count = 6
+    attn_dropout: Prob = 0.1
+    text_dropout: Prob = 0.25  # on the text input, training only (the authors' code)
+    clf_hidden: Count = 60
+    clf_activation: Literal["none", "relu"] = "none"  # the spec: none between the two linear layers
+    # Time-step Conv1d per modality, {name: [T_in, T_out]}; None: the spec's on IEMOCAP (audio 1000->500,
+    # video 32->25), none elsewhere (it needs fixed-length inputs).
+    step_conv: dict[str, tuple[Count, Count]] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FusionConfig:
+        if self.moddrop and self.moddrop_p:
+            raise ValueError("give fusion.moddrop (each single modality dropped) or fusion.moddrop_p, not both")
+        if (2 * self.gru_units) % self.heads:
+            raise ValueError(f"heads {self.heads} must divide 2 * gru_units = {2 * self.gru_units}")
+        if self.pairs is not None and self.kind == "intra":
+            raise ValueError("fusion.pairs applies to --fusion cross or cross+intra")
+        return self
+
+
 class TrainConfig(Strict):
     data: Path
     method: MethodName = "unimodal"
@@ -139,6 +175,7 @@ class TrainConfig(Strict):
     hop_s: Pos | None = None  # None: 1 s (1 step for SEW)
     eval_window_s: Pos | None = None  # None: window_s; 3 s for SEW (per-step models ignore context)
     feature_set: str | None = None  # AVEC RECOLA: arousal or valence feature set (default: the target)
+    fold: Annotated[int, Field(ge=1, le=5)] | None = None  # IEMOCAP AMH folds: which of fold01..fold05 (default 1)
 
     # model
     gru_units: Count | None = None  # None: the input dimension (spec §6.3)
@@ -173,6 +210,7 @@ class TrainConfig(Strict):
     emobed: EmoBedConfig = Field(default_factory=EmoBedConfig)
     cermtl: CERMTLConfig = Field(default_factory=CERMTLConfig)
     linear: LinearConfig = Field(default_factory=LinearConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -207,7 +245,11 @@ def load_config(path: Path | None, overrides: dict) -> TrainConfig:
         raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise DataError("config must be a mapping", file=path)
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        # A nested option from the command line (--fusion cross) keeps the file's other keys of that section.
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:

@@ -1,8 +1,8 @@
-"""Deployable single-modality models: safetensors weights plus one JSON file, no pickle anywhere.
+"""Deployable models: safetensors weights plus one JSON file, no pickle anywhere.
 
-A model folder holds ``model.safetensors`` (the student's encoder and head) and ``model.json``
-(architecture, fitted standardisation, label delay, windowing, targets and provenance). It loads
-without the training config and without executing code.
+A model folder holds ``model.safetensors`` (the student's encoder and head, or a fusion model and its
+KNN memory bank) and ``model.json`` (architecture, fitted standardisation, label delay, windowing,
+targets and provenance). It loads without the training config and without executing code.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
 from stew.data.preprocess import Standardizer, predict_windows, prepare
 from stew.errors import DataError
+from stew.models.fused import FusedModel, FusedSpec
 from stew.models.student import SingleModalityModel, StudentSpec
 
 if TYPE_CHECKING:
@@ -48,9 +49,10 @@ class ModelMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     format: Literal["stew-model/1"]
-    student: StudentSpec
-    modality: str = Field(min_length=1)
-    dim: int = Field(ge=1)
+    student: StudentSpec | FusedSpec
+    modality: str = Field(min_length=1)  # a fusion model: its modalities joined by "+"
+    dim: int = Field(ge=1)  # a fusion model: the sum of its inputs' dimensions
+    dims: dict[str, int] | None = None  # a fusion model: each input's dimension
     task: Literal["regression", "binary", "multiclass"]
     targets: list[str] = Field(min_length=1)
     n_classes: int | None = Field(default=None, ge=2)
@@ -65,6 +67,8 @@ class ModelMeta(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelMeta:
+        if isinstance(self.student, FusedSpec):
+            return self._consistent_fused(self.student)
         s, m = self.student, self.modality
         if (s.modality, s.task, s.targets) != (m, self.task, self.targets):
             raise ValueError("student.modality, task and targets must equal the top-level modality, task, targets")
@@ -75,11 +79,7 @@ class ModelMeta(BaseModel):
             raise ValueError(f"student.head.n_out is {s.head.n_out}; a {self.task} model of these targets has {n_out}")
         if set(self.standardizer) != {m}:
             raise ValueError(f"standardizer must have exactly one entry, {m!r}; it has {sorted(self.standardizer)}")
-        st = self.standardizer[m]
-        if len(st.mean) != self.dim or len(st.std) != self.dim:
-            raise ValueError(f"standardizer {m!r} has {len(st.mean)} means and {len(st.std)} stds; dim is {self.dim}")
-        if not all(math.isfinite(v) for v in st.mean) or not all(math.isfinite(v) and v > 0 for v in st.std):
-            raise ValueError(f"standardizer {m!r} must have finite means and positive finite stds")
+        _check_stats(m, self.standardizer[m], self.dim)
         if self.inputs is not None and "+".join(self.inputs) != m:
             raise ValueError(f"inputs {self.inputs} do not make up modality {m!r}")
         if self.postprocess:
@@ -94,25 +94,64 @@ class ModelMeta(BaseModel):
                     raise ValueError(f"postprocess.{t}: {e}") from None
         return self
 
+    def _consistent_fused(self, s: FusedSpec) -> ModelMeta:
+        mods = s.modalities
+        if (s.task, s.targets) != (self.task, self.targets) or self.modality != "+".join(mods):
+            raise ValueError("student.task, targets and modalities must equal the top-level task, targets, modality")
+        dims = self.dims or {}
+        if list(dims) != mods or any(s.fusion.modalities[m] != d for m, d in dims.items()):
+            raise ValueError(f"dims must give each of {mods} the dimension student.fusion.modalities declares")
+        if self.dim != sum(dims.values()) or self.inputs != mods:
+            raise ValueError("dim must be the sum of dims, and inputs the model's modalities")
+        n_out = len(self.targets) if self.task == "regression" else 1 if self.task == "binary" else self.n_classes
+        if s.fusion.n_out != n_out:
+            raise ValueError(f"student.fusion.n_out is {s.fusion.n_out}; a {self.task} model of these targets "
+                             f"has {n_out}")
+        if set(self.standardizer) != set(mods):
+            raise ValueError(f"standardizer must have one entry per modality {mods}; "
+                             f"it has {sorted(self.standardizer)}")
+        for m in mods:
+            _check_stats(m, self.standardizer[m], dims[m])
+        if self.postprocess:
+            raise ValueError("postprocess applies to single-modality models")
+        return self
+
+
+def _check_stats(m: str, st: _Stats, dim: int) -> None:
+    if len(st.mean) != dim or len(st.std) != dim:
+        raise ValueError(f"standardizer {m!r} has {len(st.mean)} means and {len(st.std)} stds; dim is {dim}")
+    if not all(math.isfinite(v) for v in st.mean) or not all(math.isfinite(v) and v > 0 for v in st.std):
+        raise ValueError(f"standardizer {m!r} must have finite means and positive finite stds")
+
+
+def build_student(spec: StudentSpec | FusedSpec) -> SingleModalityModel | FusedModel:
+    return FusedModel(spec) if isinstance(spec, FusedSpec) else SingleModalityModel(spec)
+
 
 def save_model(
-    student: SingleModalityModel, bundle: Bundle, cfg: TrainConfig, out: Path, postprocess: dict | None = None
+    student: SingleModalityModel | FusedModel, bundle: Bundle, cfg: TrainConfig, out: Path,
+    postprocess: dict | None = None,
 ) -> Path:
-    m = student.spec.modality
+    fused = isinstance(student, FusedModel)
+    parts = student.spec.modalities if fused else [student.spec.modality]
+    m = "+".join(parts) if fused else student.spec.modality
+    dims = {p: bundle.ds.modalities[p] for p in parts}
     meta = {
         "format": FORMAT,
         "student": json.loads(student.spec.model_dump_json()),
         "modality": m,
-        "dim": bundle.ds.modalities[m],
+        "dim": sum(dims.values()),
+        "dims": dims if fused else None,
         "task": bundle.task,
         "targets": bundle.targets,
         "n_classes": bundle.ds.n_classes,
-        "standardizer": Standardizer({m: bundle.scaler.mean[m]}, {m: bundle.scaler.std[m]}).to_json(),
+        "standardizer": Standardizer({p: bundle.scaler.mean[p] for p in dims},
+                                     {p: bundle.scaler.std[p] for p in dims}).to_json(),
         "step_rate_hz": bundle.ds.step_rate_hz,
         "label_delay_steps": bundle.k_delay,
         "window_steps": bundle.eval_win,
         # An early-fused input is rebuilt from these modalities at prediction time.
-        "inputs": m.split("+"),
+        "inputs": parts if fused else m.split("+"),
         # The AVEC chain chosen on validation, applied by `stew predict` (None: raw predictions).
         "postprocess": {t: c.to_json() for t, c in postprocess.items()} if postprocess else None,
         "provenance": {"method": cfg.method, "teacher": cfg.teacher, "seed": cfg.seed, "data": str(cfg.data)},
@@ -202,7 +241,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise DataError(f"not a readable safetensors file: {text}", file=path) from None
 
 
-def _check_weights(spec: StudentSpec, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _check_weights(spec: StudentSpec | FusedSpec, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """The weights' names, shapes and values match the model ``spec`` declares, before the real build.
 
     The reference model is built on the meta device: nothing is allocated, so a model.json declaring
@@ -210,7 +249,7 @@ def _check_weights(spec: StudentSpec, tensors: dict[str, torch.Tensor], path: Pa
     """
     try:
         with torch.device("meta"):
-            ref = SingleModalityModel(spec).state_dict()
+            ref = build_student(spec).state_dict()
     except Exception as e:  # the spec passed its schema but torch rejects it (e.g. a negative size)
         raise DataError(f"cannot build the model it declares: {_first_line(e)}", file=path.parent / META) from None
     missing = [k for k in ref if k not in tensors]
@@ -229,7 +268,7 @@ def _check_weights(spec: StudentSpec, tensors: dict[str, torch.Tensor], path: Pa
             raise DataError(f"tensor {k!r} holds NaN or infinite values", file=path)
 
 
-def load_model(path: Path) -> tuple[SingleModalityModel, dict]:
+def load_model(path: Path) -> tuple[SingleModalityModel | FusedModel, dict]:
     """The model of a model folder and its metadata; every malformed file is a one-line DataError.
 
     ``model.json`` is checked against its schema and the weights against the model it declares before
@@ -244,7 +283,7 @@ def load_model(path: Path) -> tuple[SingleModalityModel, dict]:
     meta = read_meta(path / META)
     tensors = _read_weights(path / WEIGHTS)
     _check_weights(meta.student, tensors, path / WEIGHTS)
-    model = SingleModalityModel(meta.student)
+    model = build_student(meta.student)
     model.load_state_dict(tensors)
     model.eval()
     raw = json.loads(meta.model_dump_json())
@@ -257,26 +296,19 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
     if out_csv is not None:  # refuse an unusable --out before the model and data are read
         check_output_file(Path(out_csv))
     model, meta = load_model(model_dir)
-    m = meta["modality"]
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     where = None if isinstance(data, Dataset) else data
-    if m not in ds.modalities:  # an early-fused model: rebuild its input from the parts
-        inputs = meta["inputs"]
-        missing = [p for p in inputs if p not in ds.modalities]
-        if missing:
-            raise DataError(
-                f"the model needs modality {', '.join(map(repr, missing))}; the data has {list(ds.modalities)}",
-                file=where,
-            )
-        ds = ds.fuse(inputs)
-    if ds.modalities[m] != meta["dim"]:
-        raise DataError(
-            f"dimension mismatch for {m!r}: the data has {ds.modalities[m]} features, the model expects {meta['dim']}",
-            file=where,
-        )
-    seqs = ds.sequences
-    prepared = _prepare_unlabelled(seqs, m, Standardizer.from_json(meta["standardizer"]))
-    preds = predict_windows(model, prepared, meta["window_steps"], meta["label_delay_steps"])
+    used = None
+    if isinstance(model, FusedModel):
+        if model.spec.fusion.pool_time != (ds.label_level == "sequence"):
+            want = "one label per sequence" if model.spec.fusion.pool_time else "one label per step"
+            raise DataError(f"the model predicts {want}; these data have label_level {ds.label_level!r}", file=where)
+        ds, used = _with_absent_modalities(ds, meta["dims"], where)
+        seqs = ds.sequences
+        prepared = _prepare_unlabelled(seqs, list(meta["dims"]), Standardizer.from_json(meta["standardizer"]))
+        preds = predict_windows(model, prepared, meta["window_steps"], meta["label_delay_steps"])
+    else:
+        preds, seqs = _predict_single(model, meta, ds, where)
     if meta["postprocess"]:
         from stew.postprocess import Chain, apply_chains
 
@@ -285,6 +317,8 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
     frames = []
     for p, s in zip(preds, seqs, strict=True):
         df = pd.DataFrame({"split": s.split, "sequence": s.id, "step": np.arange(len(s)), "step_id": s.step_ids})
+        if used is not None:  # which of a fusion model's inputs this sequence had (the rest were absent)
+            df["modalities"] = "+".join(used[s.id]) or "none"
         if meta["task"] == "regression":
             for j, t in enumerate(meta["targets"]):
                 df[f"pred_{t}"] = p[:, j]
@@ -301,7 +335,48 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
     return result
 
 
-def _prepare_unlabelled(seqs: list, modality: str, scaler: Standardizer) -> list:
+def _predict_single(model: SingleModalityModel, meta: dict, ds: Dataset, where: Path | None) -> tuple[list, list]:
+    m = meta["modality"]
+    if m not in ds.modalities:  # an early-fused model: rebuild its input from the parts
+        inputs = meta["inputs"]
+        missing = [p for p in inputs if p not in ds.modalities]
+        if missing:
+            raise DataError(
+                f"the model needs modality {', '.join(map(repr, missing))}; the data has {list(ds.modalities)}",
+                file=where,
+            )
+        ds = ds.fuse(inputs)
+    if ds.modalities[m] != meta["dim"]:
+        raise DataError(
+            f"dimension mismatch for {m!r}: the data has {ds.modalities[m]} features, the model expects {meta['dim']}",
+            file=where,
+        )
+    prepared = _prepare_unlabelled(ds.sequences, [m], Standardizer.from_json(meta["standardizer"]))
+    return predict_windows(model, prepared, meta["window_steps"], meta["label_delay_steps"]), ds.sequences
+
+
+def _with_absent_modalities(ds: Dataset, dims: dict[str, int], where: Path | None) -> tuple[Dataset, dict]:
+    """A fusion model's inputs from whatever subset of them the data hold; the others become absent
+    (one masked step of zeros per sequence, or masked steps on the labels' grid). Returns the dataset
+    and, per sequence, the modalities it really had."""
+    have = [m for m in dims if m in ds.modalities]
+    if not have:
+        raise DataError(f"the model reads {list(dims)}; the data have none of them ({list(ds.modalities)})", file=where)
+    for m in have:
+        if ds.modalities[m] != dims[m]:
+            raise DataError(f"dimension mismatch for {m!r}: the data has {ds.modalities[m]} features, the model "
+                            f"expects {dims[m]}", file=where)
+    seqs, used = [], {}
+    for s in ds.sequences:
+        n = 1 if ds.label_level == "sequence" else len(s)
+        features = {m: s.features[m] if m in have else np.zeros((n, d), np.float32) for m, d in dims.items()}
+        masks = {m: s.masks[m] if m in have else np.zeros(n, bool) for m in dims}
+        seqs.append(replace(s, features=features, masks=masks))
+        used[s.id] = [m for m in dims if bool(masks[m].any())]
+    return replace(ds, modalities=dict(dims), sequences=seqs), used
+
+
+def _prepare_unlabelled(seqs: list, modalities: list[str], scaler: Standardizer) -> list:
     # Prediction needs no labels: targets are placeholders of the right length, never read.
     stripped = [replace(s, targets=np.zeros((len(s), 1), np.float32)) for s in seqs]
-    return prepare(stripped, [modality], [0], scaler, 0)
+    return prepare(stripped, modalities, [0], scaler, 0)

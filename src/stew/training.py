@@ -71,10 +71,20 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
             raise DataError(f"--targets {','.join(cfg.targets)}: choose distinct targets among {ds.targets}")
     if cfg.ablation and cfg.method not in ("sew", "cmstew"):
         raise DataError(f"--ablation applies to sew and cmstew only, not --method {cfg.method}")
+    if cfg.method == "fusion":
+        from stew.methods.fusion import fusion_modalities
+
+        if cfg.modality is not None or cfg.teacher is not None:
+            raise DataError("--method fusion reads --modalities (default: all of the data's), "
+                            "not --modality or --teacher")
+        upd["fusion"] = cfg.fusion.model_copy(update={"modalities": fusion_modalities(cfg, ds.modalities)})
+        # Spec §4.3: Adam at 1e-3, early stopping after 10 epochs without a better validation score.
+        if "patience" not in cfg.model_fields_set:
+            upd["patience"] = 10
     # A teacher-student method without --teacher must say so: naming only --modality (or nothing
     # useful) sends the user after the wrong option.
-    no_teacher = cfg.teacher is None and cfg.method not in ("unimodal", "linear", "cermtl")
-    if cfg.modality is None:
+    no_teacher = cfg.teacher is None and cfg.method not in ("unimodal", "linear", "cermtl", "fusion")
+    if cfg.modality is None and cfg.method != "fusion":
         if len(mods) != 1:
             raise DataError(f"choose {'--modality and --teacher' if no_teacher else '--modality'} among {mods}")
         upd["modality"] = mods[0]
@@ -122,6 +132,8 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
             upd["lr"] = 1e-3  # SEW spec §5.5; EmoBed spec §1.4
         elif cfg.method == "cermtl":
             upd["lr"] = 5e-5  # spec §2.5
+        elif cfg.method == "fusion":
+            upd["lr"] = 1e-3  # spec §4.3
     return cfg.model_copy(update=upd)
 
 
@@ -450,7 +462,8 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
             *_progress_callbacks(cfg),
         ],
     )
-    train_ds = WindowDataset.for_training(bundle.train, bundle.win, bundle.hop, context_of(method))
+    train_ds = method.training_windows(
+        WindowDataset.for_training(bundle.train, bundle.win, bundle.hop, context_of(method)))
     ckpt = str(last) if resuming else None
     trainer.fit(module, train_dataloaders=loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed), ckpt_path=ckpt)
     if module.best_state is not None:
@@ -511,7 +524,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if ds is None:
-        ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target)
+        ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target, fold=cfg.fold)
     cfg, ds = fuse_inputs(cfg, ds)
     cfg = resolve(cfg, ds)
     required_modalities(cfg)  # a missing or equal --teacher fails here, before CM-StEW's stage 1 trains
@@ -586,6 +599,7 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
         selection = {"key": key, "best_epoch": None, "epochs_run": 0}
     else:
         module = fit(method, cfg, bundle, fit_dir)
+        method.after_fit(bundle)
         selection = {"key": key, "best_epoch": module.best_epoch, "epochs_run": len(module.history)}
     result: dict = {"val": {}, "test": {}, "_frames": [], "_postprocess": None}
     raw = {sp: predict_sequences(method, getattr(bundle, sp), bundle) for sp in ("val", "test") if getattr(bundle, sp)}
@@ -643,21 +657,34 @@ def validation_latents(method: Method, bundle: Bundle, max_steps: int = LATENT_S
     """The student encoder's latents on at most ``max_steps`` evenly spaced validation steps where its
     modality is present, with the first target: what ``stew report`` projects to 2-D."""
     seqs = bundle.val
-    z = np.concatenate(predict_windows(_EncoderOutputs(method.student), seqs, bundle.eval_win, bundle.k_delay))
-    modality = method.student.spec.modality
-    if method.student.spec.pool == "mean":  # one latent per sequence: present if any of its steps is
-        present = np.array([bool(s.present[modality].any()) for s in seqs])
+    student = method.student
+    # A fusion model's latent is the pooled vector its classifier reads; present where any input is.
+    fused = hasattr(student, "latents")
+    probe = _FusedLatents(student) if fused else _EncoderOutputs(student)
+    z = np.concatenate(predict_windows(probe, seqs, bundle.eval_win, bundle.k_delay))
+    modalities = student.spec.modalities if fused else [student.spec.modality]
+    if fused and student.spec.fusion.pool_time or not fused and student.spec.pool == "mean":
+        present = np.array([any(bool(s.present[m].any()) for m in modalities) for s in seqs])
     else:
-        present = np.concatenate([s.present[modality].numpy() for s in seqs]).astype(bool)
+        present = np.logical_or.reduce([np.concatenate([s.present[m].numpy() for s in seqs]) for m in modalities])
     y = np.concatenate([s.source.targets[:, bundle.target_cols[0]] for s in seqs])
     step = np.concatenate([np.arange(len(s.y)) for s in seqs])
     seq = np.concatenate([[i] * len(s.y) for i, s in enumerate(seqs)])
     # One grid over all steps, then the present ones: runs of other modalities on the same carve pick
     # the same steps, so the report can pair weaker and stronger latents step for step.
     grid = np.unique(np.linspace(0, len(present) - 1, min(max_steps, len(present))).astype(int))
-    keep = grid[present[grid]]
+    keep = grid[present[grid].astype(bool)]
     return {"latent": z[keep].astype(np.float32), "y": y[keep].astype(np.float32), "sequence": seq[keep],
             "step": step[keep]}
+
+
+class _FusedLatents(torch.nn.Module):
+    def __init__(self, student: torch.nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def predict(self, batch: dict) -> torch.Tensor:
+        return self.student.latents(batch)
 
 
 def _write_run(result: dict, out: Path) -> None:

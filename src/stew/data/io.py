@@ -8,13 +8,15 @@ from stew.data.dataset import Dataset
 from stew.errors import DataError
 
 
-def load_dataset(path: str | Path, *, feature_set: str | None = None) -> Dataset:
+def load_dataset(path: str | Path, *, feature_set: str | None = None, fold: int | None = None) -> Dataset:
     """Load a dataset folder, detecting its layout.
 
     - stew native: ``manifest.yaml``;
     - CMU-MOSI utterance release: ``{train,test}_ids.csv`` with ``{audio,video,text}_{split}0.csv``;
     - AVEC 2016 RECOLA: ``ratings_gold_standard/`` plus ``features_*`` folders. ``feature_set`` picks
       the arousal or valence feature set (default: arousal).
+
+    ``fold`` picks one of the five folds of a layout that has them (IEMOCAP AMH); elsewhere it is an error.
     """
     from stew.data import mosi, native, recola
 
@@ -23,6 +25,8 @@ def load_dataset(path: str | Path, *, feature_set: str | None = None) -> Dataset
         raise DataError("missing folder", file=root)
     if not root.is_dir():
         raise DataError("not a folder", file=root)
+    if fold is not None:
+        raise DataError(f"--fold {fold}: this dataset has no folds (IEMOCAP AMH folds/fold01..fold05 do)", file=root)
     if native.is_native(root):
         return native.read_native(root)
     if mosi.is_mosi(root):

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 def required_modalities(cfg: TrainConfig) -> list[str]:
     """The modalities a method reads while training: the student's, plus the teacher's if any."""
+    if cfg.method == "fusion":
+        assert cfg.fusion.modalities is not None  # resolved from the data by training.resolve
+        return list(cfg.fusion.modalities)
     assert cfg.modality is not None
     if cfg.method in ("unimodal", "linear", "cermtl"):
         return [cfg.modality]
@@ -79,4 +82,8 @@ def build_method(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Method:
         from stew.methods.cermtl import build
 
         return build(cfg, bundle, run_dir)
+    if cfg.method == "fusion":
+        from stew.methods.fusion import build
+
+        return build(cfg, bundle)
     raise DataError(f"unknown method {cfg.method!r}")

@@ -9,17 +9,22 @@ stopping, evaluation and artefacts are shared (see :mod:`stew.training`).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from stew.data.dataset import Task
+from stew.data.preprocess import WindowDataset
 from stew.models.student import SingleModalityModel
 from stew.objectives import ccc_loss, l2_penalty, masked_bce, masked_ce, masked_mse, pcc_loss
 
+if TYPE_CHECKING:
+    from stew.training import Bundle
+
 
 class Method(nn.Module):
-    student: SingleModalityModel
+    student: SingleModalityModel  # or, for fusion, a FusedModel (several modalities)
     # True for methods fitted without gradient descent (linear): the trainer calls their
     # ``fit_closed_form(bundle, evaluate)`` instead of the Lightning loop.
     closed_form = False
@@ -44,6 +49,13 @@ class Method(nn.Module):
             loss = loss + l2 * penalty
             parts["l2"] = penalty.detach()
         return loss, parts
+
+    def training_windows(self, windows: WindowDataset) -> WindowDataset:
+        """The training set as the loop sees it (ModDrop adds versions with modalities removed)."""
+        return windows
+
+    def after_fit(self, bundle: Bundle) -> None:
+        """Work done once the best epoch's weights are back (the fusion model's KNN memory bank)."""
 
     def extra_record(self) -> dict:
         """Method-specific facts written to metrics.json (e.g. the teacher used)."""
