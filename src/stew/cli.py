@@ -121,6 +121,7 @@ def cli_errors(fn: Callable) -> Callable:
 class Kind(StrEnum):
     recola = "recola"
     mosi = "mosi"
+    iemocap = "iemocap"
 
 
 @data_app.command("synth")
@@ -132,9 +133,14 @@ def data_synth(
     speakers: Annotated[int, typer.Option(min=3, help="recola: speakers, a multiple of 3")] = 27,
     minutes: Annotated[float, typer.Option(min=0, help="recola: minutes per recording")] = 5.0,
     videos: Annotated[int, typer.Option(min=3, help="mosi: number of videos")] = 93,
+    utterances: Annotated[int, typer.Option(min=50, help="iemocap: utterances (7,487 in the real corpus)")] = 350,
+    full_shapes: Annotated[
+        bool, typer.Option("--full-shapes", help="iemocap: the real array shapes (1000x120 MFCC, 32x2048 video, ...)")
+    ] = False,
     fmt: Annotated[str, typer.Option("--format", help="parquet or npz")] = "parquet",
 ) -> None:
-    """Write a synthetic dataset in stew's native format (deterministic per seed).
+    """Write a synthetic dataset (deterministic per seed): stew's native format, or for iemocap the
+    AMH fold layout (folds/fold01..fold05 of .npy arrays, 7 classes), read like the real release.
 
     The default RECOLA-like set (27 speakers x 5 minutes) takes about 1 GB on disk, and training one
     epoch of a unimodal model on it needs about 5 GB of memory; --speakers 9 --minutes 1 makes a small
@@ -152,6 +158,12 @@ def data_synth(
     if kind == Kind.recola and round(minutes * 60 * RATE_HZ) < 2:
         raise DataError(f"--minutes {minutes:g} gives fewer than 2 frames at {RATE_HZ:g} Hz")
     _check_out_folder(out)
+    if kind == Kind.iemocap:
+        from stew.data.synthetic_iemocap import write_synthetic_iemocap
+
+        write_synthetic_iemocap(out, utterances=utterances, seed=seed, full_shapes=full_shapes)
+        console.print(f"wrote synthetic IEMOCAP: {utterances} utterances, 5 folds (AMH layout) -> {out}")
+        return
     if kind == Kind.recola:
         ds = synth_recola(seed, n_speakers=speakers, minutes=minutes)
     else:
@@ -221,6 +233,29 @@ def train(
     postprocess: Annotated[
         bool | None, typer.Option(help="AVEC chain (median filter, centring, scaling, shift) searched on validation")
     ] = None,
+    fusion: Annotated[
+        str | None, typer.Option(help="--method fusion: intra (default) | cross | cross+intra attention")
+    ] = None,
+    modalities: Annotated[
+        str | None, typer.Option(help="--method fusion: modalities to fuse, comma-separated (default: all)")
+    ] = None,
+    pairs: Annotated[
+        str | None, typer.Option(help="--fusion cross: source-to-target pairs, e.g. T2V,A2V (default: all)")
+    ] = None,
+    sp: Annotated[
+        bool | None, typer.Option("--sp/--no-sp", help="--method fusion: statistical pooling (default on)")
+    ] = None,
+    moddrop: Annotated[
+        bool | None, typer.Option("--moddrop", help="--method fusion: train also with each single modality absent")
+    ] = None,
+    moddrop_p: Annotated[
+        float | None, typer.Option(help="--method fusion: instead drop each modality at random with this probability")
+    ] = None,
+    impute: Annotated[
+        str | None, typer.Option(help="--method fusion: an absent modality is zero (masked) or knn-imputed")
+    ] = None,
+    k: Annotated[int | None, typer.Option("--k", help="--impute knn: neighbours (default 10)")] = None,
+    fold: Annotated[int | None, typer.Option(help="IEMOCAP AMH data: fold 1-5 (default 1)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train one model; write RUN/metrics.json, RUN/predictions.csv and RUN/model/."""
@@ -229,10 +264,20 @@ def train(
     if resume and overwrite:
         raise DataError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     target_list = [t.strip() for t in targets.split(",") if t.strip()] if targets is not None else None
+    fusion_opts = {
+        "kind": fusion, "modalities": _comma_list(modalities), "pairs": _comma_list(pairs), "sp": sp,
+        "moddrop": moddrop, "moddrop_p": moddrop_p, "impute": impute, "k": k,
+    }
+    fusion_opts = {key: v for key, v in fusion_opts.items() if v is not None}
+    if fusion_opts and (method or "") != "fusion":
+        given = _train_config(config, method=method, data=data)
+        if given.method != "fusion":
+            flag = {"kind": "fusion", "sp": "no-sp"}.get(next(iter(fusion_opts)), next(iter(fusion_opts)))
+            raise DataError(f"--{flag.replace('_', '-')} applies to --method fusion")
     cfg = _train_config(
         config, data=data, method=method, modality=modality, teacher=teacher, target=target, targets=target_list,
         arch=arch, loss=loss, ablation=ablation, seed=seed, out=out, cv=cv, max_epochs=max_epochs, lr=lr,
-        resume=resume, postprocess=postprocess, overwrite=overwrite or None,
+        resume=resume, postprocess=postprocess, overwrite=overwrite or None, fold=fold, fusion=fusion_opts or None,
     )
     if cfg.out is None:
         raise DataError("--out is required (the run folder)")
@@ -242,6 +287,41 @@ def train(
     r = run(cfg)
     console.print_json(json.dumps({k: r[k] for k in ("val", "test") if k in r}))
     console.print(f"run written to {cfg.out} in {time.time() - t0:.1f}s")
+
+
+def _comma_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value is not None else None
+
+
+@app.command()
+@cli_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
+    missing: Annotated[
+        bool, typer.Option("--missing", help="score every subset of a fusion model's modalities (others absent)")
+    ] = False,
+    impute: Annotated[
+        str | None, typer.Option(help="absent modalities: zero (masked out) | knn (default: as the model was trained)")
+    ] = None,
+    k: Annotated[int | None, typer.Option("--k", min=1, help="--impute knn: neighbours")] = None,
+    fmt: FormatOpt = TableFormat.table,
+) -> None:
+    """Re-score a run; with --missing, write RUN/missing.json and print the missing-modality table."""
+    from stew.metrics import selection_metric
+    from stew.missing import evaluate_missing, missing_table
+
+    if not missing:
+        raise DataError("nothing to evaluate: give --missing (the only evaluation so far)")
+    if impute not in (None, "zero", "knn"):
+        raise DataError(f"--impute must be zero or knn, not {impute!r}")
+    if k is not None and impute != "knn":
+        raise DataError("--k applies to --impute knn")
+    res = evaluate_missing(run_dir, impute, k)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    key = record.get("selection", {}).get("key") or selection_metric(record["config"].get("task", ""), [])
+    c = _table_console(fmt)
+    c.print(missing_table(res, key, f"{run_dir} · ● present ○ absent · {impute or 'as trained'}"))
+    c.print(f"written to {run_dir / 'missing.json'}")
 
 
 @app.command()
@@ -312,11 +392,17 @@ def transfer_cmd(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
     out: Annotated[Path, typer.Option(help="model folder to write")],
+    impute: Annotated[
+        str | None, typer.Option(help="fusion models: absent modalities zero (masked) or knn-imputed at predict")
+    ] = None,
+    k: Annotated[int | None, typer.Option("--k", min=1, help="--impute knn: neighbours")] = None,
 ) -> None:
-    """Write the deployable single-modality model: safetensors + JSON, no pickle."""
+    """Write the deployable model (the weaker modality's, or a fusion model): safetensors + JSON, no pickle."""
     from stew.deploy import export as do_export
 
-    do_export(run_dir, out)
+    if impute not in (None, "zero", "knn"):
+        raise DataError(f"--impute must be zero or knn, not {impute!r}")
+    do_export(run_dir, out, impute=impute, k=k)
     console.print(f"exported {run_dir} -> {out}")
 
 
@@ -324,7 +410,9 @@ def export(
 @cli_errors
 def predict(
     model: Annotated[Path, typer.Argument(help="exported model folder")],
-    data: Annotated[Path, typer.Option(help="dataset folder (only the model's modality is needed)")],
+    data: Annotated[
+        Path, typer.Option(help="dataset folder (the model's modality; a fusion model: any subset of its modalities)")
+    ],
     out: Annotated[Path, typer.Option(help="predictions CSV")],
 ) -> None:
     """Predict every step of every sequence in DATA."""

@@ -168,11 +168,12 @@ def _write_atomically(out: Path, tensors: dict[str, torch.Tensor], meta: dict) -
         (tmp / META).write_text(json.dumps(meta, indent=2))
 
 
-def export(run_dir: Path, out: Path) -> Path:
+def export(run_dir: Path, out: Path, impute: str | None = None, k: int | None = None) -> Path:
     """Copy a run's deployable model (weaker encoder and head only) to ``out``, checking it loads.
 
     ``out`` must be new, empty or an earlier model folder: a folder with any other file is refused,
-    never emptied (checked before anything is read or written).
+    never emptied (checked before anything is read or written). ``impute``/``k`` set how a fusion
+    model fills absent modalities at prediction (default: as it was trained).
     """
     run_dir, out = Path(run_dir), Path(out)
     check_output_folder(out, replaceable=MODEL_FILES)
@@ -180,6 +181,15 @@ def export(run_dir: Path, out: Path) -> Path:
     if not (src / META).is_file() or not (src / WEIGHTS).is_file():
         raise DataError("not a finished stew run (no model/model.json and model/model.safetensors)", file=run_dir)
     model, meta = load_model(src)
+    if impute is not None or k is not None:
+        if not isinstance(model, FusedModel):
+            raise DataError("--impute and --k apply to fusion models", file=run_dir)
+        try:
+            spec = FusedSpec.model_validate({**meta["student"], "impute": impute or model.spec.impute,
+                                             "k": k or model.spec.k})
+        except ValidationError as e:
+            raise DataError(_first_line(e).removeprefix("Value error, "), file=run_dir) from None
+        meta["student"] = json.loads(spec.model_dump_json())
     run_metrics = run_dir / "metrics.json"
     if run_metrics.is_file():
         val = _read_json(run_metrics).get("val", {})

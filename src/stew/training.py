@@ -478,7 +478,7 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
 # What stew writes in a run folder (reproduce's job file and grid candidates, a CV's folds, the
 # temporary model folder a killed run leaves): the entries ``overwrite`` may delete.
 RUN_FOLDER_ENTRIES = re.compile(
-    r"metrics\.json|predictions\.csv|latents\.npz|model|checkpoints|logs|grid|teacher|fold\d+|"
+    r"metrics\.json|predictions\.csv|latents\.npz|model|checkpoints|logs|grid|teacher|fold\d+|missing[^/]*\.json|"
     r"alpha[^/]*_beta[^/]*|stew-job\.json|\.model\..+"
 )
 

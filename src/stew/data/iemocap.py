@@ -324,6 +324,9 @@ def read_iemocap(root: Path, fold: int = 1) -> Dataset:
         "format": FORMAT, "source": str(root), "fold": int(fold), "fold_dir": str(fold_dir),
         "embedding": str(w_path), "classes": names, "class_order": order,
         "dropped_no_video": dropped, "truncated": truncated,
+        # The release's padded lengths: the fusion model's time-step convs mix exactly these many steps.
+        "max_steps": {"audio": int(parts[0].mfcc.shape[1]), "video": int(parts[0].video.shape[1]),
+                      "text": int(parts[0].tokens.shape[1])},
     }
     return Dataset(
         name="iemocap", task="multiclass", targets=["emotion"], modalities=dims, sequences=sequences,

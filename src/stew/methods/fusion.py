@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from stew.config import TrainConfig
     from stew.training import Bundle
 
-# Spec §4.2: the time-step Conv1d of the IEMOCAP inputs, whose lengths the AMH release fixes.
-IEMOCAP_STEP_CONV = {"audio": (1000, 500), "video": (32, 25)}
+# Spec §4.2: the time-step Conv1d of the IEMOCAP inputs (audio 1000 -> 500 steps, video 32 -> 25),
+# whose lengths the AMH release fixes; a smaller (synthetic) release keeps the same ratios.
+IEMOCAP_STEP_RATIO = {"audio": 500 / 1000, "video": 25 / 32}
 
 
 class Fusion(Method):
@@ -171,7 +172,8 @@ def build(cfg: TrainConfig, bundle: Bundle) -> Fusion:
     step_conv = f.step_conv
     if step_conv is None:
         # The spec's time-step conv mixes a fixed number of steps: only for data laid out that way (IEMOCAP).
-        step_conv = IEMOCAP_STEP_CONV if ds.meta.get("layout") == "iemocap-amh" else {}
+        fixed = ds.meta.get("max_steps", {}) if ds.meta.get("format") == "iemocap-amh" else {}
+        step_conv = {m: (fixed[m], max(1, round(fixed[m] * r))) for m, r in IEMOCAP_STEP_RATIO.items() if m in fixed}
     step_conv = {m: tuple(v) for m, v in step_conv.items() if m in mods}
     text_dropout = {m: f.text_dropout for m in mods if m == "text" and f.text_dropout}
     if f.impute == "knn" and f.kind != "intra":

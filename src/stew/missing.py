@@ -1,0 +1,102 @@
+"""How a fusion model degrades when sensors go dark (spec §4.5, thesis Table 4.4).
+
+``evaluate_missing(run)`` re-scores a finished fusion run on validation and test with every non-empty
+subset of its modalities present and the others absent: masked out (``zero``) or imputed from the K
+nearest training samples (``knn``). It writes ``RUN/missing.json``
+(``{"text+video": {"val": {...}, "test": {...}}, ...}``, the metric keys of ``metrics.json``) and a
+copy named after the imputation (``missing-zero.json``, ``missing-knn-k10.json``) so that several
+imputations of one run sit side by side for ``stew report``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from stew.atomic import write_text_atomic
+from stew.config import TrainConfig
+from stew.data.io import load_dataset
+from stew.data.splits import carve_validation
+from stew.deploy import load_model
+from stew.errors import DataError
+from stew.models.fused import FusedModel
+
+
+def subsets(modalities: list[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset, the full set first, then by size (largest first), in modality order."""
+    out = [c for r in range(len(modalities), 0, -1) for c in itertools.combinations(modalities, r)]
+    return out
+
+
+def evaluate_missing(run_dir: Path, impute: str | None = None, k: int | None = None) -> dict:
+    """Scores of every modality subset on validation and test; writes RUN/missing.json (see module doc)."""
+    from stew.training import make_bundle, predict_sequences, resolve, score
+
+    run_dir = Path(run_dir)
+    record = _read_run(run_dir)
+    model, meta = load_model(run_dir / "model")
+    if not isinstance(model, FusedModel):
+        raise DataError("--missing needs a fusion run (--method fusion); this model reads one modality",
+                        file=run_dir / "model")
+    spec = model.spec
+    impute = impute or spec.impute
+    k = k or spec.k
+    if impute == "knn" and not spec.bank_size:
+        raise DataError("--impute knn needs an intra fusion model, which keeps the training vectors",
+                        file=run_dir / "model")
+    model.spec = spec.model_copy(update={"impute": impute, "k": k})
+    cfg = TrainConfig.model_validate(record["config"])
+    ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target, fold=cfg.fold)
+    cfg = resolve(cfg, ds)
+    ds = carve_validation(ds, cfg.val_groups, cfg.seed)
+    if ds.groups("val") != record.get("data", {}).get("val_groups", ds.groups("val")):
+        raise DataError("the data's validation carve differs from the run's (was the data folder changed?)",
+                        file=cfg.data)
+    bundle = make_bundle(cfg, ds, spec.modalities)
+    result: dict = {}
+    for present in subsets(spec.modalities):
+        model.absent = frozenset(spec.modalities) - set(present)
+        name = "+".join(present)
+        result[name] = {sp: score(predict_sequences(model, seqs, bundle), seqs, bundle)
+                        for sp in ("val", "test") if (seqs := getattr(bundle, sp))}
+    model.absent = frozenset()
+    text = json.dumps(result, indent=2)
+    write_text_atomic(run_dir / "missing.json", text)
+    tag = "missing-zero.json" if impute == "zero" else f"missing-knn-k{k}.json"
+    write_text_atomic(run_dir / tag, text)
+    return result
+
+
+def _read_run(run_dir: Path) -> dict:
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise DataError("not a finished stew run (no metrics.json)", file=run_dir)
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"unreadable metrics.json: {e}", file=path) from None
+    if "folds" in record:
+        raise DataError("a --cv run: evaluate each fold's run folder (RUN/fold0, RUN/fold1, ...)", file=run_dir)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise DataError("metrics.json has no 'config' (not a stew run?)", file=path)
+    return record
+
+
+def missing_table(result: dict, key: str, title: str) -> Table:
+    """Rows: modality subsets (● present, ○ absent); columns: validation and test ``key``."""
+    names = list(result)
+    mods = names[0].split("+")  # the full set comes first
+    table = Table(title=title)
+    for m in mods:
+        table.add_column(m, justify="center")
+    splits = [sp for sp in ("val", "test") if sp in result[names[0]]]
+    for sp in splits:
+        table.add_column(f"{sp} {key}", justify="right")
+    for name in names:
+        present = set(name.split("+"))
+        cells = ["●" if m in present else "○" for m in mods]
+        table.add_row(*cells, *(f"{result[name][sp][key]:.4g}" for sp in splits))
+    return table

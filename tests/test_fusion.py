@@ -1,0 +1,186 @@
+"""The fusion method (spec §4): training under the one loop, ModDrop, KNN imputation, missing-modality
+evaluation, export and predict with any subset of modalities."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stew.config import TrainConfig
+from stew.data.native import write_native
+from stew.data.preprocess import WindowDataset
+from stew.deploy import load_model, predict_dataset
+from stew.methods.fusion import ModDropWindows, fusion_pairs, training_vectors
+from stew.missing import evaluate_missing, subsets
+from stew.training import make_bundle, resolve, run
+from tests.conftest import FAST, tiny_clips, tiny_utterances
+from tests.test_cli import invoke, one_line_error
+
+SMALL = {**FAST, "max_epochs": 12, "patience": 12, "fusion": {"gru_units": 8, "heads": 2, "clf_hidden": 16}}
+
+
+def train(tmp_path, ds, name="run", **fusion):
+    cfg = TrainConfig(data=tmp_path / "unused", method="fusion", out=tmp_path / name,
+                      **{**SMALL, "fusion": {**SMALL["fusion"], **fusion}})
+    return run(cfg, ds), tmp_path / name
+
+
+def test_sequence_level_fusion_trains_and_exports(tmp_path):
+    ds = tiny_clips()
+    res, out = train(tmp_path, ds)
+    assert res["method"]["fusion"] == "intra" and res["method"]["modalities"] == ["long", "short"]
+    assert res["test"]["n"] == len(ds.split("test"))
+    assert res["val"]["acc"] > 60  # 'long' carries the class; chance is about 33 %
+    preds = pd.read_csv(out / "predictions.csv")
+    again = predict_dataset(out / "model", ds)
+    mine = again.set_index("sequence").loc[preds["sequence"]]
+    np.testing.assert_allclose(mine["prob_1"].to_numpy(), preds["prob_1"].to_numpy(), atol=1e-5)
+    assert set(again["modalities"]) == {"long+short", "long"}  # every 8th clip lacks 'short'
+
+
+def test_step_level_fusion_predicts_every_step(tmp_path):
+    ds = tiny_utterances()
+    res, out = train(tmp_path, ds, kind="cross")
+    assert res["method"]["pairs"] == ["audio2text", "text2audio"]
+    preds = pd.read_csv(out / "predictions.csv")
+    assert len(preds) == res["val"]["n"] + res["test"]["n"] == sum(len(s) for s in ds if s.split == "test") + sum(
+        len(s) for s in ds if s.group in res["data"]["val_groups"])
+    model, meta = load_model(out / "model")
+    assert meta["dims"] == {"text": 3, "audio": 4} and not model.spec.fusion.pool_time
+
+
+def test_moddrop_trains_on_m_plus_one_versions(tmp_path):
+    ds = tiny_clips()
+    cfg = resolve(TrainConfig(data=tmp_path, method="fusion", **SMALL), ds)
+    bundle = make_bundle(cfg, ds, ["long", "short"])
+    base = WindowDataset.for_training(bundle.train, None, None)
+    windows = ModDropWindows(base, ["long", "short"])
+    assert len(windows) == 3 * len(base)  # spec §4.7: 4 x N_train with three modalities
+    batch = windows.collate([windows[i] for i in range(len(windows))])
+    n = len(base)
+    assert not batch["present"]["long"][n : 2 * n].any() and batch["present"]["short"][n : 2 * n].any()
+    assert not batch["present"]["short"][2 * n :].any() and not batch["x"]["short"][2 * n :].any()
+    res, _ = train(tmp_path, ds, moddrop=True)
+    assert res["method"]["moddrop"] is True
+
+
+def test_knn_with_k_1_gives_a_training_sample_its_own_vector(tmp_path):
+    ds = tiny_clips()
+    res, out = train(tmp_path, ds, impute="knn", k=1)
+    model, _ = load_model(out / "model")
+    cfg = resolve(TrainConfig.model_validate(res["config"]), ds)
+    bundle = make_bundle(cfg, ds, ["long", "short"])
+    bank = training_vectors(model, bundle)
+    torch.testing.assert_close(bank["short"], model.bank_short)
+    # A training sample with 'short' removed gets its own stored 'short' vector back (spec §4.7).
+    windows = WindowDataset.for_evaluation(bundle.train, None)
+    batch = windows.collate([windows[i] for i in range(len(windows))])
+    full = {m: batch["present"][m] for m in ("long", "short")}
+    keep = full["short"].any(1)
+    vectors = model.net.vectors(batch["x"], full)
+    dropped = {**full, "short": torch.zeros_like(full["short"])}
+    imputed = model.impute(model.net.vectors(batch["x"], dropped), dropped)
+    torch.testing.assert_close(imputed["short"][keep], vectors["short"][keep])
+    torch.testing.assert_close(imputed["long"], vectors["long"])
+
+
+def test_missing_table_has_every_subset_and_the_full_one_matches_the_run(tmp_path):
+    ds = tiny_clips()
+    data = write_native(ds, tmp_path / "data")
+    cfg = TrainConfig(data=data, method="fusion", out=tmp_path / "run", **SMALL)
+    res = run(cfg)
+    table = evaluate_missing(tmp_path / "run")
+    assert list(table) == ["long+short", "long", "short"] == ["+".join(s) for s in subsets(["long", "short"])]
+    assert table["long+short"]["val"] == res["val"] and table["long+short"]["test"] == res["test"]
+    assert table["long"]["val"].keys() == res["val"].keys()
+    assert table["short"]["val"]["acc"] < table["long"]["val"]["acc"]  # 'short' is the weak modality
+    on_disk = json.loads((tmp_path / "run" / "missing.json").read_text())
+    assert on_disk == json.loads(json.dumps(table)) and (tmp_path / "run" / "missing-zero.json").is_file()
+    knn = evaluate_missing(tmp_path / "run", "knn", 3)
+    assert knn["long+short"] == table["long+short"]  # nothing is absent: imputation changes nothing
+    assert (tmp_path / "run" / "missing-knn-k3.json").is_file()
+
+
+def test_subsets_of_three():
+    assert [len(s) for s in subsets(["t", "v", "a"])] == [3, 2, 2, 2, 1, 1, 1]
+
+
+def test_pairs_by_initials_or_names():
+    mods = ["text", "video", "audio"]
+    assert fusion_pairs(["T2V", "a2v", "text2audio"], mods) == [("text", "video"), ("audio", "video"),
+                                                                 ("text", "audio")]
+    assert fusion_pairs(None, mods) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_cli_train_evaluate_export_predict(tmp_path):
+    data = write_native(tiny_clips(), tmp_path / "data")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    res = invoke("train", "--data", data, "--method", "fusion", "--fusion", "cross", "--no-sp", "--moddrop",
+                 "--config", cfg, "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["method"]["fusion"] == "cross" and record["method"]["sp"] is False
+    assert record["config"]["fusion"]["gru_units"] == 8  # the file's fusion keys survive --fusion
+    res = invoke("evaluate", tmp_path / "run", "--missing", "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout.splitlines()[0])["rows"]) == 3
+    assert invoke("export", tmp_path / "run", "--out", tmp_path / "model").exit_code == 0
+    short_only = write_native(tiny_clips().select_modalities(["short"]), tmp_path / "short")
+    res = invoke("predict", tmp_path / "model", "--data", short_only, "--out", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    assert set(pd.read_csv(tmp_path / "p.csv")["modalities"]) <= {"short", "none"}
+
+
+def test_cli_bad_fusion_input(tmp_path):
+    data = write_native(tiny_clips(), tmp_path / "data")
+    out = tmp_path / "run"
+    for args, match in [
+        (["--method", "unimodal", "--modality", "long", "--fusion", "cross"], "--fusion applies to --method fusion"),
+        (["--method", "fusion", "--fusion", "cross", "--pairs", "X2Y"], "unknown modality"),
+        (["--method", "fusion", "--modalities", "long,nope"], "unknown nope"),
+        (["--method", "fusion", "--fusion", "cross", "--impute", "knn"], "needs --fusion intra"),
+        (["--method", "fusion", "--fusion", "cross", "--modalities", "long"], "at least two modalities"),
+        (["--method", "fusion", "--modality", "long"], "reads --modalities"),
+        (["--method", "fusion", "--fold", "2"], "no folds"),
+    ]:
+        line = one_line_error(invoke("train", "--data", data, *args, "--out", out))
+        assert match in line, line
+        assert not out.exists()
+
+
+def test_predict_refuses_a_modality_of_the_wrong_dimension(tmp_path):
+    ds = tiny_clips()
+    _, out = train(tmp_path, ds)
+    bad = ds.replace_sequences(
+        s.__class__(**{**s.__dict__, "features": {**s.features, "short": np.zeros((s.length("short"), 5), np.float32)}})
+        for s in ds
+    )
+    bad.modalities = {"long": 4, "short": 5}
+    bad_dir = write_native(bad, tmp_path / "bad")
+    line = one_line_error(invoke("predict", out / "model", "--data", bad_dir, "--out", tmp_path / "p.csv"))
+    assert "dimension mismatch for 'short'" in line and not (tmp_path / "p.csv").exists()
+
+
+def test_evaluate_missing_refuses_a_single_modality_run(tmp_path):
+    data = write_native(tiny_clips(), tmp_path / "data")
+    assert invoke("train", "--data", data, "--modality", "long", "--arch", "classifier", "--max-epochs", "1",
+                  "--out", tmp_path / "run").exit_code == 0
+    line = one_line_error(invoke("evaluate", tmp_path / "run", "--missing"))
+    assert "needs a fusion run" in line
+    assert "nothing to evaluate" in one_line_error(invoke("evaluate", tmp_path / "run"))
+
+
+@pytest.mark.parametrize("p", [0.3])
+def test_random_moddrop_never_drops_everything(tmp_path, p):
+    res, _ = train(tmp_path, tiny_clips(), moddrop_p=p)
+    assert res["method"]["moddrop_p"] == p
