@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -24,6 +25,9 @@ from stew.deploy import load_model
 from stew.errors import DataError
 from stew.models.fused import FusedModel
 
+if TYPE_CHECKING:
+    from stew.training import Bundle
+
 
 def subsets(modalities: list[str]) -> list[tuple[str, ...]]:
     """Every non-empty subset, the full set first, then by size (largest first), in modality order."""
@@ -33,7 +37,7 @@ def subsets(modalities: list[str]) -> list[tuple[str, ...]]:
 
 def evaluate_missing(run_dir: Path, impute: str | None = None, k: int | None = None) -> dict:
     """Scores of every modality subset on validation and test; writes RUN/missing.json (see module doc)."""
-    from stew.training import make_bundle, predict_sequences, resolve, score
+    from stew.training import make_bundle, resolve
 
     run_dir = Path(run_dir)
     record = _read_run(run_dir)
@@ -56,18 +60,33 @@ def evaluate_missing(run_dir: Path, impute: str | None = None, k: int | None = N
         raise DataError("the data's validation carve differs from the run's (was the data folder changed?)",
                         file=cfg.data)
     bundle = make_bundle(cfg, ds, spec.modalities)
+    result = score_subsets(model, bundle)
+    write_missing(run_dir, result, impute, k)
+    return result
+
+
+def score_subsets(model: FusedModel, bundle: Bundle) -> dict:
+    """``{"a+b": {"val": metrics, "test": metrics}, ...}`` for every non-empty subset of the model's
+    modalities present (the others absent, filled as ``model.spec.impute`` says)."""
+    from stew.training import predict_sequences, score
+
     result: dict = {}
-    for present in subsets(spec.modalities):
-        model.absent = frozenset(spec.modalities) - set(present)
-        name = "+".join(present)
-        result[name] = {sp: score(predict_sequences(model, seqs, bundle), seqs, bundle)
-                        for sp in ("val", "test") if (seqs := getattr(bundle, sp))}
-    model.absent = frozenset()
+    mods = model.spec.modalities
+    try:
+        for present in subsets(mods):
+            model.absent = frozenset(mods) - set(present)
+            result["+".join(present)] = {sp: score(predict_sequences(model, seqs, bundle), seqs, bundle)
+                                         for sp in ("val", "test") if (seqs := getattr(bundle, sp))}
+    finally:
+        model.absent = frozenset()
+    return result
+
+
+def write_missing(run_dir: Path, result: dict, impute: str, k: int) -> None:
+    """``missing.json`` and its copy named after the imputation (``missing-zero.json``, ``missing-knn-k10.json``)."""
     text = json.dumps(result, indent=2)
     write_text_atomic(run_dir / "missing.json", text)
-    tag = "missing-zero.json" if impute == "zero" else f"missing-knn-k{k}.json"
-    write_text_atomic(run_dir / tag, text)
-    return result
+    write_text_atomic(run_dir / ("missing-zero.json" if impute == "zero" else f"missing-knn-k{k}.json"), text)
 
 
 def _read_run(run_dir: Path) -> dict:
