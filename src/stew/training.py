@@ -320,13 +320,19 @@ class StewModule(L.LightningModule):
             self.best_score, self.best_epoch = val, self.current_epoch
             self.best_state = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         params = list(self.method.trainable_parameters())
         if self.cfg.optimizer == "sgd":
-            return torch.optim.SGD(
-                params, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
-            )
-        return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            opt = torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum,
+                                  weight_decay=self.cfg.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        factor = self.method.lr_factor()
+        if factor is None:
+            return opt
+        # A per-update learning-rate factor (ConflictNET's Keras-style decay): stepped every batch.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["stew_best"] = {

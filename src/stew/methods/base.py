@@ -8,7 +8,7 @@ stopping, evaluation and artefacts are shared (see :mod:`stew.training`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,6 +49,10 @@ class Method(nn.Module):
             loss = loss + l2 * penalty
             parts["l2"] = penalty.detach()
         return loss, parts
+
+    def lr_factor(self) -> Callable[[int], float] | None:
+        """The learning rate's factor after ``n`` updates (None: constant), e.g. Keras's 1 / (1 + decay * n)."""
+        return None
 
     def training_windows(self, windows: WindowDataset) -> WindowDataset:
         """The training set as the loop sees it (ModDrop adds versions with modalities removed)."""
