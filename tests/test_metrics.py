@@ -378,13 +378,16 @@ def test_task_metrics_regression_one_target() -> None:
     p = y + rng.normal(scale=0.5, size=(90, 1))
     ids = np.repeat([0, 1, 2], 30)
     out = metrics.task_metrics("regression", ["arousal"], y, p, sequence_ids=ids)
-    assert set(out) == {"ccc", "pcc", "acc_sign", "ccc_seq", "n"}
+    assert set(out) == {"ccc", "pcc", "acc_sign", "uar", "war", "ccc_seq", "n"}
     assert out["ccc"] == pytest.approx(_ccc_reference(y[:, 0], p[:, 0]))
     assert out["pcc"] == pytest.approx(stats.pearsonr(y[:, 0], p[:, 0]).statistic)
     expected = np.mean([_ccc_reference(y[ids == s, 0], p[ids == s, 0]) for s in range(3)])
     assert out["ccc_seq"] == pytest.approx(expected)
     assert out["acc_sign"] == pytest.approx(100 * accuracy_score(y[:, 0] > 0, p[:, 0] > 0))
-    assert set(metrics.task_metrics("regression", ["arousal"], y, p)) == {"ccc", "pcc", "acc_sign", "n"}
+    assert out["war"] == pytest.approx(100 * accuracy_score(y[:, 0] >= 0, p[:, 0] >= 0))
+    assert out["uar"] == pytest.approx(100 * balanced_accuracy_score(y[:, 0] >= 0, p[:, 0] >= 0))
+    keys = {"ccc", "pcc", "acc_sign", "uar", "war", "n"}
+    assert set(metrics.task_metrics("regression", ["arousal"], y, p)) == keys
 
 
 def test_task_metrics_regression_several_targets() -> None:
@@ -394,8 +397,9 @@ def test_task_metrics_regression_several_targets() -> None:
     ids = np.array(["a"] * 15 + ["b"] * 25)
     out = metrics.task_metrics("regression", ["arousal", "valence"], y, p, sequence_ids=ids)
     assert set(out) == {
-        "ccc_arousal", "pcc_arousal", "acc_sign_arousal", "ccc_seq_arousal",
-        "ccc_valence", "pcc_valence", "acc_sign_valence", "ccc_seq_valence", "ccc_mean", "n",
+        "ccc_arousal", "pcc_arousal", "acc_sign_arousal", "uar_arousal", "war_arousal", "ccc_seq_arousal",
+        "ccc_valence", "pcc_valence", "acc_sign_valence", "uar_valence", "war_valence", "ccc_seq_valence",
+        "ccc_mean", "n",
     }
     for j, t in enumerate(("arousal", "valence")):
         assert out[f"acc_sign_{t}"] == pytest.approx(100 * accuracy_score(y[:, j] > 0, p[:, j] > 0))

@@ -353,9 +353,10 @@ def task_metrics(
     - binary: ``acc``, ``f1_weighted``, ``f1_macro``, ``recall_mean`` (all in %);
     - multiclass: ``acc``, ``f1_macro``, ``recall_mean`` (in %);
     - regression, one target: ``ccc``, ``pcc``, ``acc_sign`` (:func:`sign_accuracy` in %, the binary
-      accuracy of the SEW tables) and, given ``sequence_ids``, ``ccc_seq`` (the mean per-sequence
-      CCC); several targets: ``ccc_<t>``, ``pcc_<t>``, ``acc_sign_<t>``, ``ccc_seq_<t>`` per target and
-      ``ccc_mean`` (the mean of ``ccc_<t>``).
+      accuracy of the SEW tables), ``uar`` and ``war`` (:func:`uar`, :func:`war` at 0 in %, the SSPNet
+      conflict tables) and, given ``sequence_ids``, ``ccc_seq`` (the mean per-sequence CCC); several
+      targets: ``ccc_<t>``, ``pcc_<t>``, ``acc_sign_<t>``, ``uar_<t>``, ``war_<t>``, ``ccc_seq_<t>`` per
+      target and ``ccc_mean`` (the mean of ``ccc_<t>``).
     """
     yt = np.asarray(y_true, dtype=np.float64)
     yp = np.asarray(y_pred, dtype=np.float64)
@@ -395,6 +396,8 @@ def task_metrics(
             out[f"ccc{suffix}"] = ccc(yt[:, j], yp[:, j])
             out[f"pcc{suffix}"] = pcc(yt[:, j], yp[:, j])
             out[f"acc_sign{suffix}"] = 100.0 * sign_accuracy(yt[:, j], yp[:, j])
+            out[f"uar{suffix}"] = 100.0 * uar(yt[:, j], yp[:, j])
+            out[f"war{suffix}"] = 100.0 * war(yt[:, j], yp[:, j])
             if seq_index is not None:
                 parts = [seq_index == s for s in range(seq_index.max() + 1)]
                 out[f"ccc_seq{suffix}"] = ccc_per_sequence(

@@ -243,6 +243,11 @@ def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
 # Prediction and metrics on whole sequences
 
 
+def selection_key(method: Method, bundle: Bundle) -> str:
+    """The validation metric that picks epochs: the method's own (ConflictNET: PCC), else the task's."""
+    return method.selection or metrics.selection_metric(bundle.task, bundle.targets)
+
+
 def predict_sequences(method: Method, seqs: list[PreparedSequence], bundle: Bundle) -> list[np.ndarray]:
     return predict_windows(method, seqs, bundle.eval_win, bundle.k_delay)
 
@@ -294,7 +299,7 @@ class StewModule(L.LightningModule):
     def __init__(self, method: Method, cfg: TrainConfig, bundle: Bundle) -> None:
         super().__init__()
         self.method, self.cfg, self.bundle = method, cfg, bundle
-        self.selection = metrics.selection_metric(bundle.task, bundle.targets)
+        self.selection = selection_key(method, bundle)
         self.best_score = -float("inf")
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -597,7 +602,7 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
     bundle = make_bundle(cfg, ds, required_modalities(cfg))
     fit_dir.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg, bundle, fit_dir)
-    key = metrics.selection_metric(bundle.task, bundle.targets)
+    key = selection_key(method, bundle)
     if method.closed_form:
         offset = method.fit_closed_form(bundle, lambda preds: score(preds, bundle.val, bundle)[key])
         # The label offset found on validation plays the label delay's part from here on (predict, export).

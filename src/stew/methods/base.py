@@ -28,6 +28,9 @@ class Method(nn.Module):
     # True for methods fitted without gradient descent (linear): the trainer calls their
     # ``fit_closed_form(bundle, evaluate)`` instead of the Lightning loop.
     closed_form = False
+    # The validation metric that selects epochs, when the method's paper names one (ConflictNET: PCC);
+    # None: the task's (CCC, weighted F1, accuracy).
+    selection: str | None = None
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
