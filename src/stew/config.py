@@ -15,7 +15,9 @@ from stew.errors import DataError
 
 Arch = Literal["classifier", "bigru", "bigru-te", "gru4", "gru"]
 LossName = Literal["mse", "ccc", "pcc", "bce", "ce"]
-MethodName = Literal["unimodal", "linear", "sew", "cmstew", "emobed", "joint", "triplet", "cermtl", "fusion"]
+MethodName = Literal[
+    "unimodal", "linear", "sew", "cmstew", "emobed", "joint", "triplet", "cermtl", "fusion", "conflictnet"
+]
 EMOBED_MODES = ("emobed", "joint", "triplet")
 
 

@@ -24,6 +24,7 @@ from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
 from stew.data.preprocess import Standardizer, predict_windows, prepare
 from stew.errors import DataError
+from stew.models.conflictnet import RawAudioModel, RawAudioSpec
 from stew.models.fused import FusedModel, FusedSpec
 from stew.models.student import SingleModalityModel, StudentSpec
 
@@ -49,7 +50,7 @@ class ModelMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     format: Literal["stew-model/1"]
-    student: StudentSpec | FusedSpec
+    student: StudentSpec | FusedSpec | RawAudioSpec
     modality: str = Field(min_length=1)  # a fusion model: its modalities joined by "+"
     dim: int = Field(ge=1)  # a fusion model: the sum of its inputs' dimensions
     dims: dict[str, int] | None = None  # a fusion model: each input's dimension
@@ -72,11 +73,13 @@ class ModelMeta(BaseModel):
         s, m = self.student, self.modality
         if (s.modality, s.task, s.targets) != (m, self.task, self.targets):
             raise ValueError("student.modality, task and targets must equal the top-level modality, task, targets")
-        if s.encoder.d_in != self.dim:
-            raise ValueError(f"student.encoder.d_in is {s.encoder.d_in} but dim is {self.dim}")
+        d_in = 1 if isinstance(s, RawAudioSpec) else s.encoder.d_in
+        if d_in != self.dim:
+            raise ValueError(f"the student reads {d_in} features per step but dim is {self.dim}")
         n_out = len(self.targets) if self.task == "regression" else 1 if self.task == "binary" else self.n_classes
-        if s.head.n_out != n_out:
-            raise ValueError(f"student.head.n_out is {s.head.n_out}; a {self.task} model of these targets has {n_out}")
+        got = s.net.n_out if isinstance(s, RawAudioSpec) else s.head.n_out
+        if got != n_out:
+            raise ValueError(f"the student has {got} outputs; a {self.task} model of these targets has {n_out}")
         if set(self.standardizer) != {m}:
             raise ValueError(f"standardizer must have exactly one entry, {m!r}; it has {sorted(self.standardizer)}")
         _check_stats(m, self.standardizer[m], self.dim)
@@ -124,8 +127,10 @@ def _check_stats(m: str, st: _Stats, dim: int) -> None:
         raise ValueError(f"standardizer {m!r} must have finite means and positive finite stds")
 
 
-def build_student(spec: StudentSpec | FusedSpec) -> SingleModalityModel | FusedModel:
-    return FusedModel(spec) if isinstance(spec, FusedSpec) else SingleModalityModel(spec)
+def build_student(spec: StudentSpec | FusedSpec | RawAudioSpec) -> SingleModalityModel | FusedModel | RawAudioModel:
+    if isinstance(spec, FusedSpec):
+        return FusedModel(spec)
+    return RawAudioModel(spec) if isinstance(spec, RawAudioSpec) else SingleModalityModel(spec)
 
 
 def save_model(
@@ -251,7 +256,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise DataError(f"not a readable safetensors file: {text}", file=path) from None
 
 
-def _check_weights(spec: StudentSpec | FusedSpec, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _check_weights(spec: StudentSpec | FusedSpec | RawAudioSpec, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """The weights' names, shapes and values match the model ``spec`` declares, before the real build.
 
     The reference model is built on the meta device: nothing is allocated, so a model.json declaring
@@ -278,7 +283,7 @@ def _check_weights(spec: StudentSpec | FusedSpec, tensors: dict[str, torch.Tenso
             raise DataError(f"tensor {k!r} holds NaN or infinite values", file=path)
 
 
-def load_model(path: Path) -> tuple[SingleModalityModel | FusedModel, dict]:
+def load_model(path: Path) -> tuple[SingleModalityModel | FusedModel | RawAudioModel, dict]:
     """The model of a model folder and its metadata; every malformed file is a one-line DataError.
 
     ``model.json`` is checked against its schema and the weights against the model it declares before
@@ -345,7 +350,9 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
     return result
 
 
-def _predict_single(model: SingleModalityModel, meta: dict, ds: Dataset, where: Path | None) -> tuple[list, list]:
+def _predict_single(
+    model: SingleModalityModel | RawAudioModel, meta: dict, ds: Dataset, where: Path | None
+) -> tuple[list, list]:
     m = meta["modality"]
     if m not in ds.modalities:  # an early-fused model: rebuild its input from the parts
         inputs = meta["inputs"]

@@ -69,8 +69,8 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
         unknown = [t for t in cfg.targets if t not in ds.targets]
         if unknown or not cfg.targets or len(set(cfg.targets)) != len(cfg.targets):
             raise DataError(f"--targets {','.join(cfg.targets)}: choose distinct targets among {ds.targets}")
-    if cfg.ablation and cfg.method not in ("sew", "cmstew"):
-        raise DataError(f"--ablation applies to sew and cmstew only, not --method {cfg.method}")
+    if cfg.ablation and cfg.method not in ("sew", "cmstew", "conflictnet"):
+        raise DataError(f"--ablation applies to sew, cmstew and conflictnet only, not --method {cfg.method}")
     if cfg.method == "fusion":
         from stew.methods.fusion import fusion_modalities
 
@@ -78,12 +78,12 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
             raise DataError("--method fusion reads --modalities (default: all of the data's), "
                             "not --modality or --teacher")
         upd["fusion"] = cfg.fusion.model_copy(update={"modalities": fusion_modalities(cfg, ds.modalities)})
-        # Spec §4.3: Adam at 1e-3, early stopping after 10 epochs without a better validation score.
-        if "patience" not in cfg.model_fields_set:
-            upd["patience"] = 10
+    # Spec §4.3 (fusion) and §3.3 (ConflictNET): early stopping after 10 epochs without a better score.
+    if cfg.method in ("fusion", "conflictnet") and "patience" not in cfg.model_fields_set:
+        upd["patience"] = 10
     # A teacher-student method without --teacher must say so: naming only --modality (or nothing
     # useful) sends the user after the wrong option.
-    no_teacher = cfg.teacher is None and cfg.method not in ("unimodal", "linear", "cermtl", "fusion")
+    no_teacher = cfg.teacher is None and cfg.method not in ("unimodal", "linear", "cermtl", "fusion", "conflictnet")
     if cfg.modality is None and cfg.method != "fusion":
         if len(mods) != 1:
             raise DataError(f"choose {'--modality and --teacher' if no_teacher else '--modality'} among {mods}")
@@ -134,6 +134,8 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
             upd["lr"] = 5e-5  # spec §2.5
         elif cfg.method == "fusion":
             upd["lr"] = 1e-3  # spec §4.3
+        elif cfg.method == "conflictnet":
+            upd["lr"] = 1e-2  # spec §3.3, with Keras's decay 0.6 per update
     return cfg.model_copy(update=upd)
 
 
@@ -228,7 +230,9 @@ def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
             raise DataError(f"dataset {ds.name!r} has an empty {sp!r} split")
     targets = target_names(cfg, ds)
     cols = [ds.targets.index(t) for t in targets]
-    scaler = Standardizer.fit(ds.split("train"), modalities)
+    # A waveform is left as it is (RMS-normalised per clip when read): z-scoring raw samples would
+    # need every training sample in memory twice and changes nothing the model cares about.
+    scaler = Standardizer.fit(ds.split("train"), modalities, unscaled=ds.meta.get("unscaled", ()))
     rate = ds.step_rate_hz if ds.label_level == "step" else None  # one label per sequence: no windows
     k = delay_steps(cfg.label_delay_s or 0.0, rate)
     parts = {sp: prepare(ds.split(sp), modalities, cols, scaler, k) for sp in ("train", "val", "test")}
@@ -669,12 +673,12 @@ def validation_latents(method: Method, bundle: Bundle, max_steps: int = LATENT_S
     modality is present, with the first target: what ``stew report`` projects to 2-D."""
     seqs = bundle.val
     student = method.student
-    # A fusion model's latent is the pooled vector its classifier reads; present where any input is.
-    fused = hasattr(student, "latents")
-    probe = _FusedLatents(student) if fused else _EncoderOutputs(student)
+    # A fusion or raw-audio model names its own latent (the vector its classifier reads); present where
+    # any of its inputs is.
+    probe = _OwnLatents(student) if hasattr(student, "latents") else _EncoderOutputs(student)
     z = np.concatenate(predict_windows(probe, seqs, bundle.eval_win, bundle.k_delay))
-    modalities = student.spec.modalities if fused else [student.spec.modality]
-    if fused and student.spec.fusion.pool_time or not fused and student.spec.pool == "mean":
+    modalities = getattr(student.spec, "modalities", None) or [student.spec.modality]
+    if bundle.ds.label_level == "sequence":
         present = np.array([any(bool(s.present[m].any()) for m in modalities) for s in seqs])
     else:
         present = np.logical_or.reduce([np.concatenate([s.present[m].numpy() for s in seqs]) for m in modalities])
@@ -689,7 +693,7 @@ def validation_latents(method: Method, bundle: Bundle, max_steps: int = LATENT_S
             "step": step[keep]}
 
 
-class _FusedLatents(torch.nn.Module):
+class _OwnLatents(torch.nn.Module):
     def __init__(self, student: torch.nn.Module) -> None:
         super().__init__()
         self.student = student

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,9 +31,14 @@ class Standardizer:
     std: dict[str, np.ndarray]
 
     @classmethod
-    def fit(cls, seqs: list[Sequence], modalities: list[str]) -> Standardizer:
+    def fit(cls, seqs: list[Sequence], modalities: list[str], unscaled: Iterable[str] = ()) -> Standardizer:
+        """Statistics of the present training steps; modalities in ``unscaled`` keep mean 0 and std 1."""
         mean, std = {}, {}
         for m in modalities:
+            if m in unscaled:
+                d = seqs[0].features[m].shape[1]
+                mean[m], std[m] = np.zeros(d, np.float32), np.ones(d, np.float32)
+                continue
             x = np.concatenate([s.features[m][s.masks[m]] for s in seqs]).astype(np.float64)
             if len(x) == 0:
                 x = np.zeros((1, seqs[0].features[m].shape[1]))

@@ -24,7 +24,7 @@ def required_modalities(cfg: TrainConfig) -> list[str]:
         assert cfg.fusion.modalities is not None  # resolved from the data by training.resolve
         return list(cfg.fusion.modalities)
     assert cfg.modality is not None
-    if cfg.method in ("unimodal", "linear", "cermtl"):
+    if cfg.method in ("unimodal", "linear", "cermtl", "conflictnet"):
         return [cfg.modality]
     if cfg.teacher is None:
         role = "auxiliary" if cfg.method in EMOBED_MODES else "stronger"
@@ -84,6 +84,10 @@ def build_method(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Method:
         return build(cfg, bundle, run_dir)
     if cfg.method == "fusion":
         from stew.methods.fusion import build
+
+        return build(cfg, bundle)
+    if cfg.method == "conflictnet":
+        from stew.methods.conflictnet import build
 
         return build(cfg, bundle)
     raise DataError(f"unknown method {cfg.method!r}")

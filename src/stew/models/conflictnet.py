@@ -315,6 +315,10 @@ class ConflictNet(nn.Module):
         return z.transpose(1, 2), mask
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.dense(self.dropout(self.summary(x, mask))).unsqueeze(1)
+
+    def summary(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The clip's summary vector [B, u2] that the dense layer reads (LSTM-2's last real step, or GAP)."""
         h, steps = self.sequence(x, mask)
         h = self.lstm1(h)
         if self.attention is not None:
@@ -326,7 +330,7 @@ class ConflictNet(nn.Module):
         else:  # Keras return_sequences=False: the last real step
             last = (steps.long() * torch.arange(1, steps.shape[1] + 1, device=steps.device)).argmax(1)
             h = h[torch.arange(h.shape[0], device=h.device), last]
-        return self.dense(self.dropout(h)).unsqueeze(1)
+        return h
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -346,3 +350,44 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         elif value.is_floating_point():
             frozen += value.numel()
     return trainable, frozen
+
+
+class RawAudioSpec(BaseModel):
+    """The deployable raw-waveform model: a ConflictNET variant over one modality of waveform samples."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["conflictnet"] = "conflictnet"
+    modality: str
+    task: Literal["regression"] = "regression"
+    targets: list[str]
+    net: ConflictNetSpec
+
+
+class RawAudioModel(nn.Module):
+    """:class:`ConflictNet` in stew's batch layout: one prediction per clip from ``x[modality]``."""
+
+    def __init__(self, spec: RawAudioSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.net = ConflictNet(spec.net)
+        # An affine map of the outputs fitted after training (see methods/conflictnet.py): a PCC loss
+        # leaves the outputs' offset and scale free, and UAR/WAR binarise them at 0.
+        self.register_buffer("out_scale", torch.ones(spec.net.n_out))
+        self.register_buffer("out_shift", torch.zeros(spec.net.n_out))
+
+    @property
+    def context(self) -> tuple[int, int]:
+        return 0, 0
+
+    def outputs(self, batch: dict) -> torch.Tensor:
+        """Pre-activation outputs [B, 1, n_out]."""
+        m = self.spec.modality
+        return self.net(batch["x"][m], batch["present"][m]) * self.out_scale + self.out_shift
+
+    def predict(self, batch: dict) -> torch.Tensor:
+        return self.net.activate(self.outputs(batch))
+
+    def latents(self, batch: dict) -> torch.Tensor:
+        """The clip's summary vector [B, 1, u2] (what `stew report` projects)."""
+        m = self.spec.modality
+        return self.net.summary(batch["x"][m], batch["present"][m]).unsqueeze(1)

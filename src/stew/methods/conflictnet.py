@@ -1,0 +1,92 @@
+"""ConflictNET: verbal-conflict intensity regressed end to end from the raw waveform (spec §3, system A).
+
+Three convolution blocks (conv, batch norm, max-pool) turn 30 s of 8 kHz speech into 832 steps of 256
+features; temporal average pooling (AP) shortens them to 208, which LSTMs handle better; an LSTM reads
+them, global additive self-attention re-weights every step by the whole clip, a second LSTM sums the
+clip up, and a linear unit gives the conflict level. ParaNET, the baseline, lacks AP and attention;
+``--ablation`` picks ``paranet``, ``+ap``, ``+attn``, ``conflictnet`` (the default) or ``+gap``.
+
+Trained as the paper: 1 - PCC per mini-batch, Adam at 0.01 with Keras's decay 0.6 per update
+(lr / (1 + 0.6 t)), batch 32, the epoch with the best validation PCC kept. Scored with PCC, and UAR
+and WAR at 0. A PCC loss leaves the outputs' offset and scale free, so before binarising, the paper
+maps predictions linearly from their [min, max] onto the training labels' [min, max] (spec §0.7);
+the authors' code takes that min and max from the *test* predictions, which reads test statistics.
+stew takes them from the validation predictions once training ends and stores the map in the model,
+so test and deployment use one fixed affine map (PCC is unchanged by it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from stew.errors import DataError
+from stew.methods.base import Method
+from stew.models.conflictnet import ConflictNetSpec, RawAudioModel, RawAudioSpec
+from stew.objectives import pcc_loss
+
+if TYPE_CHECKING:
+    from stew.config import TrainConfig
+    from stew.training import Bundle
+
+ABLATIONS = ("paranet", "+ap", "+attn", "conflictnet", "+gap")
+DECAY = 0.6  # Keras's legacy per-update decay (spec §3.3)
+
+
+class ConflictNetMethod(Method):
+    selection = "pcc"
+
+    def __init__(self, spec: RawAudioSpec, decay: float = DECAY) -> None:
+        super().__init__()
+        self.student = RawAudioModel(spec)
+        self.decay = decay
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # The output is linear (spec §3.1): PCC is taken on the raw outputs, not squashed by tanh.
+        out = self.student.outputs(batch)
+        loss = pcc_loss(out, batch["y"], batch["mask"])
+        return loss, {"pcc_loss": loss.detach()}
+
+    def lr_factor(self) -> Callable[[int], float]:
+        decay = self.decay
+        return lambda n: 1.0 / (1.0 + decay * n)
+
+    @torch.no_grad()
+    def after_fit(self, bundle: Bundle) -> None:
+        """The spec's min-max rescaling (§0.7), fitted on validation predictions instead of test ones."""
+        from stew.training import predict_sequences
+
+        self.student.out_scale.fill_(1.0)
+        self.student.out_shift.fill_(0.0)
+        pred = np.concatenate(predict_sequences(self, bundle.val, bundle))
+        y = np.concatenate([s.source.targets[:, bundle.target_cols] for s in bundle.train])
+        lo, hi = pred.min(0), pred.max(0)
+        scale = np.where(hi > lo, (y.max(0) - y.min(0)) / np.where(hi > lo, hi - lo, 1.0), 1.0)
+        self.student.out_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
+        self.student.out_shift.copy_(torch.as_tensor(y.min(0) - lo * scale, dtype=torch.float32))
+
+    def extra_record(self) -> dict:
+        spec = self.student.spec.net
+        trainable = sum(p.numel() for p in self.student.parameters() if p.requires_grad)
+        return {"ablation": spec.ablation, "samples": spec.samples, "decay": self.decay, "parameters": trainable,
+                "rescale": {"scale": self.student.out_scale.tolist(), "shift": self.student.out_shift.tolist()}}
+
+
+def build(cfg: TrainConfig, bundle: Bundle) -> ConflictNetMethod:
+    ds = bundle.ds
+    m = cfg.modality
+    if ds.task != "regression" or ds.label_level != "sequence" or ds.modalities[m] != 1:
+        raise DataError(f"--method conflictnet regresses one value per clip from a mono waveform; modality {m!r} "
+                        f"has {ds.modalities[m]} features per step, task {ds.task}, labels per {ds.label_level}")
+    ablation = cfg.ablation or "conflictnet"
+    if ablation not in ABLATIONS:
+        raise DataError(f"--ablation {ablation!r}: ConflictNET's are {', '.join(ABLATIONS)}")
+    samples = max(s.length(m) for s in ds.split("train"))
+    try:
+        net = ConflictNetSpec(ablation=ablation, samples=samples, n_out=len(bundle.targets))
+    except ValueError as e:
+        raise DataError(f"clips of {samples} samples: {str(e).splitlines()[0]}") from None
+    return ConflictNetMethod(RawAudioSpec(modality=m, targets=bundle.targets, net=net))
