@@ -85,6 +85,24 @@ def tiny_clips(seed: int = 0, n: int = 48, task: str = "multiclass") -> Dataset:
                    sequences=seqs, n_classes=3 if task == "multiclass" else 2, label_level="sequence")
 
 
+def tiny_waves(n: int = 30, samples: int = 8000, seed: int = 0) -> Dataset:
+    """Raw 8 kHz 'clips' whose label in [-1, 1] sets the loudness of a 1.8 kHz tone over a 200 Hz one."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 8000
+    seqs = []
+    for i in range(n):
+        level = rng.uniform(-1, 1)
+        x = np.sin(2 * np.pi * 200 * t) + (level + 1) * 0.5 * np.sin(2 * np.pi * 1800 * t) + rng.normal(0, 0.1, samples)
+        x = (x / np.sqrt(np.mean(x**2))).astype(np.float32)[:, None]
+        split = "train" if i < 0.6 * n else "val" if i < 0.8 * n else "test"
+        sid = f"clip{i:03d}"
+        seqs.append(Sequence(id=sid, group=sid, split=split, features={"audio": x},
+                             masks={"audio": np.ones(samples, bool)}, targets=np.array([[level]], np.float32),
+                             step_ids=[sid]))
+    return Dataset(name="tiny-waves", task="regression", targets=["conflict"], modalities={"audio": 1},
+                   sequences=seqs, label_range=(-1.0, 1.0), label_level="sequence", meta={"unscaled": ["audio"]})
+
+
 @pytest.fixture
 def clips_dir(tmp_path: Path) -> Path:
     return write_native(tiny_clips(), tmp_path / "clips")

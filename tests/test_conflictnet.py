@@ -1,0 +1,76 @@
+"""The ConflictNET method (spec §3): training on raw waveforms, its metrics, rescaling, export, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stew.config import TrainConfig
+from stew.deploy import load_model, predict_dataset
+from stew.errors import DataError
+from stew.methods.conflictnet import DECAY, ConflictNetMethod
+from stew.models.conflictnet import ConflictNetSpec, RawAudioSpec
+from stew.training import run
+from tests.conftest import tiny_clips, tiny_waves
+
+FAST = {"max_epochs": 2, "batch_size": 6, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cn") / "run"
+    ds = tiny_waves()
+    return run(TrainConfig(data=out, method="conflictnet", out=out, **FAST), ds), out, ds
+
+
+def test_trains_with_pcc_selection_and_reports_uar_war(trained):
+    res, out, ds = trained
+    assert res["selection"]["key"] == "pcc" and res["method"]["ablation"] == "conflictnet"
+    assert res["method"]["parameters"] == 420_418
+    assert {"pcc", "uar", "war"} <= set(res["test"]) and res["test"]["n"] == len(ds.split("test"))
+    assert res["val"]["pcc"] > 0.5  # the tone's loudness is the label: learnable in two epochs
+
+
+def test_outputs_are_rescaled_onto_the_training_labels_by_validation_predictions(trained):
+    res, out, ds = trained
+    preds = pd.read_csv(out / "predictions.csv")
+    val = preds[preds["split"] == "val"]["pred_conflict"]
+    y_train = np.array([s.targets[0, 0] for s in ds.split("train")])
+    # min-max of the validation predictions lands on the training labels' range (spec §0.7, not test's)
+    assert val.min() == pytest.approx(y_train.min(), abs=1e-4) and val.max() == pytest.approx(y_train.max(), abs=1e-4)
+    assert res["method"]["rescale"]["scale"][0] != 1.0
+
+
+def test_export_and_predict_reproduce_the_run(trained):
+    res, out, ds = trained
+    model, meta = load_model(out / "model")
+    assert meta["student"]["kind"] == "conflictnet" and meta["dim"] == 1
+    again = predict_dataset(out / "model", ds).set_index("sequence")
+    preds = pd.read_csv(out / "predictions.csv").set_index("sequence")
+    np.testing.assert_allclose(again.loc[preds.index, "pred_conflict"], preds["pred_conflict"], atol=1e-4)
+
+
+def test_keras_decay_per_update():
+    spec = RawAudioSpec(modality="audio", targets=["y"], net=ConflictNetSpec(samples=8000))
+    factor = ConflictNetMethod(spec).lr_factor()
+    assert factor(0) == 1.0 and factor(3) == pytest.approx(1 / (1 + 3 * DECAY))
+
+
+@pytest.mark.parametrize("ablation, params", [("paranet", 412_161), ("+gap", 420_418)])
+def test_ablations_train(tmp_path, ablation, params):
+    res = run(TrainConfig(data=tmp_path, method="conflictnet", ablation=ablation, out=tmp_path / "r",
+                          **{**FAST, "max_epochs": 1}), tiny_waves(n=15))
+    assert res["method"]["ablation"] == ablation and res["method"]["parameters"] == params
+
+
+def test_bad_input_is_one_line(tmp_path):
+    with pytest.raises(DataError, match="mono waveform"):
+        run(TrainConfig(data=tmp_path, method="conflictnet", modality="long", out=tmp_path / "a", **FAST),
+            tiny_clips(task="binary"))
+    with pytest.raises(DataError, match="--ablation 'nope'"):
+        run(TrainConfig(data=tmp_path, method="conflictnet", ablation="nope", out=tmp_path / "b", **FAST),
+            tiny_waves(n=15))
+    with pytest.raises(DataError, match="clips of 500 samples"):
+        run(TrainConfig(data=tmp_path, method="conflictnet", out=tmp_path / "c", **FAST), tiny_waves(samples=500))
+    assert not any((tmp_path / n).exists() for n in "abc")
