@@ -64,6 +64,9 @@ class ModelMeta(BaseModel):
     # Older model folders lack these two: one input (the modality itself), raw predictions.
     inputs: list[str] | None = None
     postprocess: dict[str, dict[str, Any]] | None = None
+    # How the features were made from audio files (stew features extract): `stew predict --audio`
+    # extracts with exactly these settings. None: the model was trained on features made elsewhere.
+    extractor: dict[str, Any] | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -159,6 +162,7 @@ def save_model(
         "inputs": parts if fused else m.split("+"),
         # The AVEC chain chosen on validation, applied by `stew predict` (None: raw predictions).
         "postprocess": {t: c.to_json() for t, c in postprocess.items()} if postprocess else None,
+        "extractor": bundle.ds.meta.get("extractor"),
         "provenance": {"method": cfg.method, "teacher": cfg.teacher, "seed": cfg.seed, "data": str(cfg.data)},
     }
     _write_atomically(out, {k: v.detach().contiguous() for k, v in student.state_dict().items()}, meta)

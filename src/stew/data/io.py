@@ -14,12 +14,14 @@ def load_dataset(path: str | Path, *, feature_set: str | None = None, fold: int 
     - stew native: ``manifest.yaml``;
     - CMU-MOSI utterance release: ``{train,test}_ids.csv`` with ``{audio,video,text}_{split}0.csv``;
     - IEMOCAP in the AMH fold layout: ``folds/fold01..fold05`` (``fold`` picks one; default 1);
+    - an audio folder (``labels.csv`` + audio files) or the SSPNet Conflict Corpus (``conflictlevel.csv``):
+      one waveform per clip, modality ``audio`` (see :mod:`stew.data.audio`);
     - AVEC 2016 RECOLA: ``ratings_gold_standard/`` plus ``features_*`` folders. ``feature_set`` picks
       the arousal or valence feature set (default: arousal).
 
     ``fold`` picks one of the five folds of a layout that has them (IEMOCAP AMH); elsewhere it is an error.
     """
-    from stew.data import iemocap, mosi, native, recola
+    from stew.data import audio, iemocap, mosi, native, recola
 
     root = Path(path)
     if not root.exists():
@@ -32,12 +34,16 @@ def load_dataset(path: str | Path, *, feature_set: str | None = None, fold: int 
         raise DataError(f"--fold {fold}: this dataset has no folds (IEMOCAP AMH folds/fold01..fold05 do)", file=root)
     if native.is_native(root):
         return native.read_native(root)
+    if audio.is_sspnet(root) or audio.is_audio_folder(root):
+        ds = audio.read_sspnet(root) if audio.is_sspnet(root) else audio.read_audio_folder(root)
+        ds.meta["unscaled"] = ["audio"]  # waveforms are RMS-normalised per clip, never z-scored
+        return ds
     if mosi.is_mosi(root):
         return mosi.read_mosi(root)
     if recola.is_recola(root):
         return recola.read_recola(root, feature_set=feature_set or "arousal")
     raise DataError(
         "unknown dataset layout (expected manifest.yaml, CMU-MOSI *_ids.csv, IEMOCAP AMH folds/, "
-        "or AVEC 2016 ratings_gold_standard/)",
+        "an audio folder's labels.csv, or AVEC 2016 ratings_gold_standard/)",
         file=root,
     )
