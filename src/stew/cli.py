@@ -122,6 +122,7 @@ class Kind(StrEnum):
     recola = "recola"
     mosi = "mosi"
     iemocap = "iemocap"
+    conflict = "conflict"
 
 
 @data_app.command("synth")
@@ -137,6 +138,8 @@ def data_synth(
     full_shapes: Annotated[
         bool, typer.Option("--full-shapes", help="iemocap: the real array shapes (1000x120 MFCC, 32x2048 video, ...)")
     ] = False,
+    clips: Annotated[int, typer.Option(min=1, help="conflict: clips (1,430 in the SSPNet corpus)")] = 240,
+    clip_s: Annotated[float, typer.Option(min=1.0, help="conflict: seconds per clip (the corpus: 30)")] = 30.0,
     fmt: Annotated[str, typer.Option("--format", help="parquet or npz")] = "parquet",
 ) -> None:
     """Write a synthetic dataset (deterministic per seed): stew's native format, or for iemocap the
@@ -158,6 +161,12 @@ def data_synth(
     if kind == Kind.recola and round(minutes * 60 * RATE_HZ) < 2:
         raise DataError(f"--minutes {minutes:g} gives fewer than 2 frames at {RATE_HZ:g} Hz")
     _check_out_folder(out)
+    if kind == Kind.conflict:
+        from stew.data.synthetic_conflict import write_synthetic_conflict
+
+        write_synthetic_conflict(out, clips=clips, seed=seed, clip_s=clip_s)
+        console.print(f"wrote a synthetic conflict corpus: {clips} clips of {clip_s:g} s at 8 kHz -> {out}")
+        return
     if kind == Kind.iemocap:
         from stew.data.synthetic_iemocap import write_synthetic_iemocap
 
@@ -322,6 +331,24 @@ def evaluate(
     c = _table_console(fmt)
     c.print(missing_table(res, key, f"{run_dir} · ● present ○ absent · {impute or 'as trained'}"))
     c.print(f"written to {run_dir / 'missing.json'}")
+
+
+@app.command()
+@cli_errors
+def explain(
+    model: Annotated[Path, typer.Argument(help="exported raw-audio model folder (--method conflictnet)")],
+    audio_file: Annotated[Path, typer.Argument(help="one audio file (WAV, FLAC, ...)")],
+    out: Annotated[Path, typer.Option(help="folder for explanation.json and explanation.png")],
+    samples: Annotated[int, typer.Option(min=2, help="LIME perturbations (the thesis: 2,000)")] = 2000,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """Which 3 s segments of a clip drive the model's prediction (LIME, spec §3.7)."""
+    from stew.explain import explain_model
+
+    expl, json_path, png_path = explain_model(model, audio_file, out, n_samples=samples, seed=seed)
+    top = ", ".join(f"{s['start_s']:g}-{s['end_s']:g} s ({s['weight']:+.3g})" for s in expl.segments[:3])
+    console.print(f"prediction {expl.prediction:.4g}; most relevant segments: {top}")
+    console.print(f"written to {json_path} and {png_path}")
 
 
 @app.command()

@@ -310,3 +310,42 @@ def analysis_plot(y_true: np.ndarray, y_pred: np.ndarray, out_png: Path, epsilon
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=7)  # outside: no point hidden
     _save_png(fig, Path(out_png))
     return counts
+
+
+def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples: int = 2000, seed: int = 0,
+                  top: int = 3) -> tuple[Explanation, Path, Path]:
+    """``stew explain``: LIME over a raw-audio model's prediction for one file.
+
+    The clip is read as the model was trained (sample rate, clip length, RMS normalisation, from
+    model.json's ``extractor``); perturbed clips are predicted in batches without renormalising, as the
+    thesis zero-filled the normalised input.
+    """
+    import torch
+
+    from stew.atomic import check_output_folder
+    from stew.data.audio import fit_length, read_audio, rms_normalise
+    from stew.deploy import load_model
+    from stew.errors import DataError
+    from stew.models.conflictnet import RawAudioModel
+
+    check_output_folder(Path(out_dir), replaceable={"explanation.json", "explanation.png"})
+    model, meta = load_model(Path(model_dir))
+    ext = meta.get("extractor") or {}
+    if not isinstance(model, RawAudioModel) or ext.get("set") != "waveform":
+        raise DataError("stew explain needs a raw-audio model (--method conflictnet)", file=Path(model_dir))
+    sr, samples = int(ext["sample_rate"]), ext.get("clip_samples")
+    wave, _ = read_audio(Path(audio_file), sr)
+    wave = rms_normalise(wave)
+    if samples:
+        wave, _ = fit_length(wave, int(samples))
+    m = model.spec.modality
+
+    @torch.inference_mode()
+    def predict(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(-1)
+        present = torch.ones(x.shape[:2], dtype=torch.bool)
+        return model.predict({"x": {m: x}, "present": {m: present}})[:, 0, 0].numpy()
+
+    expl = explain_clip(predict, wave, sr, n_samples=n_samples, seed=seed)
+    json_path, png_path = write_explanation(expl, wave, sr, Path(out_dir), top=top)
+    return expl, json_path, png_path

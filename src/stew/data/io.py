@@ -37,6 +37,9 @@ def load_dataset(path: str | Path, *, feature_set: str | None = None, fold: int 
     if audio.is_sspnet(root) or audio.is_audio_folder(root):
         ds = audio.read_sspnet(root) if audio.is_sspnet(root) else audio.read_audio_folder(root)
         ds.meta["unscaled"] = ["audio"]  # waveforms are RMS-normalised per clip, never z-scored
+        # What a deployed model needs to read a new file as these were read (stew predict --audio, explain).
+        ds.meta["extractor"] = {"set": "waveform", "sample_rate": ds.meta["sample_rate"],
+                                "clip_samples": ds.meta["clip_samples"], "rms_normalise": True}
         return ds
     if mosi.is_mosi(root):
         return mosi.read_mosi(root)
