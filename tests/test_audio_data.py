@@ -16,6 +16,7 @@ from stew.data.audio import (
     is_audio_folder,
     is_sspnet,
     labels_to_original,
+    prepare_clip,
     read_audio,
     read_audio_folder,
     read_labels,
@@ -90,6 +91,15 @@ def test_fit_length_pads_and_truncates() -> None:
     assert n == 5 and y.tolist() == [1, 2, 3, 4, 5, 0, 0, 0]
     y, n = fit_length(x, 3)
     assert n == 3 and y.tolist() == [1, 2, 3]
+
+
+def test_prepare_clip_normalises_the_kept_samples() -> None:
+    loud_tail = np.r_[tone(1.0), 10 * tone(1.0)]
+    x, n = prepare_clip(loud_tail, SR)  # the loud second half is cut before normalising
+    assert n == SR and np.sqrt(np.mean(x.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-4)
+    x, n = prepare_clip(tone(0.5), SR)
+    assert n == SR // 2 and len(x) == SR and not x[n:].any()
+    assert np.sqrt(np.mean(x[:n].astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_rms_normalise_unit_rms_and_silence() -> None:

@@ -59,7 +59,7 @@ from stew.errors import DataError
 
 __all__ = [
     "AUDIO_SUFFIXES", "LABELS", "SILENCE_RMS", "fit_length", "is_audio_folder", "is_sspnet", "labels_to_original",
-    "read_audio", "read_audio_folder", "read_labels", "read_sspnet", "rms_normalise",
+    "prepare_clip", "read_audio", "read_audio_folder", "read_labels", "read_sspnet", "rms_normalise",
 ]
 
 LABELS = "labels.csv"
@@ -345,22 +345,26 @@ def _clip_samples(sr: int, clip_s: float | None) -> int | None:
     return int(round(clip_s * sr))
 
 
-def _decode(path: Path, sr: int, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """One clip as the model sees it: ``[samples, 1]`` unit-RMS waveform and its mask (False on padding).
+def prepare_clip(x: np.ndarray, samples: int | None) -> tuple[np.ndarray, int]:
+    """A decoded waveform as the model sees it: cut to ``samples``, RMS-normalised, zero-padded to
+    ``samples`` (None: full length, no padding). Returns the clip and how many samples are real.
 
-    RMS is taken over the real samples only, so a short clip's speech has the same level as a full
-    one's (the authors' code normalises after padding; identical for full-length clips).
+    The order matters: RMS is taken over the samples kept, so a long file's kept part and a short
+    clip's speech both have unit RMS (the authors' code normalises after padding; identical for
+    full-length clips). Use this wherever a file is read for a model trained on read_audio_folder.
     """
+    x = rms_normalise(x[:samples] if samples is not None else x)
+    return fit_length(x, samples) if samples is not None else (x, len(x))
+
+
+def _decode(path: Path, sr: int, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One clip as the model sees it: ``[samples, 1]`` unit-RMS waveform and its mask (False on padding)."""
     x, _ = read_audio(path, sr)
-    if samples is not None:
-        x = x[:samples]
-    if float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) < SILENCE_RMS:
+    kept = x[:samples] if samples is not None else x
+    if float(np.sqrt(np.mean(np.square(kept, dtype=np.float64)))) < SILENCE_RMS:
         where = f" in the first {samples / sr:g} s" if samples is not None else ""
         raise DataError(f"all-silent audio{where} (RMS below {SILENCE_RMS:g}): nothing to normalise", file=path)
-    x = rms_normalise(x)
-    n = len(x)
-    if samples is not None:
-        x, n = fit_length(x, samples)
+    x, n = prepare_clip(x, samples)
     mask = np.zeros(len(x), dtype=bool)
     mask[:n] = True
     return x[:, None], mask
