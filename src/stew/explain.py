@@ -323,7 +323,7 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
     import torch
 
     from stew.atomic import check_output_folder
-    from stew.data.audio import fit_length, read_audio, rms_normalise
+    from stew.data.audio import prepare_clip, read_audio
     from stew.deploy import load_model
     from stew.errors import DataError
     from stew.models.conflictnet import RawAudioModel
@@ -335,9 +335,7 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
         raise DataError("stew explain needs a raw-audio model (--method conflictnet)", file=Path(model_dir))
     sr, samples = int(ext["sample_rate"]), ext.get("clip_samples")
     wave, _ = read_audio(Path(audio_file), sr)
-    wave = rms_normalise(wave)
-    if samples:
-        wave, _ = fit_length(wave, int(samples))
+    wave, _ = prepare_clip(wave, int(samples) if samples else None)  # cut, normalise, pad: as in training
     m = model.spec.modality
 
     @torch.inference_mode()

@@ -8,7 +8,7 @@ the clip length, RMS-normalised.
 **Audio folder** (``is_audio_folder`` / ``read_audio_folder``)::
 
     ROOT/labels.csv     # file, <one column per target>, split and/or group
-    ROOT/audio.yaml     # optional: label_range: [-10, 10]
+    ROOT/audio.yaml     # optional: label_range: [-10, 10], sample_rate: 8000, clip_s: 30 (how to read)
     ROOT/<file>         # WAV, FLAC, OGG, ... anything libsndfile decodes; subfolders allowed
 
 ``labels.csv``: ``file`` is the path relative to ROOT; every column other than ``file``, ``split`` and
@@ -197,20 +197,36 @@ def _numbers(values: list[str], path: Path, column: str, *, what: str = "label")
     return out
 
 
-def _label_range(root: Path) -> tuple[float, float] | None:
-    """``label_range`` from ROOT/audio.yaml, or None when the file is absent."""
+AUDIO_KEYS = ("label_range", "sample_rate", "clip_s")
+
+
+def _audio_yaml(root: Path) -> dict:
+    """ROOT/audio.yaml as a mapping (empty when absent): ``label_range``, and how the clips are meant to
+    be read, ``sample_rate`` (Hz) and ``clip_s`` (seconds per clip, null: full length)."""
     path = root / AUDIO_YAML
     if not entry_exists(path):
-        return None
+        return {}
     doc = read_yaml(path)
     if doc is None:
-        return None
+        return {}
     if not isinstance(doc, dict):
         raise DataError("expected a mapping (label_range: [lo, hi])", file=path)
-    unknown = sorted(set(doc) - {"label_range"})
+    unknown = sorted(set(doc) - set(AUDIO_KEYS))
     if unknown:
-        raise DataError(f"unknown key {unknown[0]!r} (known: label_range)", file=path)
-    lr = doc.get("label_range")
+        raise DataError(f"unknown key {unknown[0]!r} (known: {', '.join(AUDIO_KEYS)})", file=path)
+    sr = doc.get("sample_rate")
+    if sr is not None and (not isinstance(sr, int) or isinstance(sr, bool) or sr < 1000):
+        raise DataError(f"sample_rate must be a whole number of Hz (at least 1000), got {sr!r}", file=path)
+    clip = doc.get("clip_s")
+    if clip is not None and (not isinstance(clip, int | float) or isinstance(clip, bool) or not clip > 0):
+        raise DataError(f"clip_s must be a positive number of seconds (or null: full length), got {clip!r}", file=path)
+    return doc
+
+
+def _label_range(root: Path) -> tuple[float, float] | None:
+    """``label_range`` from ROOT/audio.yaml, or None when the file or the key is absent."""
+    path = root / AUDIO_YAML
+    lr = _audio_yaml(root).get("label_range")
     if lr is None:
         return None
     ok = (isinstance(lr, list) and len(lr) == 2 and all(isinstance(v, int | float) and not isinstance(v, bool)
@@ -418,15 +434,23 @@ def _build(root: Path, table: pd.DataFrame, *, name: str, source: str, sr: int, 
                    label_level="sequence")
 
 
-def read_audio_folder(root: Path, *, sr: int = 8000, clip_s: float | None = 30.0, rescale: bool = True,
-                      progress_lines: bool = False) -> Dataset:
+DECLARED = "declared"  # read_audio_folder: take the value from audio.yaml (else the spec's 8 kHz, 30 s)
+
+
+def read_audio_folder(root: Path, *, sr: int | None = None, clip_s: float | None | str = DECLARED,
+                      rescale: bool = True, progress_lines: bool = False) -> Dataset:
     """Read an audio folder (labels.csv + audio files): one clip-level Sequence per file.
 
-    ``clip_s=None`` keeps every clip's full length. With ``rescale`` and a declared label range the
-    targets are mapped onto [-1, 1]; ``meta["label_scale"]`` keeps the original range
+    ``sr`` and ``clip_s`` default to audio.yaml's ``sample_rate`` and ``clip_s``, else 8,000 Hz and 30 s
+    (spec §3.1); ``clip_s=None`` keeps every clip's full length. With ``rescale`` and a declared label
+    range the targets are mapped onto [-1, 1]; ``meta["label_scale"]`` keeps the original range
     (``labels_to_original`` maps predictions back).
     """
     root = Path(root)
+    declared = _audio_yaml(root)
+    sr = sr if sr is not None else int(declared.get("sample_rate") or 8000)
+    if clip_s == DECLARED:
+        clip_s = float(declared["clip_s"]) if declared.get("clip_s") else None if "clip_s" in declared else 30.0
     _clip_samples(sr, clip_s)  # bad arguments fail before any file is read
     table = read_labels(root)
     return _build(root, table, name=root.name, source="audio-folder", sr=sr, clip_s=clip_s, rescale=rescale,

@@ -11,7 +11,7 @@ misleads. docs/synthetic.md ("Synthetic conflict corpus") gives the model in ful
 Written as the audio-folder layout that ``stew.data.audio.read_audio_folder`` reads::
 
     OUT/labels.csv     # file, conflict, split, group (the debate)
-    OUT/audio.yaml     # label_range: [-10, 10]
+    OUT/audio.yaml     # label_range: [-10, 10], sample_rate, clip_s
     OUT/segments.csv   # file, start_s, end_s, kind: where the conflictual events and distractors are
     OUT/synthetic.yaml # generator version, seed, sizes (provenance)
     OUT/*.wav          # PCM_16 mono
@@ -413,7 +413,8 @@ def write_synthetic_conflict(out: Path, *, clips: int = DEFAULT_CLIPS, seed: int
             segs += [{"file": name, "start_s": a, "end_s": b, "kind": kind} for a, b, kind in clip.segments]
         pd.DataFrame(labels).to_csv(tmp / "labels.csv", index=False)
         pd.DataFrame(segs, columns=["file", "start_s", "end_s", "kind"]).to_csv(tmp / "segments.csv", index=False)
-        (tmp / "audio.yaml").write_text("label_range: [-10, 10]\n", encoding="utf-8")
+        (tmp / "audio.yaml").write_text(f"label_range: [-10, 10]\nsample_rate: {sr}\nclip_s: {clip_s:g}\n",
+                                        encoding="utf-8")
         info = {"generator": "stew.data.synthetic_conflict", "version": GENERATOR_VERSION, "seed": seed,
                 "clips": clips, "sample_rate": sr, "clip_s": clip_s, "debates": n_debates}
         (tmp / "synthetic.yaml").write_text(yaml.safe_dump(info, sort_keys=False), encoding="utf-8")

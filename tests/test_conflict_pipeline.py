@@ -1,0 +1,58 @@
+"""Audio files in, prediction and explanation out: the synthetic conflict corpus through `stew train
+--method conflictnet`, `export`, `predict` and `explain` (issue 16)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.test_cli import invoke, one_line_error
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conflict")
+    res = invoke("data", "synth", "--kind", "conflict", "--clips", "24", "--clip-s", "3", "--out", root / "data")
+    assert res.exit_code == 0, res.output
+    res = invoke("train", "--data", root / "data", "--method", "conflictnet", "--max-epochs", "1",
+                 "--out", root / "run")
+    assert res.exit_code == 0, res.output
+    assert invoke("export", root / "run", "--out", root / "model").exit_code == 0
+    return root
+
+
+def test_the_corpus_reads_as_declared(corpus):
+    from stew.data.io import load_dataset
+
+    ds = load_dataset(corpus / "data")
+    assert ds.label_level == "sequence" and ds.modalities == {"audio": 1}
+    assert {s.length("audio") for s in ds} == {3 * 8000}  # audio.yaml's clip_s and sample_rate, not 30 s
+    assert ds.meta["extractor"] == {"set": "waveform", "sample_rate": 8000, "clip_samples": 24000,
+                                    "rms_normalise": True}
+    record = json.loads((corpus / "run" / "metrics.json").read_text())
+    assert {"pcc", "uar", "war"} <= set(record["test"]) and record["selection"]["key"] == "pcc"
+
+
+def test_explain_writes_sorted_segments_and_a_spectrogram(corpus):
+    labels = pd.read_csv(corpus / "data" / "labels.csv")
+    clip = corpus / "data" / labels["file"].iloc[0]
+    res = invoke("explain", corpus / "model", clip, "--out", corpus / "explain", "--samples", "40")
+    assert res.exit_code == 0, res.output
+    expl = json.loads((corpus / "explain" / "explanation.json").read_text())
+    segs = expl["segments"]
+    assert len(segs) == 1 and segs[0]["start_s"] == 0  # a 3 s clip is one 3 s super-sample
+    assert (corpus / "explain" / "explanation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_refuses_a_model_that_does_not_read_waveforms(corpus, tmp_path):
+    from stew.data.native import write_native
+    from tests.conftest import tiny_clips
+
+    data = write_native(tiny_clips(), tmp_path / "d")
+    assert invoke("train", "--data", data, "--modality", "long", "--arch", "classifier", "--max-epochs", "1",
+                  "--out", tmp_path / "run").exit_code == 0
+    clip = next((corpus / "data").rglob("*.wav"))
+    line = one_line_error(invoke("explain", tmp_path / "run" / "model", clip, "--out", tmp_path / "e"))
+    assert "raw-audio model" in line and not (tmp_path / "e").exists()
