@@ -5,15 +5,15 @@ subset of its modalities present and the others absent: masked out (``zero``) or
 nearest training samples (``knn``). It writes ``RUN/missing.json``
 (``{"text+video": {"val": {...}, "test": {...}}, ...}``, the metric keys of ``metrics.json``) and a
 copy named after the imputation (``missing-zero.json``, ``missing-knn-k10.json``) so that several
-imputations of one run sit side by side for ``stew report``.
+imputations of one run sit side by side for ``stew report``. ``evaluate_imputations`` scores several
+imputations at once, on a dataset already in memory if given (``stew reproduce``'s workers keep one).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
@@ -24,45 +24,65 @@ from stew.data.splits import carve_validation
 from stew.deploy import load_model
 from stew.errors import DataError
 from stew.models.fused import FusedModel
+from stew.protocols import modality_subsets
 
 if TYPE_CHECKING:
+    from stew.data.dataset import Dataset
     from stew.training import Bundle
 
 
 def subsets(modalities: list[str]) -> list[tuple[str, ...]]:
     """Every non-empty subset, the full set first, then by size (largest first), in modality order."""
-    out = [c for r in range(len(modalities), 0, -1) for c in itertools.combinations(modalities, r)]
-    return out
+    return modality_subsets(modalities)
 
 
-def evaluate_missing(run_dir: Path, impute: str | None = None, k: int | None = None) -> dict:
-    """Scores of every modality subset on validation and test; writes RUN/missing.json (see module doc)."""
+def evaluate_missing(
+    run_dir: Path, impute: str | None = None, k: int | None = None, ds: Dataset | None = None
+) -> dict:
+    """Scores of every modality subset on validation and test; writes RUN/missing.json (see module doc).
+
+    ``ds``: the run's dataset (its fold) already loaded; by default it is read from the run's config.
+    """
+    return evaluate_imputations(run_dir, [(impute, k)], ds)[0]
+
+
+def evaluate_imputations(
+    run_dir: Path, imputations: list[tuple[str | None, int | None]], ds: Dataset | None = None
+) -> list[dict]:
+    """``evaluate_missing`` for each (impute, k) in turn, on one model and one prepared dataset.
+
+    None takes the model's own setting. Each result is written as its ``missing-*.json`` (and
+    ``missing.json``, which ends as the last one's).
+    """
     from stew.training import make_bundle, resolve
 
     run_dir = Path(run_dir)
     record = _read_run(run_dir)
-    model, meta = load_model(run_dir / "model")
+    model, _ = load_model(run_dir / "model")
     if not isinstance(model, FusedModel):
         raise DataError("--missing needs a fusion run (--method fusion); this model reads one modality",
                         file=run_dir / "model")
     spec = model.spec
-    impute = impute or spec.impute
-    k = k or spec.k
-    if impute == "knn" and not spec.bank_size:
+    todo = [(impute or spec.impute, k or spec.k) for impute, k in imputations]
+    if any(impute == "knn" for impute, _ in todo) and not spec.bank_size:
         raise DataError("--impute knn needs an intra fusion model, which keeps the training vectors",
                         file=run_dir / "model")
-    model.spec = spec.model_copy(update={"impute": impute, "k": k})
     cfg = TrainConfig.model_validate(record["config"])
-    ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target, fold=cfg.fold)
+    if ds is None:
+        ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target, fold=cfg.fold)
     cfg = resolve(cfg, ds)
     ds = carve_validation(ds, cfg.val_groups, cfg.seed)
     if ds.groups("val") != record.get("data", {}).get("val_groups", ds.groups("val")):
         raise DataError("the data's validation carve differs from the run's (was the data folder changed?)",
                         file=cfg.data)
     bundle = make_bundle(cfg, ds, spec.modalities)
-    result = score_subsets(model, bundle)
-    write_missing(run_dir, result, impute, k)
-    return result
+    results = []
+    for impute, k in todo:
+        model.spec = spec.model_copy(update={"impute": impute, "k": k})
+        result = score_subsets(model, bundle)
+        write_missing(run_dir, result, impute, k)
+        results.append(result)
+    return results
 
 
 def score_subsets(model: FusedModel, bundle: Bundle) -> dict:
@@ -86,7 +106,21 @@ def write_missing(run_dir: Path, result: dict, impute: str, k: int) -> None:
     """``missing.json`` and its copy named after the imputation (``missing-zero.json``, ``missing-knn-k10.json``)."""
     text = json.dumps(result, indent=2)
     write_text_atomic(run_dir / "missing.json", text)
-    write_text_atomic(run_dir / ("missing-zero.json" if impute == "zero" else f"missing-knn-k{k}.json"), text)
+    write_text_atomic(run_dir / missing_file(impute, k), text)
+
+
+def missing_file(impute: str, k: int | None) -> str:
+    """The file name of one imputation's scores: ``missing-zero.json`` or ``missing-knn-k10.json``."""
+    return "missing-zero.json" if impute == "zero" else f"missing-knn-k{k}.json"
+
+
+def read_missing(path: Path) -> dict[str, Any] | None:
+    """A ``missing-*.json`` written earlier, or None when absent or unreadable (a kill while writing)."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return result if isinstance(result, dict) and result else None
 
 
 def _read_run(run_dir: Path) -> dict:

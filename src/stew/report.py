@@ -11,7 +11,9 @@ of plot, embedded as base64 PNG so the file opens anywhere without a network:
   like the tables, on the headline split (test where the data labels it, else validation);
 - a 2-D projection of weaker and stronger latents before and after CM-StEW's transfer (EmoBed's
   Figure 3), with the linear CKA between paired weak/strong latents before and after;
-- training curves (validation score and training loss per epoch).
+- training curves (validation score and training loss per epoch);
+- heat maps of the missing-modality tables (modality subset x model, colour = mean score), each with
+  its numbers as a table beneath.
 
 Everything is read from the run store and the run folders; a partially finished store gives "-"
 cells and notes where a plot has nothing to draw.
@@ -25,7 +27,7 @@ import io
 import json
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from stew import results
 from stew.atomic import check_output_file, write_text_atomic
 from stew.errors import DataError
 from stew.protocols import Column, Protocol, available
-from stew.results import Cell, TableResult
+from stew.results import Cell, MissingTableResult, TableResult
 
 Collected = dict[str, dict[int, dict[str, Any]]]  # group -> seed -> store row (results.collect)
 
@@ -115,6 +117,7 @@ class Report:
     collected: Collected
     tables: list[TableResult]
     root: Path
+    missing: list[MissingTableResult] = field(default_factory=list)  # the missing-modality tables
 
     def run_dir(self, group: str, seed: int) -> Path | None:
         """The folder of ``group``'s run for ``seed``, None when not finished."""
@@ -328,8 +331,8 @@ def bars_section(rep: Report) -> str:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         parts.append(_figure_html(
             _img(fig, f"ablation bars: {t.title}"),
-            f"<b>{_e(t.title)}</b>: mean ± std over seeds of {_e(m)} on {_e(t.split_name(t.split))}; dashed "
-            f"line: the baseline ({_e(t.spec.baseline)}); outlined bar: best per column; diamonds: the paper's "
+            f"<b>{_e(t.title)}</b>: mean ± std over {_e(t.runs_name)} of {_e(m)} on {_e(t.split_name(t.split))}; "
+            f"dashed line: the baseline ({_e(t.spec.baseline)}); outlined bar: best per column; diamonds: the paper's "
             f"values (on {_e(t.split_name(t.paper_split))})."))
     return "".join(parts) or "<p class='note'>No table has a baseline, so there are no ablation bars.</p>"
 
@@ -481,6 +484,92 @@ def _selection_key(rep: Report, t: TableResult) -> str | None:
     return None
 
 
+def missing_section(rep: Report) -> str:
+    """Each missing-modality table as heat maps (one per metric: subset x model, colour = mean) and numbers."""
+    parts = []
+    for t in rep.missing:
+        if not any(c.seeds for _, cells in t.rows for c in cells):
+            parts.append(f"<p class='note'>{_e(t.title)}: no finished runs to draw.</p>{missing_table_html(t)}")
+            continue
+        parts.append(_figure_html(_img(_heat_map(t), f"missing-modality heat map: {t.title}"),
+                                  f"<b>{_e(t.title)}</b>: {_e(results.missing_note(t))}; colour: the mean."))
+        parts.append(missing_table_html(t))
+    return "".join(parts) or "<p class='note'>The protocol has no missing-modality tables.</p>"
+
+
+def _subset_label(t: MissingTableResult, subset: tuple[str, ...]) -> str:
+    return "+".join(m for m in t.spec.modalities if m in subset)
+
+
+def _heat_map(t: MissingTableResult) -> Any:
+    """One panel per metric: rows the subsets, columns the models, cells mean ± std (N.A. hatched grey)."""
+    rows, cols, metrics = len(t.rows), len(t.columns), t.spec.metrics
+    width = 2.4 + 1.1 * cols
+    # Side by side while the figure stays page-wide; stacked when the tables are wide.
+    side = width * len(metrics) <= 14
+    shape = (1, len(metrics)) if side else (len(metrics), 1)
+    fig, axes = _figure(width * shape[1], (1.4 + 0.5 * rows) * shape[0], *shape)
+    for ax, m in zip(axes.ravel(), metrics, strict=True):
+        means = np.array([[c.mean(m) if c.group is not None else np.nan for c in cells] for _, cells in t.rows])
+        masked = np.ma.masked_invalid(means)
+        cmap = _cmap()
+        im = ax.imshow(masked, cmap=cmap, aspect="auto")
+        finite = means[np.isfinite(means)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        for i, (_, cells) in enumerate(t.rows):
+            for j, c in enumerate(cells):
+                text = results.missing_fmt(c, m, results.digits_for(m)).replace(" ± ", "\n± ")
+                x = means[i, j]
+                # Dark cells get white text (the lower half of viridis).
+                dark = np.isfinite(x) and hi > lo and (x - lo) / (hi - lo) < 0.5
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        ax.set_xticks(range(cols), [c.label for c in t.columns], rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(rows), [_subset_label(t, s) for s, _ in t.rows], fontsize=8)
+        ax.set_title(f"{m} ({t.split_name(t.split)})", fontsize=10)
+        ax.set_facecolor("#e0e0e0")  # masked (N.A. or not yet run) cells
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def _cmap() -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["viridis"]
+
+
+def missing_table_html(t: MissingTableResult) -> str:
+    """A missing-modality table's numbers: presence marks, then mean ± std (and the paper) per column and metric."""
+    mods, metrics = t.spec.modalities, t.spec.metrics
+    head = "".join(f"<th rowspan='2'>{_e(m)}</th>" for m in mods)
+    for j, col in enumerate(t.columns):
+        span = len(metrics) * (2 if t.has_paper(j) else 1)
+        n = f" <span class='n'>(n={t.n(j)})</span>" if t.n(j) else ""
+        head += f"<th colspan='{span}' class='colgroup'>{_e(col.label)}{n}</th>"
+    sub = ""
+    for j in range(len(t.columns)):
+        for m in metrics:
+            sub += f"<th>{_e(m)}</th>" + ("<th class='paper'>paper</th>" if t.has_paper(j) else "")
+    body = []
+    for subset, cells in t.rows:
+        tds = "".join(f"<td class='mark'>{mark}</td>" for mark in results.marks(t, subset))
+        for j, c in enumerate(cells):
+            for m in metrics:
+                d = results.digits_for(m)
+                text = results.missing_fmt(c, m, d)
+                cls = "ours" if text not in ("-", "N.A.") else "ours missing"
+                tip = (f" title='{_e(c.group)}: {_e(', '.join(f'{v:.{d + 1}f}' for v in c.values.get(m, [])))}'"
+                       if c.seeds else "")
+                tds += f"<td class='{cls}' data-group='{_e(c.group or '')}'{tip}>{_e(text)}</td>"
+                if t.has_paper(j):
+                    v = c.paper.get(m)
+                    tds += f"<td class='paper'>{'-' if v is None else f'{v:.{d}f}'}</td>"
+        body.append(f"<tr class='subset' data-subset='{_e(_subset_label(t, subset))}'>{tds}</tr>")
+    note = f"<p class='table-note'>{_e(results.missing_note(t))}.{' ' + _e(t.spec.note) if t.spec.note else ''}</p>"
+    return (f"<table class='paper-table missing-table' data-title='{_e(t.title)}' data-split='{_e(t.split)}'>"
+            f"<caption>{_e(t.title)}</caption><thead><tr>{head}</tr><tr>{sub}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>{note}")
+
+
 def _even(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).astype(int)) if n else np.zeros(0, int)
 
@@ -532,7 +621,7 @@ def table_html(t: TableResult) -> str:
         cls = "paper-only" if row.group is None else "run-row"
         body.append(f"<tr class='{cls}'><th class='rowlabel' scope='row'>{label}</th>{''.join(tds)}</tr>")
     body.append("</tbody>")
-    notes = [results.note(t), "mean ± std over seeds (n: seeds per row)"]
+    notes = [results.note(t), f"mean ± std over {t.runs_name} (n: {t.runs_name} per row)"]
     note = f"<p class='table-note'>{_e('; '.join(notes))}.{' ' + _e(t.spec.note) if t.spec.note else ''}</p>"
     return (f"<table class='paper-table' data-title='{_e(t.title)}' data-split='{_e(t.split)}'>"
             f"<caption>{_e(t.title)}</caption>{''.join(head)}{''.join(body)}</table>{note}")
@@ -585,7 +674,7 @@ table.paper-table caption{caption-side:top;text-align:left;font-weight:600;paddi
 table.paper-table th,table.paper-table td{border:1px solid #ccc;padding:.3em .55em;text-align:right;
  vertical-align:top}
 table.paper-table th.rowlabel{text-align:left;font-weight:normal}table.paper-table thead th{background:#f0f0f0}
-td.best{background:#e6f4ea}td.paper{color:#777;background:#fafafa}td.secondary,th.secondary{color:#666}td.missing{color:#aaa;text-align:center}
+td.mark{text-align:center}td.best{background:#e6f4ea}td.paper{color:#777;background:#fafafa}td.secondary,th.secondary{color:#666}td.missing{color:#aaa;text-align:center}
 tr.paper-only th{font-style:italic;color:#666}span.n{color:#888;font-size:.85em}
 span.p{color:#666;font-size:.8em}span.p.sig{color:#b35900;font-weight:600}
 p.table-note{font-size:.82em;color:#666;margin-top:0}p.note{color:#8a6d3b;background:#fcf8e3;padding:.4em .6em}
@@ -598,6 +687,7 @@ figcaption{font-size:.88em;color:#444;margin-top:.3em}footer{margin-top:2.5em;bo
 def _header(rep: Report) -> str:
     p, meta = rep.protocol, rep.meta
     seeds = json.loads(meta.get("seeds", "[]"))
+    folds = p.folds
     walls = [float(r["wall_s"]) for r in rep.runs]
     selected = sum(len(v) for v in rep.collected.values())
     names = p.group_names()
@@ -607,9 +697,11 @@ def _header(rep: Report) -> str:
     items = [
         ("protocol", f"<code>{_e(meta.get('protocol', p.name))}</code>"),
         ("data", f"<code>{_e(meta.get('data', '?'))}</code>"),
-        ("seeds", _e(", ".join(map(str, seeds)) or "?")),
+        ("seeds", _e(", ".join(map(str, seeds)) or "?") + (
+            f" (run indices: {len(seeds) // folds} seeds × {folds} folds; run r has seed r on fold r % {folds} + 1)"
+            if folds else "")),
         ("runs", f"{len(walls)} finished runs in the store (grid candidates included); {selected} of {expected} "
-                 f"group × seed results"),
+                 f"group × {'run' if folds else 'seed'} results"),
         ("wall time", f"{_duration(sum(walls))} in total; per run {_duration(float(np.mean(walls)))} on average, "
                       f"{_duration(max(walls))} at most" if walls else "no runs yet"),
     ]
@@ -676,8 +768,9 @@ def _footer(rep: Report, dest: Path) -> str:
     if data and Path(data) != (rep.folder / "data").resolve():
         cmd += ["--data", data]
     seeds = json.loads(meta.get("seeds", "[]"))
-    if seeds and len(seeds) != rep.protocol.seeds:
-        cmd += ["--seeds", str(len(seeds))]
+    per_fold = len(seeds) // (rep.protocol.folds or 1)  # --seeds counts seeds per fold
+    if seeds and per_fold != rep.protocol.seeds:
+        cmd += ["--seeds", str(per_fold)]
     for s in _set_args(json.loads(meta.get("overrides") or "{}")):
         cmd += ["--set", s]
     for pattern in json.loads(meta.get("only") or "[]"):
@@ -709,7 +802,8 @@ def load_report(folder: Path) -> Report:
         meta, runs = store.meta(), store.runs()
         collected = results.collect(store)
         root = store.root
-    return Report(folder, protocol, meta, runs, collected, results.tables(protocol, collected), root)
+    return Report(folder, protocol, meta, runs, collected, results.paper_tables(protocol, collected), root,
+                  results.missing_tables(protocol, collected))
 
 
 def build_html(rep: Report, dest: Path, *, tsne: bool = False) -> str:
@@ -717,6 +811,7 @@ def build_html(rep: Report, dest: Path, *, tsne: bool = False) -> str:
     tables = "".join(table_html(t) for t in rep.tables) or "<p class='note'>The protocol has no tables.</p>"
     sections = [
         ("tables", "Tables", tables),
+        *([("missing", "Missing modalities", missing_section(rep))] if rep.missing else []),
         ("bars", "Ablations against the baseline", bars_section(rep)),
         ("traces", "Predictions vs gold", traces_section(rep)),
         ("latents", "Latents before and after transfer", latent_section(rep, tsne=tsne)),

@@ -9,6 +9,11 @@ Dependencies are resolved as results arrive:
 - a CM-StEW run waits for its stage-1 teacher (the ``teacher_run`` group's run of the same seed);
 - with an open validation grid (CM-StEW's alpha and beta), the first seed trains one run per grid
   point; the best on validation fixes the values for the other seeds (the test split plays no part).
+
+With the protocol's ``folds``, a "seed" here is a run index r: TrainConfig seed r on fold r % folds + 1
+(see stew.protocols). A group's ``missing`` evaluations run in the worker right after training; their
+``missing-*.json`` files stay in the run folder and their scores go into the store row's metrics
+(``metrics["missing"][entry]``), so a run counts as done only once every entry is there.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Job:
     candidate: str | None
     cfg: TrainConfig
     key: str
+    missing: tuple[str, ...] = ()  # missing-modality evaluations (stew.protocols.GroupSpec.missing)
 
 
 def cores() -> int:
@@ -144,18 +150,23 @@ class Plan:
     def _job(self, group: str, seed: int, candidate: str | None, cfg: TrainConfig, teacher_key: str | None) -> Job:
         name = f"{group}/seed{seed}" + (f"/{candidate}" if candidate else "")
         key = run_key(json.loads(cfg.model_dump_json()), self.fingerprint, teacher_key)
-        return Job(name, group, seed, candidate, cfg, key)
+        return Job(name, group, seed, candidate, cfg, key, tuple(self.groups[group][1].missing))
 
     def _known(self) -> Iterator[tuple[Job, bool]]:
         """(job, whether the store holds it) for every job whose dependencies are done, in protocol order."""
         for g in self.groups:
             for s in self.seeds:
                 for j in self._jobs_for(g, s) or []:
-                    yield j, self.store.get(j.key) is not None
+                    yield j, is_done(self.store.get(j.key), j)
 
     def ready(self) -> list[Job]:
-        """Unfinished jobs whose dependencies are done, in protocol order (teachers first)."""
-        return [j for j, done in self._known() if not done]
+        """Unfinished jobs whose dependencies are done, in protocol order (teachers first).
+
+        With folds, fold by fold (stable, so teachers still come first within a fold): the workers'
+        dataset cache then holds one fold at a time instead of reloading as folds alternate.
+        """
+        jobs = [j for j, done in self._known() if not done]
+        return sorted(jobs, key=lambda j: j.cfg.fold or 0) if self.protocol.folds else jobs
 
     def selected(self) -> dict[str, dict[int, str]]:
         """group -> seed -> key of the finished row that stands for it (what tables and reports read)."""
@@ -169,6 +180,11 @@ class Plan:
 
     def done_count(self) -> int:
         return sum(done for _, done in self._known())
+
+
+def is_done(row: dict[str, Any] | None, job: Job) -> bool:
+    """Whether a store row finishes ``job``: recorded, with every missing-modality evaluation it asks for."""
+    return row is not None and all(m in (row["metrics"].get("missing") or {}) for m in job.missing)
 
 
 def select_groups(groups: dict[str, Any], only: list[str] | None) -> dict[str, Any]:
@@ -217,21 +233,32 @@ def _init_worker(threads: int) -> None:
 
 
 @lru_cache(maxsize=4)
-def _dataset(path: str, feature_set: str | None):
+def _dataset(path: str, feature_set: str | None, fold: int | None = None):
     from stew.data.io import load_dataset
 
-    return load_dataset(path, feature_set=feature_set)
+    return load_dataset(path, feature_set=feature_set, fold=fold)
 
 
-def execute(cfg_json: str, key: str) -> dict[str, Any]:
+def execute(cfg_json: str, key: str, missing: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train one run (resuming from its last checkpoint) and return its metrics.json and wall time.
 
     A folder left by a different run (another key) is cleared first, so a stale checkpoint is never
     resumed. A run killed after writing metrics.json but before it was recorded is not trained again.
+    Then each ``missing`` evaluation (zero, knnK) whose ``missing-*.json`` is not already in the folder
+    is run; the returned metrics carry them all under ``"missing"``.
     """
+    cfg = TrainConfig.model_validate_json(cfg_json)
+    res = _train(cfg, key)
+    if missing:
+        t0 = time.time()
+        res["metrics"]["missing"] = missing_scores(cfg, missing)
+        res["wall_s"] += time.time() - t0
+    return res
+
+
+def _train(cfg: TrainConfig, key: str) -> dict[str, Any]:
     from stew.training import run
 
-    cfg = TrainConfig.model_validate_json(cfg_json)
     out = Path(cfg.out)
     job_file = out / JOB_FILE
     stale = not job_file.is_file() or json.loads(job_file.read_text()).get("key") != key
@@ -247,9 +274,31 @@ def execute(cfg_json: str, key: str) -> dict[str, Any]:
             pass  # killed while writing it: train again from the checkpoint
     job_file.write_text(json.dumps({"key": key}))
     t0 = time.time()
-    ds = _dataset(str(cfg.data), cfg.feature_set or cfg.target)
+    ds = _dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)
     run(cfg.model_copy(update={"resume": True}), ds)
     return {"metrics": json.loads(done.read_text()), "wall_s": time.time() - t0}
+
+
+def missing_scores(cfg: TrainConfig, missing: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """entry -> the run's scores per modality subset (stew.missing), computed only where the run
+    folder lacks that entry's ``missing-*.json`` (a resumed reproduce reads them back)."""
+    from stew.missing import evaluate_imputations, missing_file, read_missing
+    from stew.protocols import parse_imputation
+
+    out = Path(cfg.out)
+    found: dict[str, dict[str, Any]] = {}
+    todo: list[str] = []
+    for entry in missing:
+        result = read_missing(out / missing_file(*parse_imputation(entry)))
+        if result is None:
+            todo.append(entry)
+        else:
+            found[entry] = result
+    if todo:
+        ds = _dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)
+        computed = evaluate_imputations(out, [parse_imputation(e) for e in todo], ds)
+        found.update(zip(todo, computed, strict=True))
+    return {e: found[e] for e in missing}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -269,7 +318,8 @@ def reproduce(
     """
     console = console or Console()
     out = Path(out)
-    seed_list = list(range(seeds if seeds is not None else protocol.seeds))
+    # With folds, --seeds counts seeds per fold: the runs are seeds x folds (stew.protocols).
+    seed_list = protocol.run_seeds(seeds)
     if not seed_list:
         raise DataError("--seeds must be at least 1")
     if workers < 1:
@@ -282,9 +332,10 @@ def reproduce(
     check_writable_parent(out / "store.sqlite")
     RunStore.check(out / "store.sqlite")
     groups = select_groups(protocol.expand_groups(), only)
-    for group in groups:
-        protocol.config(group, Path(data) if data is not None else out / "data", seed_list[0],
-                        out / "runs" / group / f"seed{seed_list[0]}", overrides)
+    for group, (_, spec) in groups.items():
+        cfg = protocol.config(group, Path(data) if data is not None else out / "data", seed_list[0],
+                              out / "runs" / group / f"seed{seed_list[0]}", overrides)
+        check_missing(protocol, group, spec.missing, cfg)
     tuned = tuned_params(protocol, tuned_storage)
     data = Path(data) if data is not None else synthesize(protocol, out / "data", console)
     check_data(protocol, data, only)
@@ -325,9 +376,12 @@ def reproduce(
                         failures[job.name] = f"{type(e).__name__}: {e}"
                         console.print(f"[red]failed[/red] {job.name}: {failures[job.name]}")
                         continue
+                    # A recorded run re-done only for a missing-modality entry keeps its training time.
+                    before = store.get(job.key)
+                    wall = res["wall_s"] + (before["wall_s"] if before is not None else 0.0)
                     store.record(job.key, name=job.name, group=job.group, seed=job.seed, candidate=job.candidate,
                                  run_dir=Path(job.cfg.out), config=json.loads(job.cfg.model_dump_json()),
-                                 metrics=res["metrics"], wall_s=res["wall_s"])
+                                 metrics=res["metrics"], wall_s=wall)
                     store.set_meta(selected=json.dumps(plan.selected()))
                     trained += 1
                     bar.label = job.name  # off a terminal, the finished run's line names it
@@ -412,7 +466,18 @@ def sigterm_as_interrupt() -> None:
 
 
 def _submit(pool: Any, job: Job) -> Future:
-    return pool.submit(execute, job.cfg.model_dump_json(), job.key)
+    return pool.submit(execute, job.cfg.model_dump_json(), job.key, job.missing)
+
+
+def check_missing(protocol: Protocol, group: str, missing: list[str], cfg: TrainConfig) -> None:
+    """Fail before training when a group's missing-modality entries cannot apply to its (overridden) config."""
+    if not missing:
+        return
+    where = f"protocol {protocol.name}, group {group}: missing {missing}"
+    if cfg.method != "fusion":
+        raise DataError(f"{where} needs method fusion, not {cfg.method}")
+    if cfg.fusion.kind != "intra" and any(m.startswith("knn") for m in missing):
+        raise DataError(f"{where}: KNN imputation needs fusion.kind intra, not {cfg.fusion.kind}")
 
 
 def synthesize(protocol: Protocol, folder: Path, console: Console) -> Path:
@@ -425,6 +490,13 @@ def synthesize(protocol: Protocol, folder: Path, console: Console) -> Path:
     if syn is None:
         raise DataError(f"protocol {protocol.name} needs --data ({protocol.data_hint or 'a dataset folder'})")
     if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    if syn.kind == "iemocap":
+        from stew.data.synthetic_iemocap import write_synthetic_iemocap
+
+        write_synthetic_iemocap(folder, utterances=syn.utterances, seed=syn.seed)
+        console.print(f"synthesised IEMOCAP in the AMH fold layout ({syn.utterances} utterances, seed {syn.seed}) "
+                      f"-> {folder}")
         return folder
     if syn.kind == "recola":
         ds = synth_recola(syn.seed, n_speakers=syn.speakers, minutes=syn.minutes)
@@ -439,17 +511,25 @@ def synthesize(protocol: Protocol, folder: Path, console: Console) -> Path:
 
 
 def check_data(protocol: Protocol, data: Path, only: list[str] | None = None) -> None:
-    """Fail before any training if the data lacks a modality or target the protocol needs."""
+    """Fail before any training if the data lacks a modality or target the protocol needs.
+
+    With folds, fold 1 stands for all of them (the folds of one release share modalities and targets).
+    """
+    from stew.data.iemocap import is_iemocap
     from stew.data.io import load_dataset
 
+    if protocol.folds and not is_iemocap(Path(data)):  # the only layout with folds (load_dataset's fold)
+        raise DataError(f"protocol {protocol.name} runs {protocol.folds} folds, but the data has no folds; it "
+                        f"expects {protocol.data_hint or 'IEMOCAP in the AMH fold layout'}", file=data)
     loaded: dict[str | None, Any] = {}
     for group, (overrides, _) in select_groups(protocol.expand_groups(), only).items():
         fs = overrides.get("feature_set") or overrides.get("target")
         if fs not in loaded:
-            loaded[fs] = load_dataset(data, feature_set=fs)
+            loaded[fs] = load_dataset(data, feature_set=fs, fold=protocol.fold_of(0))
         ds = loaded[fs]
-        for role in ("modality", "teacher"):
-            names = str(overrides.get(role) or "").replace("+", " ").split()
+        fused = ((overrides.get("fusion") or {}).get("modalities") or []) if overrides.get("method") == "fusion" else []
+        for role in ("modality", "teacher", "fusion.modalities"):
+            names = fused if role == "fusion.modalities" else str(overrides.get(role) or "").replace("+", " ").split()
             for m in names:
                 if m != "all" and m not in ds.modalities:
                     raise DataError(f"protocol {protocol.name} (group {group}) needs modality {m!r}, but the data "

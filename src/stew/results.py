@@ -1,6 +1,9 @@
 """A protocol's tables from its run store: mean +- std over seeds, best per column, p against the baseline.
 
-Used by ``stew reproduce`` (terminal tables) and ``stew report`` (HTML).
+Also its missing-modality tables (modality subset x model, mean +- std of each model's scores with
+only that subset present). Used by ``stew reproduce`` (terminal tables) and ``stew report`` (HTML).
+With the protocol's ``folds``, a "seed" is a run index (seed x fold; stew.protocols), so every mean
+and std is over all seeds x folds runs and p-values pair runs of the same seed and fold.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from rich.table import Table
 from stew import metrics
 from stew.config import first_error
 from stew.errors import DataError
-from stew.protocols import Column, Protocol, Row, TableSpec, fill_col
+from stew.protocols import Column, MissingColumn, MissingTableSpec, Protocol, Row, TableSpec, fill_col
 from stew.store import RunStore
 
 
@@ -83,6 +86,11 @@ class TableResult:
     split: str = "val"  # the headline split (test where the data has test labels)
     splits: list[str] = field(default_factory=lambda: ["val"])  # the headline, then the splits beside it
     val_name: str = "validation"
+    folds: int | None = None  # the protocol's folds: a "seed" is then a run (seed x fold)
+
+    @property
+    def runs_name(self) -> str:
+        return runs_name(self.folds)
 
     @property
     def paper_split(self) -> str:
@@ -122,15 +130,27 @@ def headline_split(spec: TableSpec, collected: dict[str, dict[int, dict[str, Any
     """
     if spec.split != "auto":
         return spec.split
-    groups = {g for _, _, g in spec.cells()}
-    groups |= {b for c in (spec.columns or [None]) if (b := spec.baseline_for(c)) is not None}
+    groups = {g for _, _, g in spec.cells()} | set(spec.baselines())
     rows = [r for g in groups for r in collected.get(g, {}).values()]
     if not rows:  # nothing of this table finished: the data decides through the other tables' runs
         rows = [r for runs in collected.values() for r in runs.values()]
     return "test" if rows and all(split_scores(r, "test") for r in rows) else "val"
 
 
-def tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) -> list[TableResult]:
+def runs_name(folds: int | None) -> str:
+    """What n counts and mean ± std runs over: seeds, or runs (seeds × folds)."""
+    return f"runs (seeds × {folds} folds)" if folds else "seeds"
+
+
+def tables(
+    protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]
+) -> list[TableResult | MissingTableResult]:
+    """The protocol's tables, then its missing-modality tables (what ``render`` prints)."""
+    return [*paper_tables(protocol, collected), *missing_tables(protocol, collected)]
+
+
+def paper_tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) -> list[TableResult]:
+    """The protocol's ``tables``: rows x columns of groups, mean ± std, best per column, p against baselines."""
     out = []
     for spec in protocol.tables:
         split = headline_split(spec, collected)
@@ -147,7 +167,7 @@ def tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) 
                                  for m in spec.metrics} for sp in splits}
                 paper = {m: spec.paper_value(row, col, m) for m in spec.metrics}
                 cell = Cell(group, seeds, by_split, paper, split)
-                base = spec.baseline_for(col)
+                base = spec.baseline_for(col, row)
                 if base is not None and group is not None and base != group:
                     b = collected.get(base, {})
                     common = [s for s in seeds if s in b]
@@ -168,8 +188,147 @@ def tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) 
                     top = max(finite)
                     for (_, cells), x in zip(rows, means, strict=True):
                         cells[j].best[m] = bool(np.isfinite(x) and x == top)
-        out.append(TableResult(spec, cols, rows, split, splits, protocol.val_name))
+        out.append(TableResult(spec, cols, rows, split, splits, protocol.val_name, protocol.folds))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Missing-modality tables
+
+
+@dataclass
+class MissingTableResult:
+    """Rows: the modality subsets (full set first); one Cell per column, on the headline split only.
+
+    A cell's ``group`` is None where the column has no model for that subset (N.A., e.g. a cross
+    model of one modality); its values are one per run that has the column's evaluation.
+    """
+
+    spec: MissingTableSpec
+    rows: list[tuple[tuple[str, ...], list[Cell]]]
+    split: str = "val"
+    val_name: str = "validation"
+    folds: int | None = None
+
+    @property
+    def columns(self) -> list[MissingColumn]:
+        return self.spec.columns
+
+    @property
+    def runs_name(self) -> str:
+        return runs_name(self.folds)
+
+    def split_name(self, split: str) -> str:
+        return self.val_name if split == "val" else split
+
+    @property
+    def title(self) -> str:
+        return f"{self.spec.title} — on {self.split_name(self.split)}"
+
+    def n(self, j: int) -> int:
+        """Runs behind column ``j`` (the most over its rows)."""
+        return max((len(cells[j].seeds) for _, cells in self.rows), default=0)
+
+    def has_paper(self, j: int) -> bool:
+        return any(v is not None for _, cells in self.rows for v in cells[j].paper.values())
+
+
+def subset_scores(row: dict[str, Any], entry: str, subset: tuple[str, ...]) -> dict[str, dict[str, float]] | None:
+    """A store row's scores (split -> metrics) with only ``subset`` present under missing entry ``entry``."""
+    result = (row["metrics"].get("missing") or {}).get(entry) or {}
+    return next((v for k, v in result.items() if frozenset(k.split("+")) == frozenset(subset)), None)
+
+
+def missing_tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) -> list[MissingTableResult]:
+    """The protocol's ``missing_tables``: each subset x column cell from the store rows' ``metrics["missing"]``
+    (zero, knnK) or, for ``orig``, the subset's own group's scores; test when every cell's runs have it."""
+    names = set(protocol.group_names())
+    out = []
+    for spec in protocol.missing_tables:
+        # (column, subset) -> seed -> split -> metrics; None where the column has no model for the subset.
+        sources: dict[tuple[int, tuple[str, ...]], dict[int, dict[str, dict[str, float]]] | None] = {}
+        for j, col in enumerate(spec.columns):
+            for subset in spec.subsets():
+                group = col.group_for(subset, spec.modalities)
+                if group not in names:
+                    sources[j, subset] = None
+                    continue
+                runs = collected.get(group, {})
+                if col.impute == "orig":
+                    got = {s: {sp: split_scores(r, sp) for sp in ("val", "test")} for s, r in runs.items()}
+                else:
+                    got = {s: v for s, r in runs.items() if (v := subset_scores(r, col.impute, subset)) is not None}
+                sources[j, subset] = got
+        split = spec.split
+        if split == "auto":
+            found = [sc for got in sources.values() if got for sc in got.values()]
+            split = "test" if found and all(sc.get("test") for sc in found) else "val"
+        rows = []
+        for subset in spec.subsets():
+            cells = []
+            for j, col in enumerate(spec.columns):
+                got = sources[j, subset]
+                paper = {m: spec.paper_value(col, subset, m) for m in spec.metrics}
+                if got is None:
+                    cells.append(Cell(None, [], {}, paper, split))
+                    continue
+                seeds = sorted(got)
+                values = {m: [(got[s].get(split) or {}).get(m, float("nan")) for s in seeds] for m in spec.metrics}
+                cells.append(Cell(col.group_for(subset, spec.modalities), seeds, {split: values}, paper, split))
+            rows.append((subset, cells))
+        out.append(MissingTableResult(spec, rows, split, protocol.val_name, protocol.folds))
+    return out
+
+
+def marks(t: MissingTableResult, subset: tuple[str, ...]) -> list[str]:
+    """● for each of the table's modalities present in ``subset``, ○ for each absent."""
+    return ["●" if m in subset else "○" for m in t.spec.modalities]
+
+
+def missing_fmt(cell: Cell, m: str, digits: int) -> str:
+    """mean ± std of a missing-table cell; N.A. where the column has no model for the subset."""
+    return "N.A." if cell.group is None else fmt(cell, m, digits)
+
+
+def missing_note(t: MissingTableResult) -> str:
+    imputes = {c.impute for c in t.columns}
+    parts = ["●: modality present, ○: absent at evaluation"]
+    if "zero" in imputes:
+        parts.append("zero: a model trained on every modality, absent inputs masked out (the thesis's zero-filling)")
+    if any(i.startswith("knn") for i in imputes):
+        parts.append("knnK: an intra model, absent modality vectors imputed as the mean of the K nearest training "
+                     "samples' vectors")
+    if "orig" in imputes:
+        parts.append("orig: a model trained and tested on that subset only")
+    if any(c.group is None for _, cells in t.rows for c in cells):
+        parts.append("N.A.: the column has no model of that subset (e.g. cross attention needs two modalities)")
+    parts.append(f"mean ± std over {t.runs_name} on {t.split_name(t.split)}")
+    if any(t.has_paper(j) for j in range(len(t.columns))):
+        parts.append(f"paper: the paper's value, on {t.split_name(t.spec.paper_split)}")
+    return "; ".join(parts)
+
+
+def missing_table(t: MissingTableResult) -> Table:
+    """One missing-modality table as a rich Table: the presence marks, then each column's metrics."""
+    table = Table(title=t.title, title_justify="left")
+    for m in t.spec.modalities:
+        table.add_column(m, justify="center")
+    for j, col in enumerate(t.columns):
+        n = t.n(j)
+        for m in t.spec.metrics:
+            table.add_column(f"{col.label} {m}" + (f" (n={n})" if n else ""), justify="right")
+            if t.has_paper(j):
+                table.add_column("paper", justify="right", style="dim")
+    for subset, cells in t.rows:
+        values = []
+        for j, cell in enumerate(cells):
+            for m in t.spec.metrics:
+                d = digits_for(m)
+                values.append(missing_fmt(cell, m, d))
+                if t.has_paper(j):
+                    values.append("-" if cell.paper.get(m) is None else f"{cell.paper[m]:.{d}f}")
+        table.add_row(*marks(t, subset), *values)
+    return table
 
 
 def fmt(cell: Cell, m: str, digits: int, split: str | None = None) -> str:
@@ -207,10 +366,15 @@ def layout(t: TableResult) -> list[tuple[str, str]]:
     return cols
 
 
-def render(results: list[TableResult], console: Console) -> None:
+def render(results: list[TableResult | MissingTableResult], console: Console) -> None:
     """The tables in the terminal: ours on the headline split (mean ± std, p against the baseline), the
-    other split beside it, and the paper's value beside the split the paper reports."""
+    other split beside it, and the paper's value beside the split the paper reports; missing-modality
+    tables with a presence mark per modality (● present, ○ absent)."""
     for t in results:
+        if isinstance(t, MissingTableResult):
+            console.print(missing_table(t))
+            console.print(f"[dim]{missing_note(t)}[/dim]")
+            continue
         cols = layout(t)
         table = Table(title=t.title, title_justify="left")
         table.add_column("")
@@ -253,7 +417,11 @@ def note(t: TableResult) -> str:
     if t.split == "test":
         parts.append(f"epochs and grids were chosen on {t.val_name} only; test was read once, after")
     if t.spec.baseline:
-        parts.append(f"p: two-sided paired t-test over seeds against {t.spec.baseline}, on {head}")
+        parts.append(f"p: two-sided paired t-test over {t.runs_name} against {t.spec.baseline}, on {head}")
+    own = [(r.label, r.baseline) for r in t.spec.rows if r.group and r.baseline]
+    if own:
+        pairs = ", ".join(f"{label} against {base}" for label, base in own)
+        parts.append(f"p: two-sided paired t-test over {t.runs_name} on {head}, {pairs}")
     parts.append(f"bold: best mean per column on {head}")
     if has_paper(t):
         parts.append(f"paper: the paper's value, on {t.split_name(t.paper_split)}")
