@@ -527,7 +527,9 @@ def reproduce_cmd(
         Path | None, typer.Option(help="dataset folder the protocol expects; synthetic-quick makes its own")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder: run store, runs, tables (re-run to resume)")] = None,
-    seeds: Annotated[int | None, typer.Option(min=1, help="seeds 0..N-1; default the protocol's")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        min=1, help="seeds 0..N-1 (per fold: runs 0..N*folds-1 where the protocol has folds); default the protocol's"
+    )] = None,
     workers: Annotated[int, typer.Option(min=1, help="runs in parallel, each in its own process")] = 2,
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch threads per run; default cores // workers")
