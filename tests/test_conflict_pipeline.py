@@ -56,3 +56,15 @@ def test_explain_refuses_a_model_that_does_not_read_waveforms(corpus, tmp_path):
     clip = next((corpus / "data").rglob("*.wav"))
     line = one_line_error(invoke("explain", tmp_path / "run" / "model", clip, "--out", tmp_path / "e"))
     assert "raw-audio model" in line and not (tmp_path / "e").exists()
+
+
+def test_reproduce_conflict_table(corpus, tmp_path):
+    res = invoke("reproduce", "conflict", "--data", corpus / "data", "--seeds", "1", "--workers", "1",
+                 "--only", "conflictnet-paranet", "--only", "conflictnet-conflictnet", "--set", "max_epochs=1",
+                 "--out", tmp_path / "rep", "--format", "json")
+    assert res.exit_code == 0, res.output
+    table = json.loads(res.stdout.splitlines()[0])
+    labels = [r[table["columns"][0]] for r in table["rows"]]
+    assert table["title"].startswith("Thesis Table 3.1") and "on test" in table["title"]
+    assert labels[0] == "ParaNET (n=1)" and any(x.startswith("End-to-end CNN [132]") for x in labels)
+    assert {"pcc (test)", "uar (test)", "war (test)"} <= set(table["columns"])

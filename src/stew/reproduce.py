@@ -491,6 +491,13 @@ def synthesize(protocol: Protocol, folder: Path, console: Console) -> Path:
         raise DataError(f"protocol {protocol.name} needs --data ({protocol.data_hint or 'a dataset folder'})")
     if folder.is_dir() and any(folder.iterdir()):
         return folder
+    if syn.kind == "conflict":
+        from stew.data.synthetic_conflict import write_synthetic_conflict
+
+        write_synthetic_conflict(folder, clips=syn.clips, clip_s=syn.clip_s, seed=syn.seed)
+        console.print(f"synthesised a conflict corpus ({syn.clips} clips of {syn.clip_s:g} s, seed {syn.seed}) "
+                      f"-> {folder}")
+        return folder
     if syn.kind == "iemocap":
         from stew.data.synthetic_iemocap import write_synthetic_iemocap
 

@@ -45,12 +45,14 @@ class Tuned(_Strict):
 class Synthetic(_Strict):
     """Arguments of ``stew data synth``; the protocol's default data, written once into its output folder."""
 
-    kind: Literal["recola", "mosi", "iemocap"]
+    kind: Literal["recola", "mosi", "iemocap", "conflict"]
     seed: int = 0
     speakers: int = 9
     minutes: float = 1.0
     videos: int = 40
     utterances: int = Field(default=350, ge=50)  # iemocap (stew.data.synthetic_iemocap.MIN_UTTERANCES)
+    clips: int = Field(default=240, ge=1)  # conflict: clips of clip_s seconds at 8 kHz
+    clip_s: float = Field(default=30.0, ge=1.0)
     layout: Literal["native", "avec"] = "native"
 
 
