@@ -68,3 +68,30 @@ def test_reproduce_conflict_table(corpus, tmp_path):
     assert table["title"].startswith("Thesis Table 3.1") and "on test" in table["title"]
     assert labels[0] == "ParaNET (n=1)" and any(x.startswith("End-to-end CNN [132]") for x in labels)
     assert {"pcc (test)", "uar (test)", "war (test)"} <= set(table["columns"])
+
+
+def test_predict_audio_with_the_raw_model_matches_the_run(corpus, tmp_path):
+    preds = pd.read_csv(corpus / "run" / "predictions.csv")
+    row = preds[preds["split"] == "test"].iloc[0]
+    labels = pd.read_csv(corpus / "data" / "labels.csv")
+    file = labels[labels["file"].str.replace(r"\.\w+$", "", regex=True) == row["sequence"]]["file"].iloc[0]
+    res = invoke("predict", corpus / "model", "--audio", corpus / "data" / file, "--out", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    got = pd.read_csv(tmp_path / "p.csv")
+    assert len(got) == 1 and got["pred_conflict"].iloc[0] == pytest.approx(row["pred_conflict"], abs=1e-4)
+
+
+def test_features_extract_train_and_predict_audio(corpus, tmp_path):
+    res = invoke("features", "extract", corpus / "data", "--set", "egemaps-lld", "--out", tmp_path / "feat",
+                 "--cache", tmp_path / "cache")
+    assert res.exit_code == 0, res.output
+    res = invoke("train", "--data", tmp_path / "feat", "--modality", "audio", "--arch", "bigru", "--max-epochs", "1",
+                 "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    clips = corpus / "data"
+    res = invoke("predict", tmp_path / "run" / "model", "--audio", clips, "--out", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(tmp_path / "p.csv")) == len(pd.read_csv(clips / "labels.csv"))
+    assert "--data DIR" in one_line_error(invoke("predict", tmp_path / "run" / "model", "--out", tmp_path / "q.csv"))
+    line = one_line_error(invoke("features", "extract", clips, "--set", "nope", "--out", tmp_path / "f2"))
+    assert "nope" in line and not (tmp_path / "f2").exists()

@@ -69,6 +69,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Check and synthesise datasets.")
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(no_args_is_help=True, help="Audio files to features (openSMILE).")
+app.add_typer(features_app, name="features")
 # Piped or logged output (CI, `| tee`) is where tables are read most: rich would wrap them at 80 columns
 # and cut cells to "Acoust…", so off a terminal tables get room for their natural width.
 # WideConsole also prints a table wider than that at its natural width: no cell is ever cut.
@@ -333,6 +335,39 @@ def evaluate(
     c.print(f"written to {run_dir / 'missing.json'}")
 
 
+@features_app.command("extract")
+@cli_errors
+def features_extract(
+    audio_dir: Annotated[
+        Path, typer.Argument(help="folder of audio files with labels.csv (file, targets, split/group)")
+    ],
+    out: Annotated[Path, typer.Option(help="dataset folder to write (new or empty)")],
+    feature_set: Annotated[
+        str, typer.Option("--set", help="egemaps (88 functionals over 8 s, AVEC 2016) | egemaps-lld | compare-lld")
+    ] = "egemaps",
+    rate: Annotated[float, typer.Option(help="frames per second of the output (must divide 100)")] = 25.0,
+    window_s: Annotated[float | None, typer.Option(help="egemaps: functionals window in seconds (default 8)")] = None,
+    sample_rate: Annotated[int, typer.Option(help="audio resampled to this rate first (Hz)")] = 16000,
+    workers: Annotated[int, typer.Option(min=1, help="extraction processes")] = 1,
+    cache: Annotated[Path | None, typer.Option(help="feature cache folder (default ~/.cache/stew/features)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="extract every file again, store nothing")] = False,
+) -> None:
+    """openSMILE features of every clip, written as a stew dataset (modality 'audio', one label per clip)."""
+    from stew.features import ExtractorSettings, extract_folder
+
+    if feature_set not in ("egemaps", "egemaps-lld", "compare-lld"):
+        raise DataError(f"--set {feature_set!r}: choose egemaps, egemaps-lld or compare-lld")
+    try:
+        settings = ExtractorSettings.make(feature_set, rate_hz=rate, window_s=window_s, sample_rate=sample_rate)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    _check_out_folder(out, empty=True)
+    t0 = time.time()
+    extract_folder(audio_dir, settings, out, workers=workers, cache_dir=cache, cache=not no_cache)
+    console.print(f"{settings.set} features ({settings.dim}-d at {settings.rate_hz:g} Hz) -> {out} "
+                  f"in {time.time() - t0:.1f}s")
+
+
 @app.command()
 @cli_errors
 def explain(
@@ -437,12 +472,26 @@ def export(
 @cli_errors
 def predict(
     model: Annotated[Path, typer.Argument(help="exported model folder")],
-    data: Annotated[
-        Path, typer.Option(help="dataset folder (the model's modality; a fusion model: any subset of its modalities)")
-    ],
     out: Annotated[Path, typer.Option(help="predictions CSV")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="dataset folder (the model's modality; a fusion model: any subset of its modalities)"),
+    ] = None,
+    audio: Annotated[
+        Path | None,
+        typer.Option(help="an audio file or a folder of them: features made as the model's were (or raw waveforms)"),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="--audio: extraction processes")] = 1,
 ) -> None:
-    """Predict every step of every sequence in DATA."""
+    """Predict every step of every sequence in DATA, or one value per audio file with --audio."""
+    if (data is None) == (audio is None):
+        raise DataError("give --data DIR (a dataset) or --audio FILE_OR_DIR (audio files), one of them")
+    if audio is not None:
+        from stew.features import predict_audio
+
+        df = predict_audio(model, audio, out, workers=workers, progress=True)
+        console.print(f"{len(df)} predictions (one per file) -> {out}")
+        return
     from stew.deploy import predict_dataset
 
     df = predict_dataset(model, data, out)

@@ -497,6 +497,27 @@ def _load_model_meta(model_dir: Path) -> dict:
     return load_model(model_dir)[1]
 
 
+def _predict_waveforms(model_dir: Path, audio: Path, out_csv: Path | None) -> pd.DataFrame:
+    """A raw-waveform model (ConflictNET): each file read as its training clips were (sample rate, clip
+    length, RMS normalisation, from model.json), one prediction per file."""
+    from stew.data.audio import prepare_clip
+    from stew.deploy import load_model, predict_dataset
+
+    model, meta = load_model(model_dir)
+    ext = meta["extractor"]
+    files, ids = _audio_inputs(audio)
+    m = meta["modality"]
+    seqs = []
+    for f, sid in zip(files, ids, strict=True):
+        x, n = prepare_clip(read_audio(f, int(ext["sample_rate"]))[0], ext.get("clip_samples"))
+        mask = np.arange(len(x)) < n
+        seqs.append(Sequence(id=sid, group=sid, split="test", features={m: x[:, None]}, masks={m: mask},
+                             targets=np.zeros((1, len(meta["targets"])), np.float32), step_ids=[sid]))
+    ds = Dataset(name=audio.name, task=meta["task"], targets=list(meta["targets"]), modalities={m: 1},
+                 sequences=seqs, step_rate_hz=None, meta={"unscaled": [m]}, label_level="sequence")
+    return predict_dataset(model_dir, ds, out_csv)
+
+
 def _audio_inputs(audio: Path) -> tuple[list[Path], list[str]]:
     """The files to predict and their ids: a file (its name), or every audio file under a folder
     (paths relative to it; hidden files and labels.csv are not read)."""
@@ -527,6 +548,8 @@ def predict_audio(model_dir: Path, audio: Path, out_csv: Path | None = None, *, 
     meta = _peek_model_json(model_dir)
     if meta is None:  # unreadable: load_model names the problem (missing folder, file, bad JSON)
         meta = _load_model_meta(model_dir)
+    if isinstance(meta.get("extractor"), dict) and meta["extractor"].get("set") == "waveform":
+        return _predict_waveforms(model_dir, audio, out_csv)
     settings = _model_extractor(model_dir, meta)
     files, ids = _audio_inputs(audio)
     cdir = _resolve_cache(cache_dir, cache)
