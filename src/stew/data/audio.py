@@ -54,7 +54,7 @@ import soxr
 
 from stew import progress
 from stew.data.dataset import Dataset, Sequence
-from stew.data.validate import entry_exists, read_yaml, require_file
+from stew.data.validate import entry_exists, read_text, read_yaml, require_file
 from stew.errors import DataError
 
 __all__ = [
@@ -154,13 +154,7 @@ def fit_length(x: np.ndarray, samples: int) -> tuple[np.ndarray, int]:
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     """Header and data rows of a small CSV as strings (whitespace stripped, trailing blank lines dropped)."""
-    require_file(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text: {e}", file=path) from None
-    except OSError as e:
-        raise DataError(f"cannot read: {e.strerror or e}", file=path) from None
+    text = read_text(path)
     try:
         rows = [[c.strip() for c in r] for r in csv.reader(io.StringIO(text))]
     except csv.Error as e:

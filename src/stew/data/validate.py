@@ -118,13 +118,17 @@ def parse_yaml(text: str, file: Path | str) -> Any:
         raise DataError(f"invalid YAML: {' '.join(str(e).split())}", file=file) from None
 
 
-def read_yaml(path: Path) -> Any:
-    """Read and parse a YAML file; a folder, a non-UTF-8 file or bad YAML is one DataError line."""
+def read_text(path: Path) -> str:
+    """A text file's contents (UTF-8, a BOM dropped); a folder, a missing or non-UTF-8 file is one DataError line."""
     require_file(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text: {e}", file=path) from None
     except OSError as e:
         raise DataError(f"cannot read: {e.strerror or e}", file=path) from None
-    return parse_yaml(text, path)
+
+
+def read_yaml(path: Path) -> Any:
+    """Read and parse a YAML file; a folder, a non-UTF-8 file or bad YAML is one DataError line."""
+    return parse_yaml(read_text(path), path)
