@@ -318,7 +318,6 @@ def evaluate(
     fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Re-score a run; with --missing, write RUN/missing.json and print the missing-modality table."""
-    from stew.metrics import selection_metric
     from stew.missing import evaluate_missing, missing_table
 
     if not missing:
@@ -328,8 +327,9 @@ def evaluate(
     if k is not None and impute != "knn":
         raise DataError("--k applies to --impute knn")
     res = evaluate_missing(run_dir, impute, k)
-    record = json.loads((run_dir / "metrics.json").read_text())
-    key = record.get("selection", {}).get("key") or selection_metric(record["config"].get("task", ""), [])
+    # The run's selection metric (weighted F1, accuracy, CCC) heads the table.
+    first = next(iter(res.values()))["val"]
+    key = next(k for k in ("f1_weighted", "acc", "ccc", "ccc_mean", "pcc") if k in first)
     c = _table_console(fmt)
     c.print(missing_table(res, key, f"{run_dir} · ● present ○ absent · {impute or 'as trained'}"))
     c.print(f"written to {run_dir / 'missing.json'}")
