@@ -15,7 +15,9 @@ perturbation keeps the segments whose bit is 1 and zero-fills the rest. The surr
 - Its returned weights are sorted by |weight| descending (the spec's "sort by |coefficient|"), ties in
   segment order, and keep their sign.
 
-No torch here: ``predict`` is any function from a batch of waveforms to one score per waveform.
+No torch here: ``predict`` is any function from a batch of waveforms to one score per waveform
+(``explain_model`` loads an exported model for it). ``analysis_run`` draws a finished run's analysis
+plot from its predictions.csv.
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stew.atomic import write_atomic, write_text_atomic
+from stew.data.validate import require_file
 from stew.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -275,8 +281,9 @@ def analysis_categories(y_true: np.ndarray, y_pred: np.ndarray, epsilon: float =
     return np.select([pos_y & ~pos_p, ~pos_y & pos_p, close], [2, 3, 1], default=4)
 
 
-def analysis_plot(y_true: np.ndarray, y_pred: np.ndarray, out_png: Path, epsilon: float = 0.5) -> dict[str, int]:
-    """Write the §3.6 true-vs-predicted plot to ``out_png`` (atomically) and return the category counts.
+def analysis_figure(y_true: np.ndarray, y_pred: np.ndarray, epsilon: float = 0.5,
+                    title: str | None = None) -> tuple[Any, dict[str, int]]:
+    """The §3.6 true-vs-predicted plot as a matplotlib Figure, and the category counts.
 
     Opposite-polarity quadrants are shaded yellow, with reference lines y = x and y = x +- epsilon; points
     are coloured by category. The keys are :data:`CATEGORIES` (categories 1-4 in order) plus ``"total"``.
@@ -307,9 +314,115 @@ def analysis_plot(y_true: np.ndarray, y_pred: np.ndarray, out_png: Path, epsilon
     ax.set_aspect("equal")
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=7)  # outside: no point hidden
+    return fig, counts
+
+
+def analysis_plot(y_true: np.ndarray, y_pred: np.ndarray, out_png: Path, epsilon: float = 0.5) -> dict[str, int]:
+    """Write the §3.6 true-vs-predicted plot (:func:`analysis_figure`) to ``out_png`` atomically; return the
+    category counts (:data:`CATEGORIES` in order, plus ``"total"``)."""
+    fig, counts = analysis_figure(y_true, y_pred, epsilon)
     _save_png(fig, Path(out_png))
     return counts
+
+
+def run_predictions(run_dir: Path, split: str = "test", target: str | None = None) -> tuple[pd.DataFrame, str]:
+    """A run's labelled predictions on ``split`` (RUN/predictions.csv) and the regression target they are for.
+
+    ``target`` defaults to the first with both ``y_<target>`` and ``pred_<target>`` columns. Rows with no
+    label (an unlabelled test split) are dropped; a split with no labelled row is a DataError naming the
+    splits that have some.
+    """
+    import pandas as pd
+
+    path = Path(run_dir) / "predictions.csv"
+    require_file(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"not a predictions table: {e}", file=path) from None
+    targets = [c[2:] for c in df.columns if c.startswith("y_") and f"pred_{c[2:]}" in df.columns]
+    if not targets:
+        raise DataError("no regression predictions (y_<target> and pred_<target> columns): the analysis plot is "
+                        "for regression runs", file=path)
+    if target is None:
+        target = targets[0]
+    elif target not in targets:
+        raise DataError(f"no predictions for target {target!r} (the run has {', '.join(targets)})", file=path)
+    if not {"split", "sequence"} <= set(df.columns):
+        raise DataError("needs the columns split and sequence", file=path)
+    y, pred = f"y_{target}", f"pred_{target}"
+    labelled = df[pd.to_numeric(df[y], errors="coerce").notna() & pd.to_numeric(df[pred], errors="coerce").notna()]
+    rows = labelled[labelled["split"] == split]
+    if rows.empty:
+        have = ", ".join(dict.fromkeys(labelled["split"].astype(str))) or "none"
+        raise DataError(f"no labelled predictions on split {split!r} (splits with some: {have})", file=path)
+    return rows.reset_index(drop=True), target
+
+
+def _run_name(run_dir: Path) -> str:
+    """``group/seedN`` for a reproduce run folder, the folder's name otherwise."""
+    run_dir = run_dir.resolve()
+    return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.startswith("seed") else run_dir.name
+
+
+def analysis_run(run_dir: Path, out_dir: Path, split: str = "test", *, target: str | None = None,
+                 epsilon: float = 0.5) -> Path:
+    """The §3.6 analysis of a finished run: ``out_dir/analysis.png`` and ``out_dir/analysis.json``; returns the PNG.
+
+    One point per row of RUN/predictions.csv on ``split`` (one per clip for clip-level runs such as
+    ConflictNET's). The JSON holds the split, target, epsilon, the category ``counts`` (as
+    :func:`analysis_plot`) and the sequence ids in each category (``clips``), e.g. to pick clips for LIME
+    as the thesis did.
+    """
+    from stew.atomic import check_output_folder
+
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir, replaceable={"analysis.png", "analysis.json"})
+    rows, target = run_predictions(Path(run_dir), split, target)
+    y, p = rows[f"y_{target}"].to_numpy(np.float64), rows[f"pred_{target}"].to_numpy(np.float64)
+    title = f"{_run_name(Path(run_dir))}: {target} on {split} (n={len(rows)})"
+    fig, counts = analysis_figure(y, p, epsilon, title=title)
+    cats = analysis_categories(y, p, epsilon)
+    seqs = rows["sequence"].astype(str).to_numpy()
+    record = {
+        "run": str(Path(run_dir)), "split": split, "target": target, "epsilon": float(epsilon), "counts": counts,
+        "clips": {name: seqs[cats == k].tolist() for k, name in enumerate(CATEGORIES, start=1)},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / "analysis.png"
+    _save_png(fig, png)
+    write_text_atomic(out_dir / "analysis.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
+    return png
+
+
+def audio_file_for(data_dir: Path, sequence: str) -> Path | None:
+    """The audio file of clip ``sequence`` in an audio folder (labels.csv) or the SSPNet layout, None if absent.
+
+    Matches the readers' ids (stew.data.audio): an audio folder's ``file`` without its suffix, an SSPNet
+    clip's file stem. Only the file column is read, so a folder that no longer validates still resolves.
+    """
+    import pandas as pd
+
+    from stew.data.audio import AUDIO_SUFFIXES, LABELS, SSPNET_LABELS
+
+    root = Path(data_dir)
+    if (root / LABELS).is_file():
+        try:
+            files = pd.read_csv(root / LABELS, dtype=str, usecols=["file"])["file"].dropna()
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError):
+            return None
+        for f in files.str.strip():
+            if Path(f).with_suffix("").as_posix() == sequence and (root / f).is_file():
+                return root / f
+        return None
+    if (root / SSPNET_LABELS).is_file():
+        audio_dir = root / "audiodata" if (root / "audiodata").is_dir() else root
+        return next((f for f in sorted(audio_dir.rglob(f"{sequence}.*"))
+                     if f.stem == sequence and f.suffix.lower() in AUDIO_SUFFIXES and f.is_file()), None)
+    return None
 
 
 def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples: int = 2000, seed: int = 0,

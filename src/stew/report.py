@@ -3,7 +3,7 @@
 The file holds the protocol's header (data, seeds, run count, wall time, departures from the paper),
 the paper-style tables (numbers from :mod:`stew.results`: mean ± std over seeds on the headline split,
 test where the data has test labels, validation beside it; best per column and p against the
-baseline on the headline; the paper's values beside our number on the paper's split) and four kinds
+baseline on the headline; the paper's values beside our number on the paper's split) and several kinds
 of plot, embedded as base64 PNG so the file opens anywhere without a network:
 
 - prediction vs gold traces on sequences of the headline split (regression only);
@@ -13,7 +13,10 @@ of plot, embedded as base64 PNG so the file opens anywhere without a network:
   Figure 3), with the linear CKA between paired weak/strong latents before and after;
 - training curves (validation score and training loss per epoch);
 - heat maps of the missing-modality tables (modality subset x model, colour = mean score), each with
-  its numbers as a table beneath.
+  its numbers as a table beneath;
+- for ConflictNET runs, the true-vs-predicted analysis plot per group (spec §3.6) with its category
+  counts, and a LIME explanation (§3.7) of the full ConflictNET group's highest-predicted clip, cached
+  in the run folder (RUN/explain-report/) so regenerating the report is fast.
 
 Everything is read from the run store and the run folders; a partially finished store gives "-"
 cells and notes where a plot has nothing to draw.
@@ -25,7 +28,9 @@ import base64
 import html
 import io
 import json
+import os
 import shlex
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +192,11 @@ def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tupl
 def _img(fig: Any, alt: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return _png_img(buf.getvalue(), alt)
+
+
+def _png_img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
     return f'<img class="plot" alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
 
@@ -575,6 +584,193 @@ def _even(n: int, k: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
+# ConflictNET: the §3.6 analysis plot and a LIME explanation (spec methods.md §3.6-3.7)
+
+
+def conflict_groups(rep: Report) -> list[str]:
+    """Groups with finished ``conflictnet`` runs, in the protocol's order."""
+    names = rep.protocol.group_names()
+    order = names + [g for g in rep.collected if g not in names]
+    return [g for g in order
+            if any(r["config"].get("method") == "conflictnet" for r in rep.collected.get(g, {}).values())]
+
+
+def _group_labels(rep: Report) -> dict[str, str]:
+    """group -> its first row label in the tables (the group name where no table shows it)."""
+    out: dict[str, str] = {}
+    for t in rep.tables:
+        for r, cells in t.rows:
+            for col, c in zip(t.columns, cells, strict=True):
+                if c.group is not None:
+                    out.setdefault(c.group, _cell_label(r.label, col))
+    return out
+
+
+def _group_split(rep: Report, group: str) -> str:
+    """The headline split of the first table showing ``group``; else test when all its runs have test scores."""
+    for t in rep.tables:
+        if any(c.group == group for _, cells in t.rows for c in cells):
+            return t.split
+    rows = list(rep.collected.get(group, {}).values())
+    return "test" if rows and all(results.split_scores(r, "test") for r in rows) else "val"
+
+
+def conflict_section(rep: Report, *, lime_samples: int = 300) -> str:
+    """Per group, the §3.6 analysis plot of its first seed on the headline split, the category counts, and a
+    LIME explanation of the full ConflictNET group's highest-predicted clip."""
+    from stew.explain import CATEGORIES, analysis_figure, run_predictions
+
+    labels = _group_labels(rep)
+    figures, count_rows, notes = [], [], []
+    first: tuple[str, int, Path, str, pd.DataFrame, str] | None = None  # the LIME run, once chosen
+    groups = conflict_groups(rep)
+    full = next((g for g in groups if _ablation(rep, g) == "conflictnet"), groups[0] if groups else None)
+    for g in groups:
+        seed = min(rep.collected[g])
+        run_dir = rep.run_dir(g, seed)
+        split = _group_split(rep, g)
+        try:
+            try:
+                rows, target = run_predictions(run_dir, split)
+            except DataError:
+                if split == "val":
+                    raise
+                split = "val"  # the run's test split is unlabelled: fall back as the tables do
+                rows, target = run_predictions(run_dir, split)
+        except DataError as e:
+            notes.append(f"<p class='note'>{_e(labels.get(g, g))}: no analysis plot ({_e(e)}).</p>")
+            continue
+        y, pred = rows[f"y_{target}"].to_numpy(np.float64), rows[f"pred_{target}"].to_numpy(np.float64)
+        name = labels.get(g, g)
+        fig, counts = analysis_figure(y, pred, title=f"{name}, seed {seed}, {split} (n={len(rows)})")
+        figures.append(_figure_html(
+            _img(fig, f"analysis plot: {g}"),
+            f"<b>{_e(name)}</b> (<code>{_e(g)}</code>, seed {seed}): {_e(target)} on {_e(split)}; clips in "
+            f"categories 1/2/3/4: {'/'.join(str(counts[c]) for c in CATEGORIES)} of {counts['total']}."))
+        count_rows.append((name, g, seed, split, counts))
+        if g == full:
+            first = (g, seed, run_dir, split, rows, target)
+    if not figures and not notes:
+        return "<p class='note'>No finished ConflictNET runs.</p>"
+    intro = ("<p>True vs predicted per clip (spec §3.6), first seed of each group: yellow quadrants are opposite "
+             "polarity, dashed lines y = x ± 0.5. Categories: 1 same polarity and |y − ŷ| ≤ 0.5; 2 y ≥ 0 > ŷ; "
+             "3 y &lt; 0 ≤ ŷ; 4 same polarity and |y − ŷ| &gt; 0.5 (0 counts as positive).</p>")
+    table = _counts_table(count_rows, CATEGORIES) if count_rows else ""
+    grid = f"<div class='plots'>{''.join(figures)}</div>" if figures else ""
+    lime = (_lime_html(rep, labels, *first, lime_samples=lime_samples) if first is not None
+            else "<p class='note'>No LIME explanation: no ConflictNET run has predictions to choose a clip from.</p>")
+    return intro + table + "".join(notes) + grid + "<h3 id='lime'>LIME explanation</h3>" + lime
+
+
+def _ablation(rep: Report, group: str) -> str:
+    row = rep.row(group, min(rep.collected[group]))
+    return (row["config"].get("ablation") or "conflictnet") if row is not None else ""
+
+
+def _counts_table(rows: list[tuple[str, str, int, str, dict[str, int]]], categories: tuple[str, ...]) -> str:
+    head = "".join(f"<th>{k}: {_e(c.replace('_', ' '))}</th>" for k, c in enumerate(categories, start=1))
+    body = []
+    for name, g, seed, split, counts in rows:
+        total = counts["total"]
+        tds = "".join(f"<td data-category='{k}'>{counts[c]} <span class='n'>({100 * counts[c] / total:.0f} %)"
+                      f"</span></td>" if total else f"<td data-category='{k}'>0</td>"
+                      for k, c in enumerate(categories, start=1))
+        body.append(f"<tr data-group='{_e(g)}'><th class='rowlabel' scope='row'>{_e(name)} "
+                    f"<span class='n'>(seed {seed}, {_e(split)})</span></th>{tds}<td>{total}</td></tr>")
+    return (f"<table class='paper-table analysis-counts'><caption>Analysis categories (clips per category, "
+            f"first seed)</caption><thead><tr><th class='rowlabel'></th>{head}<th>total</th></tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+LIME_CACHE = "explain-report"  # inside the run folder: explanation.json, explanation.png, clip.json
+LIME_SEED = 0
+
+
+def _lime_html(rep: Report, labels: dict[str, str], group: str, seed: int, run_dir: Path, split: str,
+               rows: pd.DataFrame, target: str, *, lime_samples: int) -> str:
+    """LIME over the clip with the highest predicted ``target`` on ``split``, cached in RUN/explain-report/."""
+    from stew.explain import audio_file_for
+
+    i = int(rows[f"pred_{target}"].to_numpy(np.float64).argmax())
+    seq = str(rows["sequence"].iloc[i])
+    y, pred = float(rows[f"y_{target}"].iloc[i]), float(rows[f"pred_{target}"].iloc[i])
+    what = (f"{_e(labels.get(group, group))} (<code>{_e(group)}</code>, seed {seed}), {_e(split)} clip "
+            f"<code>{_e(seq)}</code> (the highest predicted {_e(target)}: ŷ = {pred:.3f}, y = {y:.3f})")
+    if lime_samples == 0:
+        return f"<p class='note'>LIME explanation skipped (a budget of 0 perturbations) for {what}.</p>"
+    cache = run_dir / LIME_CACHE
+    key = {"sequence": seq, "n_samples": int(lime_samples), "seed": LIME_SEED, "model": _model_stamp(run_dir)}
+    cached = _cached_explanation(cache, key)
+    where = f"reused from the cache in <code>{_e(cache)}</code>"
+    if cached is None:
+        data = rep.row(group, seed)["config"].get("data")
+        audio = None
+        for root in ([Path(data), rep.folder / Path(data)] if data else []) + [rep.folder / "data"]:
+            audio = audio_file_for(root, seq)
+            if audio is not None:
+                break
+        if audio is None:
+            return (f"<p class='note'>No LIME explanation for {what}: its audio is not reachable (data folder "
+                    f"<code>{_e(data or '?')}</code>, as the run recorded it); move the data back or regenerate "
+                    f"the report where it is.</p>")
+        try:
+            cached, where = _explain(run_dir, audio, cache, key, lime_samples)
+        except (DataError, OSError, ValueError) as e:
+            return f"<p class='note'>No LIME explanation for {what}: {_e(e)}.</p>"
+    expl, png = cached
+    segs = expl["segments"]
+    seg_rows = "".join(f"<tr><td>{s['index']}</td><td>{s['start_s']:.2f}–{s['end_s']:.2f}</td>"
+                       f"<td>{s['weight']:+.4f}</td></tr>" for s in segs)
+    seg_table = (f"<table class='paper-table lime-segments'><caption>Super-samples, most relevant first</caption>"
+                 f"<thead><tr><th>segment</th><th>time (s)</th><th>weight</th></tr></thead>"
+                 f"<tbody>{seg_rows}</tbody></table>")
+    caption = (f"<b>LIME explanation</b> of {what}: log-magnitude spectrogram with the top super-samples shaded "
+               f"(red: towards more conflict, blue: towards less); {expl['n_samples']} perturbations (the thesis "
+               f"used 2,000), surrogate R² {expl['score']:.3f}, kernel width {expl['kernel_width']:g}; {where}.")
+    return _figure_html(_png_img(png, f"LIME explanation: {group} {seq}"), caption) + seg_table
+
+
+def _model_stamp(run_dir: Path) -> str:
+    """Size and mtime of the run's weights: a retrained run invalidates the cached explanation."""
+    model = run_dir / "model"
+    files = sorted(model.glob("*.safetensors")) or [model / "model.json"]
+    try:
+        return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    except OSError:
+        return ""
+
+
+def _cached_explanation(cache: Path, key: dict[str, Any]) -> tuple[dict[str, Any], bytes] | None:
+    """The cached (explanation dict, PNG bytes) when clip.json matches ``key`` and both files are there."""
+    try:
+        if json.loads((cache / "clip.json").read_text()).get("key") != key:
+            return None
+        return json.loads((cache / "explanation.json").read_text()), (cache / "explanation.png").read_bytes()
+    except (OSError, ValueError):
+        return None
+
+
+def _explain(run_dir: Path, audio: Path, cache: Path, key: dict[str, Any],
+             lime_samples: int) -> tuple[tuple[dict[str, Any], bytes], str]:
+    """Run explain_model into ``cache`` (or a temporary folder when the run folder is read-only)."""
+    from stew.explain import explain_model
+
+    def read(folder: Path) -> tuple[dict[str, Any], bytes]:
+        return json.loads((folder / "explanation.json").read_text()), (folder / "explanation.png").read_bytes()
+
+    if not os.access(run_dir, os.W_OK | os.X_OK) or (cache.exists() and not os.access(cache, os.W_OK | os.X_OK)):
+        with tempfile.TemporaryDirectory(prefix="stew-lime-") as tmp:
+            explain_model(run_dir / "model", audio, Path(tmp) / "out", n_samples=lime_samples, seed=LIME_SEED)
+            return read(Path(tmp) / "out"), "not cached (the run folder is read-only)"
+    # clip.json goes first, so an interrupted run leaves no stale key, and explain_model's output check only
+    # sees its own files; it is written back last, once both outputs are complete.
+    (cache / "clip.json").unlink(missing_ok=True)
+    explain_model(run_dir / "model", audio, cache, n_samples=lime_samples, seed=LIME_SEED)
+    write_text_atomic(cache / "clip.json", json.dumps({"key": key, "audio": str(audio)}, indent=2) + "\n")
+    return read(cache), f"computed now and cached in <code>{_e(cache)}</code>"
+
+
+# --------------------------------------------------------------------------------------------------
 # HTML
 
 
@@ -679,6 +875,7 @@ tr.paper-only th{font-style:italic;color:#666}span.n{color:#888;font-size:.85em}
 span.p{color:#666;font-size:.8em}span.p.sig{color:#b35900;font-weight:600}
 p.table-note{font-size:.82em;color:#666;margin-top:0}p.note{color:#8a6d3b;background:#fcf8e3;padding:.4em .6em}
 figure{margin:1.2em 0}img.plot{max-width:100%;height:auto;border:1px solid #eee}
+div.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:0 1.2em}
 figcaption{font-size:.88em;color:#444;margin-top:.3em}footer{margin-top:2.5em;border-top:1px solid #ccc;
  font-size:.9em;color:#444}
 """
@@ -806,8 +1003,12 @@ def load_report(folder: Path) -> Report:
                   results.missing_tables(protocol, collected))
 
 
-def build_html(rep: Report, dest: Path, *, tsne: bool = False) -> str:
-    """The whole report as one HTML document (inline CSS, base64 PNG images, no external references)."""
+def build_html(rep: Report, dest: Path, *, tsne: bool = False, lime_samples: int = 300) -> str:
+    """The whole report as one HTML document (inline CSS, base64 PNG images, no external references).
+
+    ``lime_samples``: perturbations for the ConflictNET LIME explanation (0: none), when the store has
+    conflictnet runs.
+    """
     tables = "".join(table_html(t) for t in rep.tables) or "<p class='note'>The protocol has no tables.</p>"
     sections = [
         ("tables", "Tables", tables),
@@ -817,6 +1018,10 @@ def build_html(rep: Report, dest: Path, *, tsne: bool = False) -> str:
         ("latents", "Latents before and after transfer", latent_section(rep, tsne=tsne)),
         ("curves", "Training curves", curves_section(rep)),
     ]
+    if conflict_groups(rep):  # after the traces: like them, per-clip predictions against the gold
+        at = next(i for i, (k, _, _) in enumerate(sections) if k == "traces") + 1
+        sections.insert(at, ("conflict", "Conflict analysis: true vs predicted, and LIME",
+                             conflict_section(rep, lime_samples=lime_samples)))
     toc = "".join(f"<li><a href='#{k}'>{_e(title)}</a></li>" for k, title, _ in sections)
     body = "".join(f"<section id='{k}'><h2>{_e(title)}</h2>{content}</section>" for k, title, content in sections)
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -826,13 +1031,19 @@ def build_html(rep: Report, dest: Path, *, tsne: bool = False) -> str:
             f"{_footer(rep, dest)}</body></html>\n")
 
 
-def write_report(folder: Path, out: Path | None = None, *, tsne: bool = False) -> Path:
-    """Write the report of ``folder`` to ``out`` (default FOLDER/report.html) atomically; return its path."""
+def write_report(folder: Path, out: Path | None = None, *, tsne: bool = False, lime_samples: int = 300) -> Path:
+    """Write the report of ``folder`` to ``out`` (default FOLDER/report.html) atomically; return its path.
+
+    ``lime_samples`` is the LIME budget of the ConflictNET explanation (the thesis: 2,000; 0 skips it); the
+    explanation is cached in the run folder (RUN/explain-report/) and reused while clip, budget and model match.
+    """
+    if lime_samples < 0 or lime_samples == 1:
+        raise DataError(f"--lime-samples must be 0 (no explanation) or at least 2, got {lime_samples}")
     rep = load_report(folder)
     dest = Path(out) if out is not None else Path(folder) / "report.html"
     if dest.is_dir():
         raise DataError("--out is a folder; give the HTML file to write", file=dest)
     check_output_file(dest)  # a path under a file or a read-only folder: refused before the plots are drawn
-    text = build_html(rep, dest, tsne=tsne)
+    text = build_html(rep, dest, tsne=tsne, lime_samples=lime_samples)
     write_text_atomic(dest, text)
     return dest
