@@ -95,3 +95,14 @@ def test_features_extract_train_and_predict_audio(corpus, tmp_path):
     assert "--data DIR" in one_line_error(invoke("predict", tmp_path / "run" / "model", "--out", tmp_path / "q.csv"))
     line = one_line_error(invoke("features", "extract", clips, "--set", "nope", "--out", tmp_path / "f2"))
     assert "nope" in line and not (tmp_path / "f2").exists()
+
+
+def test_explain_analysis_of_a_run(corpus, tmp_path):
+    res = invoke("explain", corpus / "run", "--analysis", "--out", tmp_path / "an")
+    assert res.exit_code == 0, res.output
+    counts = json.loads((tmp_path / "an" / "analysis.json").read_text())["counts"]
+    test_rows = pd.read_csv(corpus / "run" / "predictions.csv").query("split == 'test'")
+    assert counts["total"] == len(test_rows) and (tmp_path / "an" / "analysis.png").is_file()
+    assert "no audio file" in one_line_error(invoke("explain", corpus / "run", "x.wav", "--analysis", "--out",
+                                                    tmp_path / "a2"))
+    assert "--out is required" in one_line_error(invoke("explain", corpus / "model", "x.wav"))

@@ -371,14 +371,30 @@ def features_extract(
 @app.command()
 @cli_errors
 def explain(
-    model: Annotated[Path, typer.Argument(help="exported raw-audio model folder (--method conflictnet)")],
-    audio_file: Annotated[Path, typer.Argument(help="one audio file (WAV, FLAC, ...)")],
-    out: Annotated[Path, typer.Option(help="folder for explanation.json and explanation.png")],
+    model: Annotated[Path, typer.Argument(help="exported raw-audio model folder (with --analysis: a run folder)")],
+    audio_file: Annotated[Path | None, typer.Argument(help="one audio file (WAV, FLAC, ...)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for explanation.json/.png (analysis.json/.png)")] = None,
     samples: Annotated[int, typer.Option(min=2, help="LIME perturbations (the thesis: 2,000)")] = 2000,
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    analysis: Annotated[bool, typer.Option(
+        "--analysis", help="instead: a run's true vs predicted plot with the epsilon bands (spec §3.6)")] = False,
+    split: Annotated[str, typer.Option(help="--analysis: the split to plot")] = "test",
 ) -> None:
-    """Which 3 s segments of a clip drive the model's prediction (LIME, spec §3.7)."""
-    from stew.explain import explain_model
+    """Which 3 s segments of a clip drive the model's prediction (LIME, spec §3.7); with --analysis, where
+    a run's predictions fall against the truth (spec §3.6)."""
+    from stew.explain import analysis_run, explain_model
+
+    if out is None:
+        raise DataError("--out is required (the folder for the explanation)")
+    if analysis:
+        if audio_file is not None:
+            raise DataError("--analysis reads a run's predictions.csv: give the run folder only, no audio file")
+        png = analysis_run(model, out, split)
+        counts = json.loads((png.parent / "analysis.json").read_text())["counts"]
+        console.print(f"{counts}\nwritten to {png} and {png.parent / 'analysis.json'}")
+        return
+    if audio_file is None:
+        raise DataError("give an audio file to explain (or --analysis with a run folder)")
 
     expl, json_path, png_path = explain_model(model, audio_file, out, n_samples=samples, seed=seed)
     top = ", ".join(f"{s['start_s']:g}-{s['end_s']:g} s ({s['weight']:+.3g})" for s in expl.segments[:3])
@@ -690,11 +706,14 @@ def report_cmd(
     tsne: Annotated[
         bool, typer.Option("--tsne", help="project latents with t-SNE (scikit-learn) instead of PCA; slower")
     ] = False,
+    lime_samples: Annotated[int, typer.Option(
+        min=0, help="LIME perturbations for the ConflictNET explanation (the thesis: 2,000; 0: none)")] = 300,
 ) -> None:
     """One self-contained HTML file: the protocol's tables, departures, and plots (traces, ablations, latents)."""
     from stew.report import write_report
 
-    typer.echo(str(write_report(folder, out, tsne=tsne)))
+    typer.echo(str(write_report(folder, out, tsne=tsne, lime_samples=lime_samples)))
+
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
