@@ -95,7 +95,8 @@ def _table_console(fmt: TableFormat) -> Console:
 DataOpt = Annotated[Path | None, typer.Option(help="dataset folder")]
 ConfigOpt = Annotated[Path | None, typer.Option(help="YAML file with any TrainConfig field")]
 MethodOpt = Annotated[
-    str | None, typer.Option(help="unimodal | linear | sew | cmstew | emobed | joint | triplet | cermtl")
+    str | None,
+    typer.Option(help="unimodal | linear | sew | cmstew | emobed | joint | triplet | cermtl | fusion | conflictnet"),
 ]
 ModalityOpt = Annotated[
     str | None, typer.Option(help="the (weaker) modality the model is deployed on; 'all' or 'a+b': early fusion")
@@ -116,6 +117,10 @@ def cli_errors(fn: Callable) -> Callable:
         except DataError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        finally:
+            # A --format command sends stage lines to stderr; the next command (in one process: tests,
+            # notebooks) starts from the default again.
+            progress.use(console)
 
     return wrapper
 
