@@ -103,7 +103,8 @@ def main() -> None:
         for name in names:
             for f in range(args.folds):
                 raw = {"data": str(args.data), "method": "fusion", "seed": s, "val_groups": 10, "progress": False,
-                       "threads": 1, "overwrite": True, "fusion": models()[name], "out": str(args.out / name / f"seed{s}" / f"fold{f}")}
+                       "threads": 1, "overwrite": True, "fusion": models()[name],
+                       "out": str(args.out / name / f"seed{s}" / f"fold{f}")}
                 jobs.append((name, raw, f, args.folds, s))
                 keys.append((name, s, f))
     t0 = time.time()
@@ -159,6 +160,11 @@ def main() -> None:
                 summary[f"unimodal:{ref}"] = uni[ref]
                 compare("intra/all", f"unimodal:{ref}", f"tri-modal intra - {ref.rsplit('/', 1)[0]} alone")
                 compare("cross/all", f"unimodal:{ref}", f"tri-modal cross - {ref.rsplit('/', 1)[0]} alone")
+        for ref in ("video/bigru-te/f1_weighted", "video/linear/f1_weighted"):
+            if ref in uni:
+                summary[f"unimodal:{ref}"] = uni[ref]
+                compare("intra+moddrop/zero/audio+video", f"unimodal:{ref}",
+                        f"text missing: intra+ModDrop - {ref.rsplit('/', 1)[0]} alone")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
