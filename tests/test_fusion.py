@@ -184,3 +184,15 @@ def test_evaluate_missing_refuses_a_single_modality_run(tmp_path):
 def test_random_moddrop_never_drops_everything(tmp_path, p):
     res, _ = train(tmp_path, tiny_clips(), moddrop_p=p)
     assert res["method"]["moddrop_p"] == p
+
+
+def test_cli_iemocap_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    from stew.data.synthetic_iemocap import write_synthetic_iemocap
+
+    data = write_synthetic_iemocap(tmp_path / "iem", utterances=60)
+    out = tmp_path / "run"
+    assert "fold" in one_line_error(invoke("train", "--data", data, "--method", "fusion", "--fold", "6", "--out", out))
+    labels = data / "folds" / "fold02" / "dev_label.npy"
+    np.save(labels, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+    line = one_line_error(invoke("train", "--data", data, "--method", "fusion", "--fold", "2", "--out", out))
+    assert "dev_label.npy" in line and not out.exists()
