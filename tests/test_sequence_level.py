@@ -120,3 +120,17 @@ def test_fusing_unaligned_modalities_is_refused():
     with pytest.raises(ValueError, match="not aligned"):
         tiny_clips().fuse(["long", "short"])
     assert tiny_frames().aligned and tiny_frames().fuse(["a", "b"]).aligned
+
+
+def test_data_check_probes_one_row_per_sequence(tmp_path):
+    from stew.data.check import check_dataset
+    from tests.test_cli import invoke
+
+    ds = tiny_clips(n=64)
+    probes = {p.modality: p for p in check_dataset(ds).probes}
+    n_train = len(ds.split("train"))
+    assert probes["long"].train_steps == n_train  # one row per clip, not per step
+    assert probes["short"].train_steps == sum(bool(s.masks["short"].any()) for s in ds.split("train"))
+    assert probes["long"].within_train > 0.6 > probes["short"].within_train  # 'long' carries the class
+    res = invoke("data", "check", write_native(ds, tmp_path / "d"))
+    assert res.exit_code == 0, res.output

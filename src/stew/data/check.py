@@ -197,9 +197,20 @@ def _fit_predict(task: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray
 
 
 def _steps(ds: Dataset, split: str, m: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, targets and group labels of the steps of ``split`` where ``m`` is present."""
+    """Features, targets and group labels of the steps of ``split`` where ``m`` is present (one row per
+    sequence, its present steps averaged, when labels are per sequence)."""
     xs, ys, gs = [], [], []
     for s in ds.split(split):
+        if ds.label_level == "sequence":
+            # One label per clip or utterance: the probe reads the mean of the modality's present steps
+            # (a raw waveform's mean says nothing, but the probe is only a diagnostic).
+            present = s.masks[m]
+            if not present.any() or not np.all(np.isfinite(s.targets)):
+                continue
+            xs.append(s.features[m][present].mean(0, keepdims=True))
+            ys.append(s.targets)
+            gs.append(np.full(1, s.group, dtype=object))
+            continue
         keep = s.masks[m] & np.all(np.isfinite(s.targets), axis=1)
         xs.append(s.features[m][keep])
         ys.append(s.targets[keep])
