@@ -85,6 +85,13 @@ def test_features_extract_train_and_predict_audio(corpus, tmp_path):
     res = invoke("features", "extract", corpus / "data", "--set", "egemaps-lld", "--out", tmp_path / "feat",
                  "--cache", tmp_path / "cache")
     assert res.exit_code == 0, res.output
+    from stew.data.io import load_dataset
+
+    feats, clips = load_dataset(tmp_path / "feat"), load_dataset(corpus / "data")
+    # conflict in [-10, 10] (audio.yaml) lands on [-1, 1] as for the waveform reader: tanh outputs can reach it
+    assert feats.meta["label_scale"] == {"original": [-10.0, 10.0], "scaled": [-1.0, 1.0]}
+    want = {s.id: float(s.targets[0, 0]) for s in clips}
+    assert all(abs(float(s.targets[0, 0]) - want[s.id.rsplit(".", 1)[0]]) < 1e-6 for s in feats)
     res = invoke("train", "--data", tmp_path / "feat", "--modality", "audio", "--arch", "bigru", "--max-epochs", "1",
                  "--out", tmp_path / "run")
     assert res.exit_code == 0, res.output

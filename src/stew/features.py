@@ -57,7 +57,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from stew import progress
 from stew.atomic import check_output_file, check_output_folder
-from stew.data.audio import LABELS, SILENCE_RMS, _audio_files, is_audio_folder, read_audio, read_labels
+from stew.data.audio import (
+    LABELS,
+    SILENCE_RMS,
+    _audio_files,
+    is_audio_folder,
+    label_scaler,
+    read_audio,
+    read_labels,
+)
 from stew.data.dataset import Dataset, Sequence
 from stew.data.native import write_native
 from stew.errors import DataError
@@ -419,7 +427,9 @@ def extract_folder(audio_dir: Path, settings: ExtractorSettings, out: Path, *, w
 
     The folder needs ``labels.csv`` (a native dataset has targets; see :func:`stew.data.audio.read_labels`
     for its columns and checks): one clip-level Sequence per row, id = the ``file`` column (the path
-    relative to the folder), labels as given (not rescaled; ``label_range`` from ``audio.yaml``),
+    relative to the folder), labels mapped onto [-1, 1] when ``audio.yaml`` declares their range (as
+    :func:`stew.data.audio.read_audio_folder` does: the models' outputs live there; ``meta["label_scale"]``
+    keeps the original range), else as given,
     ``split`` and ``group`` carried over (each clip its own group without ``group``, every clip train
     without ``split``). ``cache=False`` (``--no-cache``) neither reads nor writes the cache. Any bad input
     is one DataError naming the file, and nothing is written to ``out``.
@@ -438,15 +448,17 @@ def extract_folder(audio_dir: Path, settings: ExtractorSettings, out: Path, *, w
     files = list(table["file"])
     arrays = _extract_all([root / f for f in files], files, settings, workers=workers, cache_dir=cdir, show=progress)
     targets: list[str] = list(table.attrs["targets"])
-    y = table[targets].to_numpy(np.float32)
+    scale, label_scale = label_scaler(table.attrs["label_range"])
+    y = scale(table[targets].to_numpy(np.float64)).astype(np.float32)
     splits = list(table["split"]) if "split" in table else ["train"] * len(files)
     groups = list(table["group"]) if "group" in table else files
     seqs = [Sequence(id=f, group=str(g), split=str(sp), features={MODALITY: x}, masks={MODALITY: np.ones(len(x), bool)},
                      targets=y[i: i + 1], step_ids=[f])
             for i, (f, x, sp, g) in enumerate(zip(files, arrays, splits, groups, strict=True))]
     ds = Dataset(name=root.resolve().name, task="regression", targets=targets, modalities={MODALITY: settings.dim},
-                 sequences=seqs, label_range=table.attrs["label_range"], step_rate_hz=None,
-                 meta={"extractor": settings.model_dump(mode="json"), "source": "stew features extract"},
+                 sequences=seqs, label_range=(-1.0, 1.0) if label_scale else table.attrs["label_range"],
+                 step_rate_hz=None, meta={"extractor": settings.model_dump(mode="json"),
+                                          "source": "stew features extract", "label_scale": label_scale},
                  label_level="sequence")
     return write_native(ds, out)
 

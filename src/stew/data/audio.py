@@ -380,8 +380,10 @@ def _decode(path: Path, sr: int, samples: int | None) -> tuple[np.ndarray, np.nd
     return x[:, None], mask
 
 
-def _scale(label_range: tuple[float, float] | None, rescale: bool) -> tuple[Callable[[np.ndarray], np.ndarray],
-                                                                            dict | None]:
+def label_scaler(label_range: tuple[float, float] | None, rescale: bool = True
+                 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict | None]:
+    """The map of labels onto [-1, 1] from a declared range (spec §3.1: conflict / 10) and the
+    ``meta["label_scale"]`` record of it; identity and None without a range or with ``rescale`` off."""
     if not rescale or label_range is None:
         return (lambda y: y), None
     lo, hi = label_range
@@ -404,7 +406,7 @@ def _build(root: Path, table: pd.DataFrame, *, name: str, source: str, sr: int, 
     samples = _clip_samples(sr, clip_s)
     targets: list[str] = list(table.attrs["targets"])
     label_range = table.attrs["label_range"]
-    scale, label_scale = _scale(label_range, rescale)
+    scale, label_scale = label_scaler(label_range, rescale)
     ids = list(table["id"]) if "id" in table else [str(Path(f).with_suffix("").as_posix()) for f in table["file"]]
     seen: dict[str, str] = {}
     for sid, f in zip(ids, table["file"], strict=True):
