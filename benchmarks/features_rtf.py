@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from stew import features as F  # noqa: E402
-from stew.features import ExtractorSettings, extract_file, extract_folder, predict_audio  # noqa: E402
+from stew.data import features as F  # noqa: E402
+from stew.data.features import ExtractorSettings, extract_file, extract_folder, predict_audio  # noqa: E402
 
 SR = 16000
 
@@ -149,9 +149,9 @@ def main() -> None:
         wall_p, cpu_p, _ = timed(lambda: predict_audio(model, long, tmp / "p.csv", cache=False, progress=False),
                                  args.repeats)
         add("predict_audio egemaps model, in process", wall_p, seconds, cpu_p)
-        cold_x = min(fresh(f"from stew.features import ExtractorSettings as S, extract_file as e; "
+        cold_x = min(fresh(f"from stew.data.features import ExtractorSettings as S, extract_file as e; "
                            f"e({str(long)!r}, S(set='egemaps'))") for _ in range(args.repeats))
-        cold_p = min(fresh(f"from stew.features import predict_audio as p; "
+        cold_p = min(fresh(f"from stew.data.features import predict_audio as p; "
                            f"p({str(model)!r}, {str(long)!r}, {str(tmp / 'q.csv')!r}, cache=False, progress=False)")
                      for _ in range(args.repeats))
         add("fresh process: extract_file egemaps", cold_x, seconds)

@@ -1,4 +1,4 @@
-"""Audio files -> openSMILE features (stew.features): shapes and framing per set, the cache, workers,
+"""Audio files -> openSMILE features (stew.data.features): shapes and framing per set, the cache, workers,
 the written dataset, bad input, and predictions straight from audio."""
 
 from __future__ import annotations
@@ -13,11 +13,18 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-import stew.features as F
+import stew.data.features as F
 from stew.config import TrainConfig
+from stew.data.features import (
+    ExtractorSettings,
+    cache_key,
+    default_cache_dir,
+    extract_file,
+    extract_folder,
+    predict_audio,
+)
 from stew.data.io import load_dataset
 from stew.errors import DataError
-from stew.features import ExtractorSettings, cache_key, default_cache_dir, extract_file, extract_folder, predict_audio
 
 SR = 16000
 

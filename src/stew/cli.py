@@ -358,7 +358,7 @@ def features_extract(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="extract every file again, store nothing")] = False,
 ) -> None:
     """openSMILE features of every clip, written as a stew dataset (modality 'audio', one label per clip)."""
-    from stew.features import ExtractorSettings, extract_folder
+    from stew.data.features import ExtractorSettings, extract_folder
 
     if feature_set not in ("egemaps", "egemaps-lld", "compare-lld"):
         raise DataError(f"--set {feature_set!r}: choose egemaps, egemaps-lld or compare-lld")
@@ -508,7 +508,7 @@ def predict(
     if (data is None) == (audio is None):
         raise DataError("give --data DIR (a dataset) or --audio FILE_OR_DIR (audio files), one of them")
     if audio is not None:
-        from stew.features import predict_audio
+        from stew.data.features import predict_audio
 
         df = predict_audio(model, audio, out, workers=workers, progress=True)
         console.print(f"{len(df)} predictions (one per file) -> {out}")
