@@ -385,8 +385,7 @@ def explain(
         "--analysis", help="instead: a run's true vs predicted plot with the epsilon bands (spec §3.6)")] = False,
     split: Annotated[str, typer.Option(help="--analysis: the split to plot")] = "test",
 ) -> None:
-    """Which 3 s segments of a clip drive the model's prediction (LIME, spec §3.7); with --analysis, where
-    a run's predictions fall against the truth (spec §3.6)."""
+    """Which 3 s segments of a clip drive the model's prediction (LIME); --analysis: a run's true vs predicted."""
     from stew.explain import analysis_run, explain_model
 
     if out is None:
