@@ -68,6 +68,12 @@ def test_reproduce_conflict_table(corpus, tmp_path):
     assert table["title"].startswith("Thesis Table 3.1") and "on test" in table["title"]
     assert labels[0] == "ParaNET (n=1)" and any(x.startswith("End-to-end CNN [132]") for x in labels)
     assert {"pcc (test)", "uar (test)", "war (test)"} <= set(table["columns"])
+    # Each metric has its paper column: every one survives as its own key, none collapses into another.
+    assert len(set(table["columns"])) == len(table["columns"])
+    paper = [c for c in table["columns"] if c.startswith("paper (test)")]
+    assert paper == ["paper (test)", "paper (test) [2]", "paper (test) [3]"]
+    first = table["rows"][0]
+    assert [first[c] for c in paper] == ["0.675", "72.4", "75.3"]  # ParaNET: PCC, UAR, WAR of Table 3.1
 
 
 def test_predict_audio_with_the_raw_model_matches_the_run(corpus, tmp_path):

@@ -76,8 +76,16 @@ def to_csv(table: Table) -> str:
 
 
 def to_json(table: Table) -> str:
-    """One line: ``{"title", "columns", "rows": [{column: cell}]}`` (JSON Lines: one object per table)."""
+    """One line: ``{"title", "columns", "rows": [{column: cell}]}`` (JSON Lines: one object per table).
+
+    Column names are made unique (a repeated "paper (test)" beside each metric becomes "paper (test) [2]",
+    ...), so that no cell is lost to a duplicate key of the row objects."""
     header, rows = rows_of(table)
+    seen: dict[str, int] = {}
+    for j, h in enumerate(header):
+        seen[h] = seen.get(h, 0) + 1
+        if seen[h] > 1:
+            header[j] = f"{h} [{seen[h]}]"
     return json.dumps({"title": title_of(table), "columns": header,
                        "rows": [dict(zip(header, r, strict=True)) for r in rows]}, ensure_ascii=False)
 
