@@ -85,6 +85,8 @@ def test_predict_audio_with_the_raw_model_matches_the_run(corpus, tmp_path):
     assert res.exit_code == 0, res.output
     got = pd.read_csv(tmp_path / "p.csv")
     assert len(got) == 1 and got["pred_conflict"].iloc[0] == pytest.approx(row["pred_conflict"], abs=1e-4)
+    # ... and in the corpus's own units (audio.yaml: [-10, 10]), recorded in model.json
+    assert got["pred_conflict_original"].iloc[0] == pytest.approx(10 * row["pred_conflict"], abs=1e-3)
 
 
 def test_features_extract_train_and_predict_audio(corpus, tmp_path):

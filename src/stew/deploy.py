@@ -44,6 +44,22 @@ class _Stats(BaseModel):
     std: list[float]
 
 
+class _LabelScale(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    original: tuple[float, float]
+    scaled: tuple[float, float] = (-1.0, 1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _LabelScale:
+        if not (self.original[0] < self.original[1] and self.scaled[0] < self.scaled[1]):
+            raise ValueError("label_scale ranges must be [low, high] with low < high")
+        return self
+
+    def to_original(self, y: np.ndarray) -> np.ndarray:
+        (lo, hi), (a, b) = self.original, self.scaled
+        return (np.asarray(y, dtype=np.float64) - a) / (b - a) * (hi - lo) + lo
+
+
 class ModelMeta(BaseModel):
     """The schema of ``model.json``. A model folder is untrusted input: every field the loader and
     ``predict`` read is checked here, and the fields that must agree with each other are cross-checked."""
@@ -67,6 +83,9 @@ class ModelMeta(BaseModel):
     # How the features were made from audio files (stew features extract): `stew predict --audio`
     # extracts with exactly these settings. None: the model was trained on features made elsewhere.
     extractor: dict[str, Any] | None = None
+    # The labels' own range when the reader mapped them onto [-1, 1] (audio folders: conflict / 10):
+    # `stew predict` then also writes each prediction in those units.
+    label_scale: _LabelScale | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -163,6 +182,7 @@ def save_model(
         # The AVEC chain chosen on validation, applied by `stew predict` (None: raw predictions).
         "postprocess": {t: c.to_json() for t, c in postprocess.items()} if postprocess else None,
         "extractor": bundle.ds.meta.get("extractor"),
+        "label_scale": bundle.ds.meta.get("label_scale") if bundle.task == "regression" else None,
         "provenance": {"method": cfg.method, "teacher": cfg.teacher, "seed": cfg.seed, "data": str(cfg.data)},
     }
     _write_atomically(out, {k: v.detach().contiguous() for k, v in student.state_dict().items()}, meta)
@@ -341,6 +361,8 @@ def predict_dataset(model_dir: Path, data: Path | Dataset, out_csv: Path | None 
         if meta["task"] == "regression":
             for j, t in enumerate(meta["targets"]):
                 df[f"pred_{t}"] = p[:, j]
+                if meta["label_scale"]:  # the same prediction in the labels' own units (e.g. conflict in [-10, 10])
+                    df[f"pred_{t}_original"] = _LabelScale.model_validate(meta["label_scale"]).to_original(p[:, j])
         elif meta["task"] == "binary":
             df["prob"], df["pred"] = p[:, 0], (p[:, 0] >= 0.5).astype(int)
         else:
