@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from stew.data.dataset import Dataset, Sequence
-from stew.data.validate import check_finite, check_labels, check_unique, entry_exists, require_file
+from stew.data.validate import check_finite, check_labels, check_unique, entry_exists, read_text, require_file
 from stew.errors import DataError
 
 SPLITS = ("train", "test")
@@ -48,18 +48,8 @@ def is_mosi(root: Path) -> bool:
     )
 
 
-def _read_text(path: Path) -> str:
-    require_file(path)
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text: {e}", file=path) from e
-    except OSError as e:
-        raise DataError(f"cannot read: {e}", file=path) from e
-
-
 def _lines(path: Path) -> list[str]:
-    lines = _read_text(path).splitlines()
+    lines = read_text(path).splitlines()
     # Trailing blank lines are an editor artefact; blank lines inside the data are errors.
     while lines and not lines[-1].strip():
         lines.pop()
