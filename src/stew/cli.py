@@ -285,16 +285,14 @@ def train(
         "moddrop": moddrop, "moddrop_p": moddrop_p, "impute": impute, "k": k,
     }
     fusion_opts = {key: v for key, v in fusion_opts.items() if v is not None}
-    if fusion_opts and (method or "") != "fusion":
-        given = _train_config(config, method=method, data=data)
-        if given.method != "fusion":
-            flag = {"kind": "fusion", "sp": "no-sp"}.get(next(iter(fusion_opts)), next(iter(fusion_opts)))
-            raise DataError(f"--{flag.replace('_', '-')} applies to --method fusion")
     cfg = _train_config(
         config, data=data, method=method, modality=modality, teacher=teacher, target=target, targets=target_list,
         arch=arch, loss=loss, ablation=ablation, seed=seed, out=out, cv=cv, max_epochs=max_epochs, lr=lr,
         resume=resume, postprocess=postprocess, overwrite=overwrite or None, fold=fold, fusion=fusion_opts or None,
     )
+    if fusion_opts and cfg.method != "fusion":
+        flag = {"kind": "fusion", "sp": "no-sp"}.get(next(iter(fusion_opts)), next(iter(fusion_opts)))
+        raise DataError(f"--{flag.replace('_', '-')} applies to --method fusion")
     if cfg.out is None:
         raise DataError("--out is required (the run folder)")
     # The run folder is run()'s to judge (training.check_run_folder, before any data is loaded): a file

@@ -79,13 +79,18 @@ class FusedModel(nn.Module):
             out[m] = torch.zeros_like(mask) if m in self.absent else mask
         return out
 
-    def outputs(self, batch: dict, masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Pre-activation outputs: [B, 1, n_out] (one label per sequence) or [B, T, n_out]."""
+    def vectors(self, batch: dict, masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The vectors at the input of SP, absent modalities imputed when the model says so (never while
+        training: the memory bank is filled after training)."""
         masks = self.masks(batch) if masks is None else masks
         vectors = self.net.vectors(batch["x"], masks)
         if self.spec.impute == "knn" and not self.training:
             vectors = self.impute(vectors, masks)
-        return self.net.classify(vectors)
+        return vectors
+
+    def outputs(self, batch: dict, masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Pre-activation outputs: [B, 1, n_out] (one label per sequence) or [B, T, n_out]."""
+        return self.net.classify(self.vectors(batch, masks))
 
     def predict(self, batch: dict) -> torch.Tensor:
         out = self.outputs(batch)
@@ -93,11 +98,7 @@ class FusedModel(nn.Module):
 
     def latents(self, batch: dict) -> torch.Tensor:
         """The pooled vector the classifier reads (what `stew report` projects)."""
-        masks = self.masks(batch)
-        vectors = self.net.vectors(batch["x"], masks)
-        if self.spec.impute == "knn":
-            vectors = self.impute(vectors, masks)
-        return self.net.pooled(vectors)
+        return self.net.pooled(self.vectors(batch))
 
     # ----------------------------------------------------------------------------------------------
     # KNN imputation
