@@ -131,7 +131,7 @@ def test_predict_needs_only_the_model_modality(tmp_path):
 
 
 def test_transfer_ranks_runs_clear_pairs_and_prints_table(utt_dir, tmp_path):
-    c = write_cfg(tmp_path / "c.yaml", cmstew={"alpha_grid": [0.1], "beta_grid": [0.1, 1.0]})
+    c = write_cfg(tmp_path / "c.yaml", recipe="paper", cmstew={"alpha_grid": [0.1], "beta_grid": [0.1, 1.0]})
     res = invoke("transfer", "--data", utt_dir, "--config", c, "--seeds", 2, "--gap", 1.0, "--out", tmp_path / "t")
     assert res.exit_code == 0, res.output
     assert "stronger beats weaker by >= 1 validation f1_weighted" in res.output

@@ -41,11 +41,11 @@ def invoke(*args: str):
 def test_train_cmstew_announces_stage1_grid_and_epochs(utt_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     # A 2-point grid keeps the test quick; the announcement reads the grid's real size.
-    cfg.write_text(yaml.safe_dump({**FAST, "max_epochs": 2, "progress": True, "cmstew": {
+    cfg.write_text(yaml.safe_dump({**FAST, "max_epochs": 2, "progress": True, "recipe": "paper", "cmstew": {
         "alpha_grid": [0.1, 1.0], "beta_grid": [1.0], "decoder_units": 8}}))
     out = invoke("train", "--data", str(utt_dir), "--method", "cmstew", "--modality", "audio", "--teacher", "text",
                  "--config", str(cfg), "--out", str(tmp_path / "run")).output
-    assert "stage 1: training the stronger modality's teacher (text, Bi-GRU + TE)" in out
+    assert "stage 1: 1 teacher run(s) (text, bigru-te) on the whole training split" in out
     assert "stage 1 done in" in out
     assert "alpha/beta grid: 2 candidates on validation" in out
     assert re.search(r"candidate 1/2 \(alpha 0\.1, beta 1\) · \d+:\d\d elapsed · ~\? left", out), out

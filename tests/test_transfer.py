@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from stew.config import CMStEWConfig, TrainConfig
 from stew.data.splits import carve_validation
-from stew.deploy import save_model
+from stew.deploy import load_model, save_model
 from stew.errors import DataError
 from stew.methods import prepare
 from stew.methods.cmstew import build as build_cmstew
@@ -43,10 +43,13 @@ def test_sew_modules_sizes_and_gradients_reach_both_encoders():
         assert any(g.abs().sum() > 0 for g in grads), name
 
 
-def _collate(bundle):
+def _collate(bundle, eval_grid: bool = False):
     from stew.data.preprocess import WindowDataset
 
-    wds = WindowDataset.for_training(bundle.train, 25, 25)
+    if eval_grid:  # CM-StEW's teacher latents were computed on the evaluation windows: batch those
+        wds = WindowDataset.for_evaluation(bundle.train, bundle.eval_win)
+    else:
+        wds = WindowDataset.for_training(bundle.train, 25, 25)
     return wds.collate([wds[i] for i in range(min(16, len(wds)))])
 
 
@@ -167,46 +170,56 @@ def test_sew_run_exports_only_weak_encoder_and_regressor(frames_dir, tmp_path):
 
 def test_cmstew_teacher_frozen_bit_identical(frames_dir, tmp_path):
     ds = tiny_frames()
-    cfg = resolve(TrainConfig(data=frames_dir, method="cmstew", modality="b", teacher="a",
+    cfg = resolve(TrainConfig(data=frames_dir, method="cmstew", modality="b", teacher="a", recipe="paper",
                               cmstew=CMStEWConfig(alpha=0.5, beta=0.5), **FAST), ds)
     ds = carve_validation(ds, 4, 0)
     cfg = prepare(cfg, ds, tmp_path)  # stage 1: trains the teacher into tmp_path/teacher
+    weights = tmp_path / "teacher" / "model" / "model.safetensors"
+    before = weights.read_bytes()
     bundle = make_bundle(cfg, ds, ["b", "a"])
     method = build_cmstew(cfg, bundle, tmp_path)
-    before = {k: v.clone() for k, v in method.strong_encoder.state_dict().items()}
+    teacher = load_model(tmp_path / "teacher" / "model")[0]
+    # Stage 2 holds no teacher weights at all: every parameter is the student's or the decoder's.
+    assert {id(p) for p in method.parameters()} == {
+        id(p) for p in (*method.student.parameters(), *method.strong_decoders.parameters())}
     weak_before = {k: v.clone() for k, v in method.student.state_dict().items()}
     fit(method, cfg, bundle, tmp_path / "stage2")
-    after = method.strong_encoder.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(not p.requires_grad for p in method.strong_encoder.parameters())
+    assert weights.read_bytes() == before
     assert any(not torch.equal(weak_before[k], v) for k, v in method.student.state_dict().items())
+    # The precomputed m_ss is the frozen teacher's encoder on each evaluation window of each training sequence.
+    for s in bundle.train:
+        for a in range(0, len(s.y), bundle.eval_win):
+            chunk = s.x["a"][a : a + bundle.eval_win]
+            with torch.no_grad():
+                want = teacher.encoder(chunk[None], torch.ones(1, len(chunk), dtype=torch.bool))[0]
+            torch.testing.assert_close(s.x["teacher:a"][a : a + bundle.eval_win], want, atol=1e-5, rtol=1e-5)
     # Shapes of spec §6.7: latents (B, N, 100), decoder output (B, N, d_strong).
-    batch = _collate(bundle)
+    batch = _collate(bundle, eval_grid=True)
     m_sw = method.weak_encoder(batch["x"]["b"], batch["mask"])
     assert m_sw.shape[-1] == cfg.d_model
-    assert method.strong_decoder(m_sw, batch["mask"]).shape == (*batch["mask"].shape, 4)
+    assert method.strong_decoders["a"](m_sw, batch["mask"]).shape == (*batch["mask"].shape, 4)
 
 
 def test_cmstew_ablations_and_grid(frames_dir, tmp_path):
     grid = CMStEWConfig(alpha_grid=[0.01, 1.0], beta_grid=[0.1])
-    r = run(TrainConfig(data=frames_dir, method="cmstew", modality="b", teacher="a", cmstew=grid,
+    r = run(TrainConfig(data=frames_dir, method="cmstew", modality="b", teacher="a", cmstew=grid, recipe="paper",
                         out=tmp_path / "full", **FAST))
     assert len(r["selection"]["grid"]) == 2 and r["method"]["alpha"] in (0.01, 1.0)
     m = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert m["method"]["stage1_run"].endswith("teacher")
     teacher = tmp_path / "full" / "teacher"
-    lfa = run(TrainConfig(data=frames_dir, method="cmstew", modality="b", teacher="a", ablation="-LFA",
+    lfa = run(TrainConfig(data=frames_dir, method="cmstew", modality="b", teacher="a", ablation="-LFA", recipe="paper",
                           cmstew=grid.model_copy(update={"teacher_run": teacher}), **FAST))
     assert lfa["method"]["alpha"] == 0.0 and lfa["method"]["beta"] == 0.1
     dec = run(TrainConfig(data=frames_dir, method="cmstew", modality="b", teacher="a", ablation="-Decoder",
-                          cmstew=CMStEWConfig(alpha=0.1, teacher_run=teacher), **FAST))
-    assert dec["method"]["beta"] == 0.0 and dec["_method"].strong_decoder is None
+                          recipe="paper", cmstew=CMStEWConfig(alpha=0.1, teacher_run=teacher), **FAST))
+    assert dec["method"]["beta"] == 0.0 and not dec["_method"].strong_decoders
     # The loss of each trained model is exactly its kept terms (spec §6.4), value and gradient:
     # -LFA has no alignment term, -Decoder no translation term, the full model both.
-    batch = _collate(r["_bundle"])
+    batch = _collate(r["_bundle"], eval_grid=True)
     for res, kept in ((r, ("alignment", "translation")), (lfa, ("translation",)), (dec, ("alignment",))):
         method = res["_method"].eval()  # no dropout: the two computations must see the same network
-        terms = _cmstew_terms(method, batch)
+        terms = _cmstew_terms(method, batch, load_model(teacher / "model")[0])
         assert abs(float(terms["alignment"].detach())) > 1e-2  # so keeping it by mistake would show
         weight = {"alignment": method.alpha, "translation": method.beta}
         expected = terms["prediction"] + sum(weight[t] * terms[t] for t in kept)
@@ -217,17 +230,18 @@ def test_cmstew_ablations_and_grid(frames_dir, tmp_path):
             torch.testing.assert_close(got, want)
 
 
-def _cmstew_terms(method, batch):
-    """CM-StEW's three losses written out from its modules, not taken from ``training_loss``."""
+def _cmstew_terms(method, batch, teacher):
+    """CM-StEW's three losses written out from its modules and the teacher's, not from ``training_loss``."""
     mask, y = batch["mask"], batch["y"]
-    m_w, m_s = batch["x"][method.student.spec.modality], batch["x"][method.strong]
-    m_sw, m_ss = method.weak_encoder(m_w, mask), method.strong_encoder(m_s, mask).detach()
+    (strong,) = method.teachers
+    m_w, m_s = batch["x"][method.student.spec.modality], batch["x"][strong]
+    m_sw, m_ss = method.weak_encoder(m_w, mask), teacher.encoder(m_s, mask).detach()
     terms = {
         "prediction": masked_mse(torch.tanh(method.weak_classifier(m_sw)), y, mask),
         "alignment": dcca_loss(m_ss, m_sw, mask, k=method.k, r1=method.r1, r2=method.r2),
     }
-    if method.strong_decoder is not None:
-        terms["translation"] = masked_mae(method.strong_decoder(m_sw, mask), m_s, mask)
+    if strong in method.strong_decoders:
+        terms["translation"] = masked_mae(method.strong_decoders[strong](m_sw, mask), m_s, mask)
     return terms
 
 
@@ -250,12 +264,12 @@ def test_cmstew_decoder_layers_default_and_explicit(tmp_path, layers, frame_audi
     ds = carve_validation(ds, 4, 0)
     for student, want in (("audio", frame_audio_default), ("a", layers or 2)):
         teacher = "a" if student == "audio" else "audio"
-        cfg = resolve(TrainConfig(data="x", method="cmstew", modality=student, teacher=teacher, **FAST,
+        cfg = resolve(TrainConfig(data="x", method="cmstew", modality=student, teacher=teacher, **FAST, recipe="paper",
                                   cmstew=CMStEWConfig(alpha=0.1, beta=0.1, decoder_layers=layers)), ds)
         c = cfg.cmstew.model_copy(update={"teacher_run": _untrained_teacher(cfg, ds, tmp_path / student)})
         cfg = cfg.model_copy(update={"cmstew": c})
         method = build_cmstew(cfg, make_bundle(cfg, ds, [student, teacher]), tmp_path)
-        assert method.strong_decoder.bigru.gru.num_layers == want, student
+        assert method.strong_decoders[teacher].bigru.gru.num_layers == want, student
 
 
 def test_cmstew_refuses_teacher_with_other_validation_carve(utt_dir, tmp_path):

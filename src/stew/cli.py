@@ -102,7 +102,8 @@ ModalityOpt = Annotated[
     str | None, typer.Option(help="the (weaker) modality the model is deployed on; 'all' or 'a+b': early fusion")
 ]
 TeacherOpt = Annotated[
-    str | None, typer.Option(help="sew, cmstew: the stronger modality; emobed, joint, triplet: the auxiliary one")
+    str | None, typer.Option(help="sew, cmstew: the stronger modality (cmstew: several, comma-separated); "
+                             "emobed, joint, triplet: the auxiliary one")
 ]
 TargetOpt = Annotated[str | None, typer.Option(help="regression target; default all")]
 
@@ -230,7 +231,13 @@ def train(
     teacher: TeacherOpt = None,
     target: TargetOpt = None,
     targets: Annotated[str | None, typer.Option(help="several targets, comma-separated (multi-task)")] = None,
-    arch: Annotated[str | None, typer.Option(help="classifier | bigru | bigru-te | gru4 | gru")] = None,
+    arch: Annotated[str | None, typer.Option(help="classifier | mlp | bigru | bigru-te | gru4 | gru")] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="--method cmstew: stew (default: cross-fitted teachers, the guard) | paper")
+    ] = None,
+    unlabelled: Annotated[
+        Path | None, typer.Option(help="--method cmstew: paired recordings without labels (alignment/translation)")
+    ] = None,
     loss: Annotated[str | None, typer.Option(help="mse | ccc | pcc | bce | ce")] = None,
     ablation: Annotated[str | None, typer.Option(help="sew: -SD2 -CCA -SD1 -(CCA&SD1); cmstew: -LFA -Decoder")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -287,7 +294,8 @@ def train(
     fusion_opts = {key: v for key, v in fusion_opts.items() if v is not None}
     cfg = _train_config(
         config, data=data, method=method, modality=modality, teacher=teacher, target=target, targets=target_list,
-        arch=arch, loss=loss, ablation=ablation, seed=seed, out=out, cv=cv, max_epochs=max_epochs, lr=lr,
+        arch=arch, recipe=recipe, unlabelled=unlabelled, loss=loss, ablation=ablation, seed=seed, out=out, cv=cv,
+        max_epochs=max_epochs, lr=lr,
         resume=resume, postprocess=postprocess, overwrite=overwrite or None, fold=fold, fusion=fusion_opts or None,
     )
     if fusion_opts and cfg.method != "fusion":

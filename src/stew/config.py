@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from stew.errors import DataError
 
-Arch = Literal["classifier", "bigru", "bigru-te", "gru4", "gru"]
+Arch = Literal["classifier", "mlp", "bigru", "bigru-te", "gru4", "gru"]
+Recipe = Literal["stew", "paper"]
 LossName = Literal["mse", "ccc", "pcc", "bce", "ce"]
 MethodName = Literal[
     "unimodal", "linear", "sew", "cmstew", "emobed", "joint", "triplet", "cermtl", "fusion", "conflictnet"
@@ -62,6 +63,15 @@ class CMStEWConfig(Strict):
     # (spec §6.3); an explicit value is honoured for every student.
     decoder_layers: Count | None = None
     teacher_run: Path | None = None  # reuse a unimodal run of the teacher modality as stage 1
+    # Cross-fitting (issue 13): K teachers, each trained on the training groups outside one of K grouped
+    # folds, give the latents of that fold, so the student aligns to what a teacher knows of unseen
+    # groups, not to what it memorised. None: the recipe's (paper 1, stew 5); 1: one teacher on all.
+    teacher_folds: Count | None = None
+    teacher_arch: Arch | None = None  # None: the recipe's (paper: bigru-te; stew: the student's arch)
+    # The negative-transfer guard: grouped K-fold CV over the training groups compares CM-StEW with
+    # the unimodal model of the same architecture, and the run ships the winner. None: the recipe's
+    # (paper 0: no guard; stew 5); 0 switches it off.
+    guard_folds: Annotated[int, Field(ge=0)] | None = None
 
 
 class EmoBedConfig(Strict):
@@ -164,6 +174,12 @@ class TrainConfig(Strict):
     targets: list[str] | None = None  # several targets (multi-task); None: ``target`` or all
     ablation: str | None = None
     arch: Arch = "bigru-te"
+    # CM-StEW's recipe: "stew" (default) is the best one stew knows (issue 13, docs/transfer.md); "paper"
+    # the thesis's, for reproduction. Other methods ignore it.
+    recipe: Recipe = "stew"
+    # Paired recordings without labels (a dataset folder; its labels, if any, are ignored): they feed
+    # CM-StEW's alignment and translation terms only.
+    unlabelled: Path | None = None
     loss: LossName | None = None  # None: mse (regression; ccc for cermtl), bce (binary), ce (multiclass)
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
     out: Path | None = None
@@ -214,6 +230,11 @@ class TrainConfig(Strict):
     linear: LinearConfig = Field(default_factory=LinearConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
 
+    @property
+    def teachers(self) -> list[str]:
+        """The stronger modalities: ``--teacher text,video`` names several (CM-StEW)."""
+        return [t.strip() for t in self.teacher.split(",")] if self.teacher else []
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         # Cross-field ranges; each message names the keys involved.
@@ -221,7 +242,7 @@ class TrainConfig(Strict):
             raise ValueError(f"min_epochs {self.min_epochs} exceeds max_epochs {self.max_epochs}")
         if self.arch == "bigru-te" and self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
-        if self.teacher is not None and self.teacher == self.modality and self.method not in (
+        if self.modality in self.teachers and self.method not in (
             "unimodal", "linear", "cermtl"
         ):
             # Checked here, before any data is read or a stage-1 teacher is trained.

@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from stew import metrics, progress
 from stew.config import EMOBED_MODES, TrainConfig
-from stew.data.dataset import Dataset
+from stew.data.dataset import UNLABELLED, Dataset
 from stew.data.io import load_dataset
 from stew.data.preprocess import (
     PreparedSequence,
@@ -94,7 +94,7 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
         others = [m for m in mods if m != student and "+" not in m and m not in str(student).split("+")]
         among = f": choose among {others}" if others else f"; the data has no modality besides {student!r}"
         raise DataError(f"--method {cfg.method} needs --teacher (the {role} modality){among}")
-    for name in (cfg.modality, cfg.teacher):
+    for name in (cfg.modality, *cfg.teachers):
         if name is not None and name not in ds.modalities:
             raise DataError(f"unknown modality {name!r}; the data has {mods}")
     if cfg.target is not None and cfg.target not in ds.targets:
@@ -108,7 +108,7 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
     # Sequence-level labels (a clip, an utterance) are never windowed or delayed, whatever the frame rate.
     frame_level = ds.step_rate_hz is not None and ds.label_level == "step"
     if cfg.method in STEP_PAIRING:
-        names = [m for m in (upd.get("modality", cfg.modality), cfg.teacher) if m is not None]
+        names = [m for m in (upd.get("modality", cfg.modality), *cfg.teachers) if m is not None]
         ds.select_modalities(names).require_aligned(f"--method {cfg.method}")
     if cfg.postprocess and not (frame_level and ds.task == "regression"):
         raise DataError("--postprocess needs continuous (frame-level regression) data")
@@ -136,7 +136,16 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
             upd["lr"] = 1e-3  # spec §4.3
         elif cfg.method == "conflictnet":
             upd["lr"] = 1e-2  # spec §3.3, with Keras's decay 0.6 per update
-    return cfg.model_copy(update=upd)
+    if cfg.unlabelled is not None and cfg.method != "cmstew":
+        raise DataError(f"--unlabelled feeds CM-StEW's alignment and translation terms, not --method {cfg.method}")
+    cfg = cfg.model_copy(update=upd)
+    if cfg.method == "cmstew":
+        from stew.methods import required_modalities
+        from stew.methods.cmstew import apply_recipe
+
+        required_modalities(cfg)  # a missing or equal --teacher is named before the recipe is read
+        cfg = apply_recipe(cfg)
+    return cfg
 
 
 # Methods that pair step t of one modality with step t of another (alignment, translation, triplets,
@@ -182,7 +191,11 @@ def student_spec(cfg: TrainConfig, ds: Dataset, modality: str, arch: str | None 
     # Spec §6.3: one Bi-GRU layer for the RECOLA audio models and the MOSI text model, two otherwise.
     one_layer = modality == "text" or (ds.step_rate_hz is not None and modality == "audio")
     enc = EncoderSpec(
-        kind={"classifier": "identity", "bigru": "bigru", "bigru-te": "bigru-te", "gru4": "identity"}[arch],
+        kind={"classifier": "identity", "mlp": "mlp", "bigru": "bigru", "bigru-te": "bigru-te",
+              "gru4": "identity"}[arch],
+        # mlp [U]: two per-step layers to a d_model latent (tanh between), a student small enough for
+        # ~1,000 utterances and with a latent that alignment can shape (the identity encoder has none).
+        mlp_sizes=[cfg.d_model, cfg.d_model] if arch == "mlp" else [],
         d_in=d_in, gru_units=cfg.gru_units or d_in, gru_layers=cfg.gru_layers or (1 if one_layer else 2),
         d_model=cfg.d_model, heads=cfg.heads, ffn=cfg.ffn, te_layers=cfg.te_layers, dropout=cfg.dropout,
     )
@@ -236,6 +249,9 @@ def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
     rate = ds.step_rate_hz if ds.label_level == "step" else None  # one label per sequence: no windows
     k = delay_steps(cfg.label_delay_s or 0.0, rate)
     parts = {sp: prepare(ds.split(sp), modalities, cols, scaler, k) for sp in ("train", "val", "test")}
+    if cfg.method == "cmstew":
+        # Unlabelled pairs train with the labelled ones (NaN labels: L_p skips them); they are never scored.
+        parts["train"] += prepare(ds.split(UNLABELLED), modalities, cols, scaler, k)
     return Bundle(
         ds=ds, modalities=modalities, targets=targets, scaler=scaler, k_delay=k,
         win=steps_for(cfg.window_s, rate), hop=steps_for(cfg.hop_s, rate),
@@ -493,7 +509,7 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
 # What stew writes in a run folder (reproduce's job file and grid candidates, a CV's folds, the
 # temporary model folder a killed run leaves): the entries ``overwrite`` may delete.
 RUN_FOLDER_ENTRIES = re.compile(
-    r"metrics\.json|predictions\.csv|latents\.npz|model|checkpoints|logs|grid|teacher|fold\d+|missing[^/]*\.json|"
+    r"metrics\.json|predictions\.csv|latents\.npz|model|checkpoints|logs|grid|teacher|guard|fold\d+|missing[^/]*\.json|"
     r"alpha[^/]*_beta[^/]*|stew-job\.json|\.model\..+"
 )
 
@@ -532,7 +548,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     Methods with a validation grid (CM-StEW's alpha and beta) train one candidate per grid point
     and keep the best on validation; the others are recorded in ``metrics.json``.
     """
-    from stew.methods import prepare, required_modalities, search_space
+    from stew.methods import required_modalities
 
     t0 = time.time()
     check_run_folder(cfg)
@@ -547,8 +563,24 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     if cfg.overwrite and out is not None and out.is_dir() and any(out.iterdir()):
         # Replaced only now that the configuration and data have passed their checks.
         shutil.rmtree(out)
+    if cfg.method == "cmstew" and cfg.unlabelled is not None:
+        from stew.methods.cmstew import add_unlabelled
+
+        ds = add_unlabelled(ds, load_dataset(cfg.unlabelled), required_modalities(cfg), cfg.unlabelled)
     if cfg.cv:
         return _run_cv(cfg, ds, out)
+    if cfg.method == "cmstew" and cfg.cmstew.guard_folds:
+        from stew.methods.cmstew import guarded_run
+
+        return guarded_run(cfg, ds, out, fit_and_write, t0)
+    return fit_and_write(cfg, ds, out, t0)
+
+
+def fit_and_write(cfg: TrainConfig, ds: Dataset, out: Path | None, t0: float, record: dict | None = None) -> dict:
+    """One resolved configuration on one dataset: carve validation, stage 1, the grid, the fit, the run
+    folder. ``record`` joins metrics.json (CM-StEW's guard writes its decision there)."""
+    from stew.methods import prepare, search_space
+
     ds = carve_validation(ds, cfg.val_groups, cfg.seed)
     work = out or Path(tempfile.mkdtemp(prefix="stew-run-"))
     fresh = out is not None and not out.exists()
@@ -567,6 +599,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     finally:
         if out is None:
             shutil.rmtree(work, ignore_errors=True)
+    result.update(record or {})
     result["wall_s"] = round(time.time() - t0, 2)
     if out is not None:
         _write_run(result, out)

@@ -46,6 +46,8 @@ class PairResult:
     # The floor: the linear model on the weaker modality, per seed (same carves), validation and test.
     linear: list[float] = field(default_factory=list)
     linear_test: list[float] = field(default_factory=list)
+    # Per seed, what the stew recipe's guard shipped ("transfer" or "unimodal"; the paper recipe: transfer).
+    shipped: list[str] = field(default_factory=list)
 
     @property
     def split(self) -> str:
@@ -91,7 +93,8 @@ def run_over_seeds(
     for s in seeds:
         cfg = config_for_seed(s)
         if cfg.method == "cmstew" and results:
-            first = results[0]["method"]
+            # From the config, not the method record: the stew recipe's guard may have shipped unimodal.
+            first = results[0]["config"]["cmstew"]
             cfg = cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(
                 update={"alpha": first["alpha"], "beta": first["beta"]})})
         finished = cfg.out / "metrics.json" if cfg.out is not None else None
@@ -110,6 +113,12 @@ def transfer(
     base: TrainConfig, seeds: list[int], out: Path | None, console: Console, gap: float | None = None
 ) -> list[PairResult]:
     work = out or Path(tempfile.mkdtemp(prefix="stew-transfer-"))
+    stew_recipe = base.recipe == "stew"
+    if stew_recipe and "arch" not in base.model_fields_set:
+        # The ranking's unimodal runs are the comparison arm: the same architecture as the recipe's student.
+        from stew.methods.cmstew import STEW_ARCH
+
+        base = base.model_copy(update={"arch": STEW_ARCH})
     ranked = rank_modalities(base, seeds, work / "rank", console)
     render_ranking(ranked, console)
     gap = DEFAULT_GAP.get(ranked.metric, 0.05) if gap is None else gap
@@ -136,7 +145,8 @@ def transfer(
                     "method": "cmstew", "modality": weak, "teacher": strong, "seed": s, "progress": False,
                     "target": None if target == "label" else target,
                     "out": work / "cmstew" / target / f"{weak}+{strong}" / f"seed{s}",
-                    "cmstew": base.cmstew.model_copy(
+                    # The paper recipe's teacher is the ranking's run; the stew recipe cross-fits its own.
+                    "cmstew": base.cmstew if stew_recipe else base.cmstew.model_copy(
                         update={"teacher_run": work / "rank" / target / strong / f"seed{s}"}),
                 })
 
@@ -144,11 +154,12 @@ def transfer(
             bar.describe(f"{target}: CM-StEW {weak} (+{strong})")
             runs = run_over_seeds(config, seeds, done=tick)
             scores = [r["val"][ranked.metric] for r in runs]
-            chosen = {"alpha": runs[0]["method"]["alpha"], "beta": runs[0]["method"]["beta"]}
+            chosen = {"alpha": runs[0]["config"]["cmstew"]["alpha"], "beta": runs[0]["config"]["cmstew"]["beta"]}
             results.append(PairResult(
                 target, weak, strong, ranked.val[target][weak], scores, **chosen,
                 unimodal_test=ranked.test[target].get(weak, []), transfer_test=_test_scores(runs, ranked.metric),
                 linear=[r["val"][ranked.metric] for r in floor], linear_test=_test_scores(floor, ranked.metric),
+                shipped=[r.get("recipe", {}).get("guard", {}).get("shipped", "transfer") for r in runs],
             ))
     render_transfer(results, ranked.metric, console)
     if out is not None:

@@ -373,6 +373,10 @@ def trial_base(cfg: TrainConfig) -> TrainConfig:
         upd["threads"] = 1
     if "progress" not in cfg.model_fields_set:
         upd["progress"] = False
+    if cfg.method == "cmstew" and "recipe" not in cfg.model_fields_set:
+        # A trial is one validation score: the paper recipe's single fit (the stew recipe's guard would
+        # cross-validate every trial); the tuned values feed a protocol run, which is the paper's recipe too.
+        upd["recipe"] = "paper"
     return apply_params(cfg, upd)
 
 

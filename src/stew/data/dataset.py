@@ -30,6 +30,9 @@ from stew.errors import DataError
 Task = Literal["regression", "binary", "multiclass"]
 LabelLevel = Literal["step", "sequence"]
 SPLITS = ("train", "val", "test")
+# Training sequences without labels (CM-StEW's --unlabelled pairs): never carved into validation or
+# folds, never scored; their targets are NaN.
+UNLABELLED = "unlabelled"
 
 
 @dataclass

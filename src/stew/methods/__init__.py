@@ -29,9 +29,11 @@ def required_modalities(cfg: TrainConfig) -> list[str]:
     if cfg.teacher is None:
         role = "auxiliary" if cfg.method in EMOBED_MODES else "stronger"
         raise DataError(f"--method {cfg.method} needs --teacher (the {role} modality)")
-    if cfg.teacher == cfg.modality:
+    if cfg.modality in cfg.teachers:
         raise DataError("--teacher must differ from --modality")
-    return [cfg.modality, cfg.teacher]
+    if len(cfg.teachers) > 1 and cfg.method != "cmstew":
+        raise DataError(f"several teachers (--teacher {cfg.teacher}) apply to --method cmstew only")
+    return [cfg.modality, *cfg.teachers]
 
 
 def prepare(cfg: TrainConfig, ds, work: Path) -> TrainConfig:

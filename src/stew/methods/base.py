@@ -70,7 +70,10 @@ class Method(nn.Module):
 
 
 def prediction_loss(out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, task: Task, loss: str) -> torch.Tensor:
-    """L_p on pre-activation outputs ``out`` [B, T, k]; padded steps are excluded by ``mask``."""
+    """L_p on pre-activation outputs ``out`` [B, T, k]; padded and unlabelled (NaN) steps are excluded."""
+    labelled = torch.isfinite(y).all(-1)
+    if not bool(labelled.all()):
+        mask, y = mask & labelled, torch.nan_to_num(y)
     if task == "binary":
         return masked_bce(out, y, mask)
     if task == "multiclass":

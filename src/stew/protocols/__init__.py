@@ -309,7 +309,8 @@ class Protocol(_Strict):
         run = {"data": str(data), "seed": seed, "out": str(out), "progress": False}
         if self.folds:
             run["fold"] = self.fold_of(seed)
-        raw = _merge(fields, {**(overrides or {}), **run})
+        # A protocol reproduces its paper: CM-StEW runs take the paper recipe unless the protocol names one.
+        raw = _merge({"recipe": "paper"}, _merge(fields, {**(overrides or {}), **run}))
         try:
             return TrainConfig.model_validate(raw)
         except ValidationError as e:

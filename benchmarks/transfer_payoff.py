@@ -1,0 +1,138 @@
+"""Does transfer pay on CMU-MOSI? Issue 13's directions against the unimodal student (BENCHMARKS.md).
+
+    python benchmarks/transfer_payoff.py --data ../shared/data/cmu-mosi-utterance --seeds 5 --workers 2 \\
+        --out runs/bench-transfer-mosi [--only unimodal,crossfit] [--weak video,audio]
+
+Protocol: issue 19's (benchmarks/linear_baselines.py): the 62 training videos in 5 grouped folds (fold
+seed 0); in fold i chunk i is the held-out **test**, 10 videos carved from the rest by the run seed are
+the validation that picks the epoch. Every score is on videos no choice was made on. Per seed the five
+fold scores are averaged; tables give mean +- std over seeds and a paired t-test over seeds.
+
+Variants (configs/mosi.yaml's optimisation: Adam 1e-4, batch 32, patience 60):
+- unimodal: the per-step MLP student (stew's default student) on its own labels;
+- single: CM-StEW, that student, one MLP teacher on the whole training split (the paper's stage 1);
+- crossfit: the same with 5 cross-fitted teachers (direction 1);
+- crossfit-noT: cross-fitted, alignment only (beta 0);
+- two-teachers: cross-fitted, text and the other weak modality as teachers (direction 4);
+- paper: the paper recipe (Bi-GRU + TE student and teacher, the protocol's alpha/beta);
+- lc<f>-unimodal / lc<f>-crossfit: only a fraction f of the training videos keeps its labels (after the
+  validation carve); the rest are unlabelled pairs (direction 3).
+Finished runs are read back from their metrics.json, so an interrupted benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from linear_baselines import held_out_folds
+
+from stew import metrics
+from stew.config import load_config
+
+FRACTIONS = (0.1, 0.25, 0.5)
+OTHER = {"audio": "video", "video": "audio"}
+PAPER_AB = {"audio": (0.01, 1.0), "video": (0.1, 0.01)}  # the mosi-cmstew protocol's values
+
+
+def variant_config(name: str, weak: str) -> dict:
+    base = {"modality": weak, "arch": "mlp"}
+    cm = {"method": "cmstew", "teacher": "text", **base}
+    fixed = {"alpha": 0.1, "beta": 0.1, "guard_folds": 0}
+    if name == "unimodal" or name.endswith("-unimodal"):
+        return {"method": "unimodal", **base}
+    if name == "single":
+        return {**cm, "cmstew": {**fixed, "teacher_folds": 1}}
+    if name in ("crossfit",) or name.endswith("-crossfit"):
+        return {**cm, "cmstew": {**fixed, "teacher_folds": 5}}
+    if name == "crossfit-noT":
+        return {**cm, "cmstew": {**fixed, "beta": 0.0, "teacher_folds": 5}}
+    if name == "two-teachers":
+        return {**cm, "teacher": f"text,{OTHER[weak]}", "cmstew": {**fixed, "teacher_folds": 5}}
+    if name == "paper":
+        a, b = PAPER_AB[weak]
+        return {"method": "cmstew", "teacher": "text", "modality": weak, "recipe": "paper",
+                "cmstew": {"alpha": a, "beta": b, "decoder_units": 100}}
+    raise ValueError(name)
+
+
+def _one(job: tuple[str, str, int, int, str, str]) -> dict:
+    from stew.data.dataset import UNLABELLED
+    from stew.data.io import load_dataset
+    from stew.data.splits import carve_validation
+    from stew.training import run
+
+    name, weak, seed, fold, data, out = job
+    done = Path(out) / "metrics.json"
+    if done.is_file():
+        r = json.loads(done.read_text())
+    else:
+        cfg = load_config(Path("configs/mosi.yaml"), {
+            **variant_config(name, weak), "data": data, "seed": seed, "out": out, "progress": False})
+        ds = carve_validation(held_out_folds(load_dataset(cfg.data), 5)[fold], cfg.val_groups, seed)
+        if name.startswith("lc"):
+            frac = float(name[2:].split("-")[0])
+            groups = ds.groups("train")
+            keep = set(np.random.default_rng(seed).permutation(groups)[: max(1, math.ceil(frac * len(groups)))])
+            ds = ds.replace_sequences(s if s.split != "train" or s.group in keep else s.with_split(UNLABELLED)
+                                      for s in ds.sequences)
+        r = run(cfg, ds)
+    return {"name": name, "weak": weak, "seed": seed, "fold": fold, "f1w": r["test"]["f1_weighted"],
+            "acc": r["test"]["acc"], "wall_s": r["wall_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="../shared/data/cmu-mosi-utterance")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-transfer-mosi"))
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--weak", default="video,audio")
+    ap.add_argument("--only", default=None, help="comma-separated variants (default: all but paper)")
+    a = ap.parse_args()
+    lc = [f"lc{f:g}-{arm}" for f in FRACTIONS for arm in ("unimodal", "crossfit")]
+    names = a.only.split(",") if a.only else ["unimodal", "single", "crossfit", "crossfit-noT", "two-teachers", *lc]
+    jobs = [(n, w, s, f, a.data, str(a.out / w / n / f"seed{s}" / f"fold{f}"))
+            for w in a.weak.split(",") for n in names for s in range(a.seeds) for f in range(5)]
+    t0 = time.time()
+    rows = []
+    with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as pool:
+        for i, r in enumerate(pool.map(_one, jobs)):
+            rows.append(r)
+            print(f"[{i + 1}/{len(jobs)} {time.time() - t0:.0f}s] {r['weak']} {r['name']} seed{r['seed']} "
+                  f"fold{r['fold']}: F1w {r['f1w']:.1f} ({r['wall_s']:.0f}s)", flush=True)
+    summary = summarise(rows)
+    (a.out / "summary.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    for line in summary:
+        print(line["weak"], line["name"], line["f1w"], f"gain {line['gain']:+.1f} p {line['p']:.3f}",
+              f"run {line['wall_s']:.1f}s")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per variant: the per-seed fold mean, mean +- std over seeds, and a paired t-test vs its unimodal."""
+    by: dict[tuple[str, str], dict[int, list[float]]] = {}
+    wall: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        by.setdefault((r["weak"], r["name"]), {}).setdefault(r["seed"], []).append(r["f1w"])
+        wall.setdefault((r["weak"], r["name"]), []).append(r["wall_s"])
+    out = []
+    for (weak, name), seeds in by.items():
+        per_seed = [float(np.mean(seeds[s])) for s in sorted(seeds)]
+        base = name.split("-")[0] + "-unimodal" if name.startswith("lc") else "unimodal"
+        ref = by.get((weak, base))
+        ref_seed = [float(np.mean(ref[s])) for s in sorted(seeds)] if ref and set(ref) >= set(seeds) else None
+        gain = float(np.mean(per_seed) - np.mean(ref_seed)) if ref_seed else float("nan")
+        p = metrics.paired_ttest(per_seed, ref_seed)[1] if ref_seed and name != base else float("nan")
+        out.append({"weak": weak, "name": name, "f1w": metrics.format_mean_std(per_seed, 1), "per_seed": per_seed,
+                    "gain": gain, "p": float(p), "wall_s": float(np.median(wall[weak, name]))})
+    return out
+
+
+if __name__ == "__main__":
+    main()

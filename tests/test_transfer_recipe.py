@@ -1,0 +1,263 @@
+"""CM-StEW's stew recipe (issue 13): cross-fitted teachers, unlabelled pairs, several teachers, the guard."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import stew.training as training
+from stew.config import CMStEWConfig, TrainConfig
+from stew.data.dataset import UNLABELLED
+from stew.data.native import write_native
+from stew.data.preprocess import Standardizer
+from stew.data.splits import carve_validation
+from stew.deploy import load_model
+from stew.errors import DataError
+from stew.methods.base import prediction_loss
+from stew.methods.cmstew import (
+    add_unlabelled,
+    apply_recipe,
+    attach_teacher_latents,
+    fold_of_groups,
+    guard_folds,
+    prepare,
+)
+from stew.methods.cmstew import build as build_cmstew
+from stew.training import make_bundle, resolve, run
+from tests.conftest import FAST, tiny_utterances
+from tests.test_cli import invoke, one_line_error
+
+QUICK = {**FAST, "max_epochs": 2, "patience": 2}
+
+
+def _cfg(**kw) -> TrainConfig:
+    cm = kw.pop("cmstew", {})
+    base = {"data": "x", "method": "cmstew", "modality": "audio", "teacher": "text", **QUICK}
+    return TrainConfig(cmstew=CMStEWConfig(**{"teacher_folds": 2, "guard_folds": 0, **cm}), **{**base, **kw})
+
+
+def test_recipes_fill_only_what_the_user_left_open():
+    ds = tiny_utterances()
+    stew = resolve(TrainConfig(data="x", method="cmstew", modality="audio", teacher="text"), ds)
+    assert (stew.arch, stew.cmstew.teacher_folds, stew.cmstew.guard_folds, stew.cmstew.teacher_arch) == (
+        "mlp", 5, 5, "mlp")
+    assert (stew.cmstew.alpha, stew.cmstew.beta) == (0.1, 0.1)
+    paper = resolve(TrainConfig(data="x", method="cmstew", modality="audio", teacher="text", recipe="paper"), ds)
+    assert (paper.arch, paper.cmstew.teacher_folds, paper.cmstew.guard_folds) == ("bigru-te", 1, 0)
+    assert paper.cmstew.alpha is None  # the paper's grid stays open
+    mine = resolve(TrainConfig(data="x", method="cmstew", modality="audio", teacher="text", arch="bigru",
+                               cmstew=CMStEWConfig(alpha=0.5, guard_folds=0)), ds)
+    assert (mine.arch, mine.cmstew.alpha, mine.cmstew.guard_folds) == ("bigru", 0.5, 0)
+    with pytest.raises(DataError, match="--arch mlp, bigru or bigru-te"):
+        apply_recipe(TrainConfig(data="x", method="cmstew", modality="audio", teacher="text", arch="classifier"))
+
+
+def test_cross_fitted_teacher_never_sees_its_fold(tmp_path, monkeypatch):
+    ds = carve_validation(tiny_utterances(), 4, 0)
+    cfg = resolve(_cfg(), ds)
+    seen: list[set[str]] = []
+    real_run = training.run
+
+    def spy(c, d=None):
+        seen.append(set(d.groups("train")))
+        return real_run(c, d)
+
+    monkeypatch.setattr(training, "run", spy)
+    cfg = prepare(cfg, ds, tmp_path)
+    fold_of = fold_of_groups(ds, 2, cfg.seed)
+    assert len(seen) == 2
+    for k, groups in enumerate(seen):
+        held = {g for g, f in fold_of.items() if f == k}
+        assert held and not groups & held and groups | held == set(ds.groups("train"))
+    # Each training sequence carries the latents of the teacher that did not see it.
+    bundle = make_bundle(cfg, ds, ["audio", "text"])
+    attach_teacher_latents(cfg, bundle, tmp_path)
+    teachers = [load_model(tmp_path / "teacher" / "text" / f"fold{k}" / "model") for k in range(2)]
+
+    def latent(j, s):  # teacher j on its own standardisation of the raw features
+        model, meta = teachers[j]
+        x = Standardizer.from_json(meta["standardizer"]).transform("text", s.source.features["text"],
+                                                                   s.source.masks["text"])
+        with torch.no_grad():
+            return model.encoder(torch.from_numpy(x)[None], torch.ones(1, len(s.y), dtype=torch.bool))[0]
+
+    for s in bundle.train:
+        k = fold_of[s.source.group]
+        own, other = latent(k, s), latent(1 - k, s)
+        torch.testing.assert_close(s.x["teacher:text"], own, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(s.x["teacher:text"], other, atol=1e-3)
+
+
+def test_unlabelled_steps_feed_alignment_but_not_the_prediction_loss(tmp_path):
+    y = torch.tensor([[[1.0], [float("nan")]]])
+    out = torch.tensor([[[5.0], [-50.0]]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    assert torch.isfinite(prediction_loss(out, y, mask, "binary", "bce"))
+    torch.testing.assert_close(prediction_loss(out, y, mask, "binary", "bce"),
+                               prediction_loss(out[:, :1], y[:, :1], mask[:, :1], "binary", "bce"))
+
+    labelled = tiny_utterances()
+    extra = tiny_utterances(seed=1, n_videos=8)
+    ds = carve_validation(add_unlabelled(labelled, extra, ["audio", "text"], tmp_path), 4, 0)
+    unl = ds.split(UNLABELLED)
+    assert len(unl) == 8 and all(np.isnan(s.targets).all() for s in unl)
+    assert not {s.group for s in unl} & set(ds.groups("val"))  # never carved into validation
+    cfg = resolve(_cfg(), ds)
+    cfg = prepare(cfg, ds, tmp_path)
+    for k in range(2):  # teachers learn from labels: no unlabelled group in their runs
+        rec = json.loads((tmp_path / "teacher" / "text" / f"fold{k}" / "metrics.json").read_text())
+        assert rec["method"]["name"] == "unimodal"
+    bundle = make_bundle(cfg, ds, ["audio", "text"])
+    method = build_cmstew(cfg, bundle, tmp_path)
+    from stew.data.preprocess import WindowDataset
+
+    unl_seqs = [s for s in bundle.train if s.source.split == UNLABELLED]
+    assert len(unl_seqs) == 8 and all("teacher:text" in s.x for s in unl_seqs)
+    wds = WindowDataset.for_training(unl_seqs, None, None)
+    batch = wds.collate([wds[i] for i in range(len(wds))])
+    loss, parts = method.training_loss(batch)
+    assert torch.isfinite(loss) and float(parts["prediction"]) == 0.0 and float(parts["alignment"]) != 0.0
+    # The unimodal arm has no use for them: they are not in its training set.
+    uni = make_bundle(cfg.model_copy(update={"method": "unimodal"}), ds, ["audio"])
+    assert len(uni.train) == len(ds.split("train"))
+
+
+def test_unlabelled_bad_inputs_are_one_line(tmp_path):
+    data = write_native(tiny_utterances(), tmp_path / "d")
+    narrow = tiny_utterances(seed=2)
+    narrow.modalities["audio"] = 2
+    for s in narrow.sequences:
+        s.features["audio"] = s.features["audio"][:, :2]
+    bad = write_native(narrow, tmp_path / "narrow")
+    args = ["train", "--data", data, "--method", "cmstew", "--modality", "audio", "--teacher", "text"]
+    line = one_line_error(invoke(*args, "--unlabelled", bad, "--out", tmp_path / "r1"))
+    assert "--unlabelled audio features are 2-d, the training data's 4-d" in line
+    line = one_line_error(invoke(*args, "--unlabelled", tmp_path / "nowhere", "--out", tmp_path / "r2"))
+    assert "nowhere" in line
+    line = one_line_error(invoke("train", "--data", data, "--modality", "audio", "--unlabelled", data,
+                                 "--out", tmp_path / "r3"))
+    assert "--unlabelled feeds CM-StEW" in line
+    line = one_line_error(invoke(*args, "--recipe", "best", "--out", tmp_path / "r4"))
+    assert "recipe" in line
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 5))
+
+
+def test_several_teachers_one_term_each(tmp_path):
+    ds = tiny_utterances()
+    for s in ds.sequences:
+        s.features["video"], s.masks["video"] = s.features["text"][:, ::-1].copy(), s.masks["text"]
+    ds.modalities["video"] = 3
+    r = run(_cfg(teacher="text,video", out=tmp_path / "run"), ds)
+    assert r["method"]["teacher"] == "text,video"
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert history["method"]["teacher"] == "text,video"
+    for t in ("text", "video"):
+        assert all((tmp_path / "run" / "teacher" / t / f"fold{k}" / "metrics.json").is_file() for k in range(2))
+    batch_parts = r["_method"].training_loss(_one_batch(r["_bundle"]))[1]
+    assert {"alignment_text", "alignment_video", "translation_text", "translation_video"} <= set(batch_parts)
+    with pytest.raises(DataError, match="several teachers"):
+        run(TrainConfig(data="x", method="emobed", modality="audio", teacher="text,video", **QUICK), ds)
+
+
+def _one_batch(bundle):
+    from stew.data.preprocess import WindowDataset
+
+    wds = WindowDataset.for_training(bundle.train, None, None)
+    return wds.collate([wds[i] for i in range(len(wds))])
+
+
+def test_guard_ships_the_cross_validated_winner(tmp_path, monkeypatch):
+    """The decision follows the held-out-fold comparison; the final fit is the winner's."""
+    ds = tiny_utterances()
+    fits: list[str] = []
+    real = training.fit_and_write
+
+    def record_fit(cfg, d, out, t0, record=None):
+        if record is not None:  # the guard's final fit (teacher runs pass none)
+            fits.append(cfg.method)
+        return real(cfg, d, out, t0, record)
+
+    real_run = training.run
+    for winner, scores in (("unimodal", {"cmstew": 40.0, "unimodal": 60.0}),
+                           ("transfer", {"cmstew": 70.0, "unimodal": 60.0})):
+        fits.clear()
+
+        def fake_run(c, d=None, scores=scores):
+            if c.out is not None and "guard" in Path(c.out).parts:
+                return {"selection": {"key": "f1_weighted"}, "test": {"f1_weighted": scores[c.method] +
+                                                                      len(d.groups("test"))}}
+            return real_run(c, d)
+
+        monkeypatch.setattr(training, "run", fake_run)
+        monkeypatch.setattr(training, "fit_and_write", record_fit)
+        out = tmp_path / winner
+        r = real_run(_cfg(out=out, cmstew={"guard_folds": 3}), ds)
+        guard = json.loads((out / "metrics.json").read_text())["recipe"]["guard"]
+        assert guard["shipped"] == winner and len(guard["transfer"]) == 3 and guard["folds"] == 3
+        assert (guard["mean_gain"] > 0) == (winner == "transfer")
+        assert 0 <= guard["p_value"] <= 1 or np.isnan(guard["p_value"])
+        assert fits == (["cmstew"] if winner == "transfer" else ["unimodal"])
+        assert r["method"]["name"] == ("cmstew" if winner == "transfer" else "unimodal")
+
+
+def test_guard_folds_hold_out_training_groups_only():
+    ds = tiny_utterances()
+    folds = guard_folds(ds, 3, 0, val_groups=4)
+    assert len(folds) == 3
+    held = [set(f.groups("test")) for f in folds]
+    assert set().union(*held) == set(ds.groups("train")) and sum(map(len, held)) == len(ds.groups("train"))
+    assert all(not h & set(ds.groups("test")) for h in held)  # the real test split is never in a fold
+    assert "too few" in guard_folds(ds, 3, 0, val_groups=12)
+
+
+def test_default_recipe_end_to_end_with_progress(tmp_path):
+    import yaml
+
+    data = write_native(tiny_utterances(), tmp_path / "d")
+    cfg = tmp_path / "c.yaml"
+
+    cfg.write_text(yaml.safe_dump({**QUICK, "progress": True, "cmstew": {"teacher_folds": 2, "guard_folds": 2}}))
+    res = invoke("train", "--data", data, "--method", "cmstew", "--modality", "audio", "--teacher", "text",
+                 "--config", cfg, "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "guard: CM-StEW vs unimodal (mlp) on 2 grouped folds" in out
+    assert re.search(r"guard fold 2/2 unimodal: held-out f1_weighted [\d.]+ · ", out), out
+    rec = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    shipped = rec["recipe"]["guard"]["shipped"]
+    assert f"final fit: {shipped} (audio, mlp)" in out and rec["test"]
+    assert rec["method"]["name"] == {"transfer": "cmstew", "unimodal": "unimodal"}[shipped]
+    # Interrupted after the guard: --resume reads its finished runs back instead of training them again.
+    guard_runs = sorted((tmp_path / "run" / "guard").rglob("fold*/*/metrics.json"))
+    before = [p.stat().st_mtime_ns for p in guard_runs]
+    (tmp_path / "run" / "metrics.json").unlink()
+    res = invoke("train", "--data", data, "--method", "cmstew", "--modality", "audio", "--teacher", "text",
+                 "--config", cfg, "--out", tmp_path / "run", "--resume")
+    assert res.exit_code == 0, res.output
+    assert len(guard_runs) == 4 and [p.stat().st_mtime_ns for p in guard_runs] == before
+    again = json.loads((tmp_path / "run" / "metrics.json").read_text())["recipe"]["guard"]
+    assert {**again, "wall_s": 0} == {**rec["recipe"]["guard"], "wall_s": 0}
+
+
+def test_cross_fitted_stage_one_announces_each_teacher(tmp_path):
+    data = write_native(tiny_utterances(), tmp_path / "d")
+    res = invoke("train", "--data", data, "--method", "cmstew", "--modality", "audio", "--teacher", "text",
+                 "--max-epochs", 1, "--out", tmp_path / "run")  # the default recipe, guard included
+    assert res.exit_code == 0, res.output
+    assert "guard fold 5/5 unimodal" in res.output
+    cfg = TrainConfig(data=data, method="cmstew", modality="audio", teacher="text", out=tmp_path / "nog",
+                      cmstew=CMStEWConfig(guard_folds=0, teacher_folds=3), **{**QUICK, "progress": True})
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        run(cfg)
+    text = buf.getvalue()
+    assert "stage 1: 3 teacher run(s) (text, mlp) cross-fitted over 3 grouped folds" in text, text
+    assert re.search(r"teacher 3/3 \(text, fold 3/3\) · \d+:\d\d elapsed", text), text
