@@ -72,6 +72,9 @@ class CMStEWConfig(Strict):
     # the unimodal model of the same architecture, and the run ships the winner. None: the recipe's
     # (paper 0: no guard; stew 5); 0 switches it off.
     guard_folds: Annotated[int, Field(ge=0)] | None = None
+    # Transfer ships only when it beats unimodal on the folds' mean with a paired t-test p below this
+    # [U]: without evidence of a gain, the model without a teacher dependency is the safer one to ship.
+    guard_p: Annotated[float, Field(gt=0, le=1)] = 0.1
 
 
 class EmoBedConfig(Strict):

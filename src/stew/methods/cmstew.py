@@ -366,9 +366,9 @@ def guarded_run(cfg: TrainConfig, ds: Dataset, out: Path | None, fit_and_write: 
     """Cross-validate CM-StEW against the unimodal model of the same architecture over grouped folds of
     the training groups, then fit the winner on all the training data and ship it.
 
-    Transfer ships only when its held-out-fold mean beats unimodal's; the p-value (paired t-test over
-    folds) is recorded beside the decision. Each fold's CM-StEW run cross-fits its own teachers, so no
-    teacher has seen the fold a student is scored on.
+    Transfer ships only when its held-out-fold mean beats unimodal's with a paired t-test over folds
+    below ``cmstew.guard_p``; the decision, the scores and the p-value are recorded. Each fold's CM-StEW
+    run cross-fits its own teachers, so no teacher has seen the fold a student is scored on.
     """
     from stew.training import run
 
@@ -407,10 +407,12 @@ def guarded_run(cfg: TrainConfig, ds: Dataset, out: Path | None, fit_and_write: 
                 f"{progress.clock(elapsed)} elapsed · ~{progress.eta(elapsed, done, 2 * k)} left")
     gain = float(np.mean(scores["transfer"]) - np.mean(scores["unimodal"]))
     p = float(metrics.paired_ttest(scores["transfer"], scores["unimodal"])[1])
-    ship = "transfer" if gain > 0 else "unimodal"
+    limit = cfg.cmstew.guard_p
+    ship = "transfer" if gain > 0 and p < limit else "unimodal"
+    verdict = ("transfer helps here" if ship == "transfer" else
+               f"no evidence that transfer helps here (a gain with p < {limit:g} is needed)")
     reason = (f"CM-StEW's held-out {key} is {gain:+.4g} over unimodal across {k} grouped folds (paired t-test "
-              f"p = {p:.3g}): {'transfer helps here' if ship == 'transfer' else 'transfer does not help here'}, "
-              f"so the {ship} model ships")
+              f"p = {p:.3g}): {verdict}, so the {ship} model ships")
     say(f"guard: {reason}")
     record = {"recipe": {
         "name": cfg.recipe, "guard": {
