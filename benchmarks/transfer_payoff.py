@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -73,6 +74,7 @@ def _one(job: tuple[str, str, int, int, str, str]) -> dict:
     if done.is_file():
         r = json.loads(done.read_text())
     else:
+        shutil.rmtree(out, ignore_errors=True)  # a run killed part-way: start it again
         cfg = load_config(Path("configs/mosi.yaml"), {
             **variant_config(name, weak), "data": data, "seed": seed, "out": out, "progress": False})
         ds = carve_validation(held_out_folds(load_dataset(cfg.data), 5)[fold], cfg.val_groups, seed)

@@ -261,3 +261,21 @@ def test_cross_fitted_stage_one_announces_each_teacher(tmp_path):
     text = buf.getvalue()
     assert "stage 1: 3 teacher run(s) (text, mlp) cross-fitted over 3 grouped folds" in text, text
     assert re.search(r"teacher 3/3 \(text, fold 3/3\) · \d+:\d\d elapsed", text), text
+
+
+def test_transfer_command_under_the_stew_recipe(tmp_path):
+    import yaml
+
+    data = write_native(tiny_utterances(), tmp_path / "d")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**QUICK, "cmstew": {"teacher_folds": 2, "guard_folds": 2}}))
+    res = invoke("transfer", "--data", data, "--config", cfg, "--seeds", 1, "--gap", 0, "--out", tmp_path / "t")
+    assert res.exit_code == 0, res.output
+    (pair,) = json.loads((tmp_path / "t" / "transfer.json").read_text())
+    assert len(pair["shipped"]) == 1 and pair["shipped"][0] in ("transfer", "unimodal")
+    assert "guard shipped" in res.output
+    rank_run = json.loads((tmp_path / "t" / "rank" / "label" / pair["weak"] / "seed0" / "metrics.json").read_text())
+    assert rank_run["config"]["arch"] == "mlp"  # the comparison arm is the recipe's student architecture
+    cm = tmp_path / "t" / "cmstew" / "label" / f"{pair['weak']}+{pair['strong']}" / "seed0"
+    rec = json.loads((cm / "metrics.json").read_text())
+    assert rec["recipe"]["guard"]["folds"] == 2 and rec["config"]["cmstew"]["teacher_run"] is None

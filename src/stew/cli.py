@@ -462,6 +462,9 @@ def transfer_cmd(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="replace the runs and transfer.json of an earlier transfer in --out")
     ] = False,
+    recipe: Annotated[
+        str | None, typer.Option(help="stew (default: cross-fitted teachers, the guard) | paper")
+    ] = None,
     config: ConfigOpt = None,
     fmt: FormatOpt = TableFormat.table,
 ) -> None:
@@ -470,7 +473,7 @@ def transfer_cmd(
 
     if method != "cmstew":
         raise DataError("stew transfer supports --method cmstew")
-    cfg = _train_config(config, data=data, overwrite=overwrite or None)
+    cfg = _train_config(config, data=data, overwrite=overwrite or None, recipe=recipe)
     _check_out_folder(out, empty=not cfg.overwrite)
     transfer(cfg, list(range(seeds)), out, _table_console(fmt), gap)
 

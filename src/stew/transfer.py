@@ -1,10 +1,12 @@
 """``stew transfer``: rank the modalities, then teach every clearly weaker modality with a stronger one.
 
 For each target, a pair (stronger, weaker) is run when the stronger modality's mean validation score
-beats the weaker one's by at least ``gap``. CM-StEW's alpha and beta are selected on validation with
-the first seed (the grid), then fixed for the other seeds. The ranking's unimodal runs serve as the
-stage-1 teachers and as the unimodal baseline, so both arms share data, carve and seeds, and the
-p-value is a paired t-test over seeds.
+beats the weaker one's by at least ``gap``. The ranking's unimodal runs are the unimodal baseline, so
+both arms share data, carve and seeds, and the p-value is a paired t-test over seeds. With the stew
+recipe (default) the ranking uses the recipe's student architecture and every CM-StEW run cross-fits
+its own teachers and applies the guard (its "CM-StEW" score is what the guard shipped); with
+``--recipe paper`` the ranking's runs are also the stage-1 teachers, and alpha and beta are selected on
+validation with the first seed (the grid), then fixed for the other seeds.
 
 Every choice reads validation only. The table's headline (and its p-value) is test where the data
 labels a test split, read once after the choices, with validation beside it; else validation, said so.
@@ -182,7 +184,7 @@ def render_transfer(results: list[PairResult], metric: str, console: Console) ->
              f"linear floor ({name})", "CM-StEW - linear (p)"]
     if split == "test":
         heads += ["unimodal (val)", "CM-StEW (val)"]
-    for col in ("target", "weaker (+stronger)", *heads, "alpha, beta"):
+    for col in ("target", "weaker (+stronger)", *heads, "alpha, beta", "guard shipped"):
         table.add_column(col)
     for r in results:
         uni, tr = r.scores(split)
@@ -195,5 +197,7 @@ def render_transfer(results: list[PairResult], metric: str, console: Console) ->
                  f"{np.mean(tr) - np.mean(lin):+.3f} ({p_lin:.3f})" if lin else "-"]
         if split == "test":
             cells += [metrics.format_mean_std(r.unimodal, 3), metrics.format_mean_std(r.transfer, 3)]
-        table.add_row(r.target, f"{r.weak} (+{r.strong})", *cells, f"{r.alpha:g}, {r.beta:g}")
+        # The stew recipe's guard may ship the unimodal student for a seed: CM-StEW's column is what shipped.
+        shipped = f"transfer {r.shipped.count('transfer')}/{len(r.shipped)}" if r.shipped else "-"
+        table.add_row(r.target, f"{r.weak} (+{r.strong})", *cells, f"{r.alpha:g}, {r.beta:g}", shipped)
     console.print(table)
