@@ -17,6 +17,15 @@ Variants (configs/mosi.yaml's optimisation: Adam 1e-4, batch 32, patience 60):
 - paper: the paper recipe (Bi-GRU + TE student and teacher, the protocol's alpha/beta);
 - lc<f>-unimodal / lc<f>-crossfit: only a fraction f of the training videos keeps its labels (after the
   validation carve); the rest are unlabelled pairs (direction 3).
+recola: synthetic RECOLA-like data (`stew data synth --kind recola --seed 0 --speakers 9 --minutes 5`:
+3 train, 3 validation, 3 test recordings), each target's weaker modality taught by its stronger one
+(arousal: video_geo +audio; valence: audio +video_geo), seeds 0-4, test CCC read once per run after
+validation chose the epoch. The learning curves label only the first fraction f of every training
+recording (continuous annotation of part of each session); the rest are unlabelled steps.
+
+    python benchmarks/transfer_payoff.py --dataset recola --data runs/synth-recola9 --seeds 5 --workers 2 \
+        --out runs/bench-transfer-recola
+
 Finished runs are read back from their metrics.json, so an interrupted benchmark resumes.
 """
 
@@ -63,6 +72,39 @@ def variant_config(name: str, weak: str) -> dict:
     raise ValueError(name)
 
 
+RECOLA_PAIRS = {"arousal": ("video_geo", "audio"), "valence": ("audio", "video_geo")}
+# synth.yaml of the unimodal RECOLA section (BENCHMARKS.md), with the stew recipe's per-step student.
+RECOLA_BASE = {"d_model": 32, "clf_hidden": 64, "lr": 0.002, "max_epochs": 8, "patience": 3,
+               "label_delay_s": 2.4, "threads": 1, "progress": False}
+
+
+def _one_recola(job: tuple[str, str, int, str, str]) -> dict:
+    from stew.config import TrainConfig
+    from stew.data.io import load_dataset
+    from stew.training import run
+
+    name, target, seed, data, out = job
+    weak, strong = RECOLA_PAIRS[target]
+    done = Path(out) / "metrics.json"
+    if done.is_file():
+        r = json.loads(done.read_text())
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        spec = variant_config(name, weak)
+        if spec.get("teacher"):
+            spec["teacher"] = spec["teacher"].replace("text", strong)
+        cfg = TrainConfig(**{**RECOLA_BASE, **spec, "data": data, "target": target, "seed": seed, "out": out})
+        ds = load_dataset(cfg.data)
+        if name.startswith("lc"):
+            frac = float(name[2:].split("-")[0])
+            col = ds.targets.index(target)
+            for s in ds.split("train"):
+                s.targets[int(frac * len(s)):, col] = np.nan  # only the first fraction is annotated
+        r = run(cfg, ds)
+    return {"name": name, "weak": target, "seed": seed, "fold": 0, "f1w": r["test"]["ccc"],
+            "acc": r["val"]["ccc"], "wall_s": r["wall_s"]}
+
+
 def _one(job: tuple[str, str, int, int, str, str]) -> dict:
     from stew.data.dataset import UNLABELLED
     from stew.data.io import load_dataset
@@ -97,22 +139,32 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--weak", default="video,audio")
     ap.add_argument("--only", default=None, help="comma-separated variants (default: all but paper)")
+    ap.add_argument("--dataset", choices=["mosi", "recola"], default="mosi")
     a = ap.parse_args()
     lc = [f"lc{f:g}-{arm}" for f in FRACTIONS for arm in ("unimodal", "crossfit")]
-    names = a.only.split(",") if a.only else ["unimodal", "single", "crossfit", "crossfit-noT", "two-teachers", *lc]
-    jobs = [(n, w, s, f, a.data, str(a.out / w / n / f"seed{s}" / f"fold{f}"))
-            for w in a.weak.split(",") for n in names for s in range(a.seeds) for f in range(5)]
+    if a.dataset == "recola":
+        names = a.only.split(",") if a.only else ["unimodal", "single", "crossfit", *lc]
+        jobs = [(n, t, s, a.data, str(a.out / t / n / f"seed{s}"))
+                for t in RECOLA_PAIRS for n in names for s in range(a.seeds)]
+        one = _one_recola
+    else:
+        names = a.only.split(",") if a.only else ["unimodal", "single", "crossfit", "crossfit-noT", "two-teachers",
+                                                  *lc]
+        jobs = [(n, w, s, f, a.data, str(a.out / w / n / f"seed{s}" / f"fold{f}"))
+                for w in a.weak.split(",") for n in names for s in range(a.seeds) for f in range(5)]
+        one = _one
     t0 = time.time()
     rows = []
     with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as pool:
-        for i, r in enumerate(pool.map(_one, jobs)):
+        for i, r in enumerate(pool.map(one, jobs)):
             rows.append(r)
+            # MOSI: test weighted F1 (%); recola: test CCC (the "f1w" field of a recola row is its test CCC).
             print(f"[{i + 1}/{len(jobs)} {time.time() - t0:.0f}s] {r['weak']} {r['name']} seed{r['seed']} "
-                  f"fold{r['fold']}: F1w {r['f1w']:.1f} ({r['wall_s']:.0f}s)", flush=True)
+                  f"fold{r['fold']}: test {r['f1w']:.3f} ({r['wall_s']:.0f}s)", flush=True)
     summary = summarise(rows)
     (a.out / "summary.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
     for line in summary:
-        print(line["weak"], line["name"], line["f1w"], f"gain {line['gain']:+.1f} p {line['p']:.3f}",
+        print(line["weak"], line["name"], line["f1w"], f"gain {line['gain']:+.3f} p {line['p']:.3f}",
               f"run {line['wall_s']:.1f}s")
 
 
@@ -131,7 +183,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         ref_seed = [float(np.mean(ref[s])) for s in sorted(seeds)] if ref and set(ref) >= set(seeds) else None
         gain = float(np.mean(per_seed) - np.mean(ref_seed)) if ref_seed else float("nan")
         p = metrics.paired_ttest(per_seed, ref_seed)[1] if ref_seed and name != base else float("nan")
-        out.append({"weak": weak, "name": name, "f1w": metrics.format_mean_std(per_seed, 1), "per_seed": per_seed,
+        out.append({"weak": weak, "name": name, "f1w": metrics.format_mean_std(per_seed, 3), "per_seed": per_seed,
                     "gain": gain, "p": float(p), "wall_s": float(np.median(wall[weak, name]))})
     return out
 
