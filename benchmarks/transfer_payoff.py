@@ -162,7 +162,8 @@ def main() -> None:
             print(f"[{i + 1}/{len(jobs)} {time.time() - t0:.0f}s] {r['weak']} {r['name']} seed{r['seed']} "
                   f"fold{r['fold']}: test {r['f1w']:.3f} ({r['wall_s']:.0f}s)", flush=True)
     summary = summarise(rows)
-    (a.out / "summary.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    name = "summary-" + ("recola" if a.dataset == "recola" else a.weak.replace(",", "-")) + ".json"
+    (a.out / name).write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
     for line in summary:
         print(line["weak"], line["name"], line["f1w"], f"gain {line['gain']:+.3f} p {line['p']:.3f}",
               f"run {line['wall_s']:.1f}s")

@@ -675,7 +675,10 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
     result["selection"] = selection
     result["method"] = {"name": cfg.method, **method.extra_record()}
     if cfg.method == "cmstew":
-        result["method"]["stage1_run"] = str(cfg.cmstew.teacher_run)
+        # One stage-1 run, or None: cross-fitted teachers live in <run>/teacher/<modality>/fold<k>.
+        teacher_run = cfg.cmstew.teacher_run
+        result["method"]["stage1_run"] = str(teacher_run) if teacher_run is not None else None
+        result["method"]["teacher_folds"] = cfg.cmstew.teacher_folds
     result["data"] = {
         "name": ds.name, "val_groups": ds.groups("val"), "label_delay_steps": bundle.k_delay,
         "window_steps": bundle.win, "hop_steps": bundle.hop, "eval_window_steps": bundle.eval_win,
