@@ -1,0 +1,123 @@
+"""ONNX export of a deployable single-modality model, checked against torch before it is written.
+
+The graph takes ``x`` [batch, x_steps, dim] (float32, standardised features; x_steps = steps plus the
+encoder's context, e.g. CER-MTL's feature images) and ``mask`` [batch, steps] (bool, True on real
+steps; for a pooling model the modality's own present mask) and returns ``y`` [batch, steps or 1,
+n_out], the *activated* outputs (tanh, sigmoid, softmax, or none for identity). Batch and both step
+counts are dynamic. Windows, standardisation, delay and post-processing stay in ``model.json``:
+:mod:`stew.deploy.runtime` applies them.
+
+The TorchScript exporter (``dynamo=False``) is used: it traces the models as they are, including
+packed GRUs (ONNX GRU with ``sequence_lens``, so the backward direction starts at each sequence's own
+last step) and the valid-row gathers, whereas ``torch.export`` refuses their data-dependent branches.
+The trace runs on a padded batch, so it records the general (masked) path, which is also correct on
+unpadded batches. Every export is checked: ONNX Runtime must reproduce torch on random padded batches
+of several lengths, or nothing is written.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from stew.errors import DataError
+from stew.models.student import SingleModalityModel, activate
+
+OPSET = 17
+# Export refuses a graph whose outputs differ from torch's by more than this (float32 GRUs and
+# attention agree to ~1e-6; tests/test_onnx.py holds every kind to 1e-5).
+EXPORT_TOLERANCE = 1e-4
+
+
+class Deployable(nn.Module):
+    """(x, mask) -> activated outputs: the function ``stew predict`` computes per batch of windows."""
+
+    def __init__(self, model: SingleModalityModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(x, mask)
+        return out if self.model.spec.activation == "identity" else activate(out, self.model.spec.task)
+
+
+def example_inputs(model: SingleModalityModel, lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch: one sequence per length, x with the encoder's context around it."""
+    left, right = model.context
+    g = torch.Generator().manual_seed(seed)
+    t = max(lengths)
+    x = torch.randn(len(lengths), left + t + right, model.spec.encoder.d_in, generator=g)
+    mask = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+    return x, mask
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the exporter's C++ warnings (written to fd 2, out of Python's reach) for one export."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def to_onnx(model: SingleModalityModel) -> bytes:
+    """The ONNX graph of ``model`` (eval mode), checked against torch; a DataError if it cannot be made."""
+    model = model.eval()
+    wrapper = Deployable(model).eval()
+    # A padded batch: the trace must take the masked path (see the module docstring).
+    x, mask = example_inputs(model, [6, 3])
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), _quiet_stderr(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper, (x, mask), buf, dynamo=False, opset_version=OPSET, do_constant_folding=True,
+                input_names=["x", "mask"], output_names=["y"],
+                dynamic_axes={"x": {0: "batch", 1: "x_steps"}, "mask": {0: "batch", 1: "steps"},
+                              "y": {0: "batch", 1: "out_steps"}},
+            )
+    except Exception as e:  # the exporter raises many types; one line names the failure
+        from stew.deploy.meta import _first_line
+
+        raise DataError(f"cannot export this model to ONNX: {_first_line(e)}") from None
+    graph = buf.getvalue()
+    err = max_difference(model, graph)
+    if not err <= EXPORT_TOLERANCE:
+        raise DataError(f"the ONNX graph disagrees with torch by {err:.2g} (> {EXPORT_TOLERANCE:g}); "
+                        "export with --format safetensors")
+    return graph
+
+
+@torch.no_grad()
+def max_difference(model: SingleModalityModel, graph: bytes, batches: tuple[list[int], ...] = ([1], [7, 2, 5], [40, 13])
+                   ) -> float:
+    """The largest |torch - ONNX Runtime| over the real steps of random padded batches."""
+    import onnxruntime as ort
+
+    from stew.deploy.runtime import session_options
+
+    session = ort.InferenceSession(graph, session_options(1), providers=["CPUExecutionProvider"])
+    wrapper = Deployable(model).eval()
+    worst = 0.0
+    for i, lengths in enumerate(batches):
+        x, mask = example_inputs(model, lengths, seed=i + 1)
+        ref = wrapper(x, mask).numpy()
+        got = session.run(None, {"x": x.numpy(), "mask": mask.numpy()})[0]
+        if ref.shape != got.shape:
+            return float("inf")
+        # A pooling model gives one real output per sequence; a per-step one, one per real step.
+        real = np.ones(ref.shape[:2], bool) if model.spec.pool == "mean" else mask.numpy()
+        worst = max(worst, float(np.abs(ref - got)[real].max()))
+    return worst
