@@ -17,24 +17,68 @@ of several lengths, or nothing is written.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import MethodType
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from stew.errors import DataError
+from stew.models.encoders import BiGRUTransformer
+from stew.models.heads import Classifier
 from stew.models.student import SingleModalityModel, activate
 
 OPSET = 17
 # Export refuses a graph whose outputs differ from torch's by more than this (float32 GRUs and
 # attention agree to ~1e-6; tests/test_onnx.py holds every kind to 1e-5).
 EXPORT_TOLERANCE = 1e-4
+
+
+def dense_copy(model: SingleModalityModel) -> SingleModalityModel:
+    """A copy of ``model`` whose per-step layers run on every row of [B, T, d], padding included.
+
+    The torch modules gather the valid rows, compute, and scatter them back (padding costs nothing in
+    training); in ONNX Runtime those scatters cost more than the layers themselves (40 of 90 ms on a
+    5-minute recording). Computing padded rows too gives the same values on the real rows (per-row
+    layers; attention masks padded keys), and the padded rows are zeroed as the torch modules leave
+    them. :func:`to_onnx` checks the graph of this copy against the original model.
+    """
+    dense = copy.deepcopy(model)
+    if isinstance(dense.encoder, BiGRUTransformer):
+        dense.encoder.forward = MethodType(_dense_bigru_te, dense.encoder)
+    if isinstance(dense.head, Classifier):
+        dense.head.forward = MethodType(_dense_classifier, dense.head)
+    return dense
+
+
+def _dense_classifier(self: Classifier, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    out = self.net(h)
+    return out if mask is None else out * mask.unsqueeze(-1).to(out.dtype)
+
+
+def _dense_bigru_te(self: BiGRUTransformer, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:meth:`BiGRUTransformer.forward` on every row: post-norm layers, attention over real keys only."""
+    b, t = mask.shape
+    z = self.proj(self.bigru(x, mask)) + self.positions.pe[:t]
+    # Additive key mask: a large finite negative (not -inf) so that exp() gives exact zeros, never NaN.
+    bias = ((~mask).to(z.dtype) * -1e9)[:, None, None, :]
+    for layer in self.transformer.layers:
+        attn = layer.self_attn
+        d, heads = attn.embed_dim, attn.num_heads
+        qkv = F.linear(z, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x [B, heads, T, d/heads]
+        a = torch.softmax(q @ k.transpose(-1, -2) * (d // heads) ** -0.5 + bias, -1) @ v
+        z = layer.norm1(z + attn.out_proj(a.transpose(1, 2).reshape(b, t, d)))
+        z = layer.norm2(z + layer.linear2(layer.activation(layer.linear1(z))))
+    return z * mask.unsqueeze(-1).to(z.dtype)
 
 
 class Deployable(nn.Module):
@@ -75,7 +119,7 @@ def _quiet_stderr() -> Iterator[None]:
 def to_onnx(model: SingleModalityModel) -> bytes:
     """The ONNX graph of ``model`` (eval mode), checked against torch; a DataError if it cannot be made."""
     model = model.eval()
-    wrapper = Deployable(model).eval()
+    wrapper = Deployable(dense_copy(model)).eval()
     # A padded batch: the trace must take the masked path (see the module docstring).
     x, mask = example_inputs(model, [6, 3])
     buf = io.BytesIO()
