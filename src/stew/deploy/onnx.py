@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from stew.errors import DataError
 from stew.models.encoders import BiGRUTransformer
 from stew.models.heads import Classifier
-from stew.models.student import SingleModalityModel, activate
+from stew.models.student import SingleModalityModel, activate, masked_mean
 
 OPSET = 17
 # Export refuses a graph whose outputs differ from torch's by more than this (float32 GRUs and
@@ -52,11 +52,22 @@ def dense_copy(model: SingleModalityModel) -> SingleModalityModel:
     them. :func:`to_onnx` checks the graph of this copy against the original model.
     """
     dense = copy.deepcopy(model)
+    dense.forward = MethodType(_dense_student, dense)
     if isinstance(dense.encoder, BiGRUTransformer):
         dense.encoder.forward = MethodType(_dense_bigru_te, dense.encoder)
     if isinstance(dense.head, Classifier):
         dense.head.forward = MethodType(_dense_classifier, dense.head)
     return dense
+
+
+def _dense_student(self: SingleModalityModel, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:meth:`SingleModalityModel.forward` with the pooled head's mask built from a tensor, not ``len(z)``
+    (which a trace would freeze to the example's batch size)."""
+    z = self.encoder(x, mask)
+    if self.spec.pool == "none":
+        return self.head(z, mask)
+    pooled = masked_mean(z, mask)
+    return self.head(pooled, torch.ones_like(pooled[..., 0], dtype=torch.bool))
 
 
 def _dense_classifier(self: Classifier, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,7 +101,10 @@ class Deployable(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.model(x, mask)
-        return out if self.model.spec.activation == "identity" else activate(out, self.model.spec.task)
+        out = out if self.model.spec.activation == "identity" else activate(out, self.model.spec.task)
+        # Padded steps read 0. This also keeps ``mask`` an input of every graph: the exporter drops an
+        # unused input, and a per-step model without context (linear, SEW) would otherwise not read it.
+        return out if self.model.spec.pool == "mean" else out * mask.unsqueeze(-1).to(out.dtype)
 
 
 def example_inputs(model: SingleModalityModel, lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
