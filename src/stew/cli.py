@@ -561,7 +561,11 @@ def serve(
 ) -> None:
     """Serve exported ONNX models over HTTP (FastAPI + uvicorn): GET /healthz, GET /models,
     POST /models/{name}/predict; OpenAPI docs at /docs. Torch is not imported."""
-    from stew.deploy.serve import ServeSettings, run_server
+    try:
+        from stew.deploy.serve import ServeSettings, run_server
+    except ImportError as e:  # the `serve` extra is not installed
+        raise DataError(f"stew serve needs FastAPI and uvicorn ({e.name} is missing): "
+                        "pip install 'stew[serve]'") from None
 
     settings = ServeSettings(workers=workers, threads=threads, max_steps=max_steps,
                              max_body_bytes=int(max_body_mb * 1e6), queue=queue)

@@ -28,7 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stew import __version__
 from stew.deploy.meta import _LabelScale
@@ -195,19 +199,14 @@ def _features(req: PredictRequest, dim: int, max_steps: int) -> np.ndarray:
     for i, r in enumerate(rows):
         if len(r) != dim:
             raise BadRequest(422, f"features row {i} has {len(r)} values; the model reads {dim} per step")
-    x = np.asarray(rows, np.float32)
-    if not np.isfinite(x).all():  # finite as JSON numbers, but beyond float32 (|v| > 3.4e38)
+    x = np.asarray(rows, np.float64)
+    if not (np.abs(x) <= np.finfo(np.float32).max).all():  # finite JSON numbers, but beyond float32
         raise BadRequest(422, "features must be finite float32 numbers (|value| < 3.4e38)")
-    return x
+    return x.astype(np.float32)
 
 
-def create_app(models: dict[str, Path], settings: ServeSettings | None = None) -> Any:
+def create_app(models: dict[str, Path], settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app serving ``models`` ({name: folder}); loads every model now (DataError if one is bad)."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     settings = settings or ServeSettings()
     service = Service(models, settings)
 
@@ -298,10 +297,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run_server(model_args: list[str], host: str, port: int, settings: ServeSettings, console: Any) -> None:
     """Load the models, bind, serve until interrupted (Ctrl-C, SIGTERM)."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise DataError("stew serve needs FastAPI and uvicorn: pip install 'stew[serve]'") from None
+    import uvicorn
+
     models = parse_model_args(model_args)
     app = create_app(models, settings)
     sock = listen(host, port)
