@@ -117,6 +117,14 @@ def cli_errors(fn: Callable) -> Callable:
         except DataError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        except ModuleNotFoundError as e:
+            # A torch-free install (requirements-serve.txt) runs `predict` on ONNX models and `serve`; the
+            # other commands need the full install. Only a missing third-party package is reported here.
+            if not e.name or e.name.split(".")[0] == "stew":
+                raise
+            typer.echo(f"error: {fn.__name__.removesuffix('_cmd')} needs the package {e.name.split('.')[0]!r}, "
+                       "which is not installed (pip install stew)", err=True)
+            raise typer.Exit(2) from None
         finally:
             # A --format command sends stage lines to stderr; the next command (in one process: tests,
             # notebooks) starts from the default again.

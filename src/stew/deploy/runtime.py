@@ -172,7 +172,11 @@ def predict_dataset(
     else:
         if not (model_dir / WEIGHTS).is_file() and (model_dir / ONNX).is_file():
             raise DataError("missing file (an ONNX-only model folder: use --engine onnx)", file=model_dir / WEIGHTS)
-        from stew.deploy.model import predict_torch
+        try:
+            from stew.deploy.model import predict_torch
+        except ImportError as e:  # a torch-free install (requirements-serve.txt)
+            raise DataError(f"the torch engine needs {e.name}, which is not installed; "
+                            "export with --format both and use --engine onnx") from None
 
         preds, seqs, used, meta = predict_torch(model_dir, data, where, threads)
     result = predictions_frame(meta, preds, seqs, used)
