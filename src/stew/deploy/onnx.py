@@ -71,25 +71,31 @@ def _dense_student(self: SingleModalityModel, x: torch.Tensor, mask: torch.Tenso
 
 
 def _dense_classifier(self: Classifier, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    out = self.net(h)
+    # On [B*T, d] rows: ONNX Runtime fuses a 2-D MatMul and its bias into one Gemm (3-D inputs keep an Add).
+    out = self.net(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], -1)
     return out if mask is None else out * mask.unsqueeze(-1).to(out.dtype)
 
 
 def _dense_bigru_te(self: BiGRUTransformer, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """:meth:`BiGRUTransformer.forward` on every row: post-norm layers, attention over real keys only."""
+    """:meth:`BiGRUTransformer.forward` on every row: post-norm layers, attention over real keys only.
+
+    The per-step layers run on [B*T, d] rows (Gemm with its bias fused); only attention sees [B, heads, T, .].
+    """
     b, t = mask.shape
-    z = self.proj(self.bigru(x, mask)) + self.positions.pe[:t]
+    h = self.bigru(x, mask)
+    d = self.proj.out_features
+    z = (self.proj(h.reshape(b * t, -1)).view(b, t, d) + self.positions.pe[:t]).reshape(b * t, d)
     # Additive key mask: a large finite negative (not -inf) so that exp() gives exact zeros, never NaN.
     bias = ((~mask).to(z.dtype) * -1e9)[:, None, None, :]
     for layer in self.transformer.layers:
         attn = layer.self_attn
-        d, heads = attn.embed_dim, attn.num_heads
+        heads = attn.num_heads
         qkv = F.linear(z, attn.in_proj_weight, attn.in_proj_bias)
         q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x [B, heads, T, d/heads]
         a = torch.softmax(q @ k.transpose(-1, -2) * (d // heads) ** -0.5 + bias, -1) @ v
-        z = layer.norm1(z + attn.out_proj(a.transpose(1, 2).reshape(b, t, d)))
+        z = layer.norm1(z + attn.out_proj(a.transpose(1, 2).reshape(b * t, d)))
         z = layer.norm2(z + layer.linear2(layer.activation(layer.linear1(z))))
-    return z * mask.unsqueeze(-1).to(z.dtype)
+    return z.view(b, t, d) * mask.unsqueeze(-1).to(z.dtype)
 
 
 class Deployable(nn.Module):
