@@ -16,7 +16,8 @@ import torch
 from stew.data.dataset import Dataset
 from stew.data.windows import Standardizer
 from stew.deploy.model import _write_atomically
-from stew.models.specs import EncoderSpec, HeadSpec, StudentSpec
+from stew.models.conflictnet import RawAudioModel
+from stew.models.specs import EncoderSpec, HeadSpec, RawAudioSpec, StudentSpec
 from stew.models.student import SingleModalityModel
 
 
@@ -56,13 +57,19 @@ def random_model(spec: StudentSpec, seed: int = 0) -> SingleModalityModel:
     return model.eval()
 
 
-def make_run(run_dir: Path, spec: StudentSpec, ds: Dataset, modality: str, *, window_steps: int | None = None,
-             delay: int = 0, postprocess: dict | None = None, label_scale: dict | None = None,
-             seed: int = 0) -> Path:
+def make_run(run_dir: Path, spec: StudentSpec | RawAudioSpec, ds: Dataset, modality: str, *,
+             window_steps: int | None = None, delay: int = 0, postprocess: dict | None = None,
+             label_scale: dict | None = None, seed: int = 0) -> Path:
     """``run_dir/model`` for ``spec`` reading ``modality`` of ``ds`` (standardiser fitted on its train split)."""
     spec = spec.model_copy(update={"modality": modality, "targets": ds.targets, "task": ds.task})
-    model = random_model(spec, seed)
-    scaler = Standardizer.fit(ds.split("train"), [modality])
+    if isinstance(spec, RawAudioSpec):
+        torch.manual_seed(seed)
+        model = RawAudioModel(spec).eval()
+        model.out_scale.fill_(1.7)  # the affine map fitted after training: exported with the graph
+        model.out_shift.fill_(-0.2)
+    else:
+        model = random_model(spec, seed)
+    scaler = Standardizer.fit(ds.split("train"), [modality], unscaled=ds.meta.get("unscaled", ()))
     meta = {
         "format": "stew-model/1", "student": json.loads(spec.model_dump_json()), "modality": modality,
         "dim": ds.modalities[modality], "dims": None, "task": ds.task, "targets": ds.targets,

@@ -9,13 +9,15 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from stew.cli import app
 from stew.data.native import write_native
 from stew.deploy import export, predict_dataset
 from stew.deploy.onnx import max_difference, to_onnx
-from tests.conftest import tiny_clips, tiny_frames, tiny_utterances
+from stew.models.specs import ConflictNetSpec, RawAudioSpec
+from tests.conftest import tiny_clips, tiny_frames, tiny_utterances, tiny_waves
 from tests.onnx_models import make_run, random_model, small_spec
 
 runner = CliRunner()
@@ -50,6 +52,18 @@ def test_onnx_pooling_students_equal_torch(kind):
     assert max_difference(model, to_onnx(model), BATCHES) <= 1e-5
 
 
+def test_conflictnet_exports_and_equals_torch():
+    """The raw-waveform ConflictNET (conv, BatchNorm, LSTMs, additive attention, last real step): clips of
+    several lengths, padded, one output each."""
+    from stew.models.conflictnet import RawAudioModel
+
+    for ablation in ("conflictnet", "+gap"):
+        spec = RawAudioSpec(modality="audio", targets=["y"], net=ConflictNetSpec(samples=8000, ablation=ablation))
+        torch.manual_seed(0)
+        model = RawAudioModel(spec).eval()
+        assert max_difference(model, to_onnx(model), ([1], [3, 1], [9, 4, 2])) <= 1e-5
+
+
 CASES = {
     # regression at 25 Hz: 2 s windows (the last one short), a label delay, AVEC post-processing, label scale
     "frames-cmstew": (tiny_frames, "b", "cmstew", dict(window_steps=50, delay=3, label_scale={"original": [-10, 10]},
@@ -58,6 +72,7 @@ CASES = {
     "frames-sew": (tiny_frames, "b", "sew", dict(window_steps=50)),
     "utterances-binary": (tiny_utterances, "audio", "unimodal", dict()),  # whole videos, ragged
     "clips-multiclass": (tiny_clips, "long", "emobed", dict()),  # one label per clip, own clock, pooled
+    "waves-conflictnet": (lambda: tiny_waves(n=10), "audio", "conflictnet", dict(label_scale={"original": [-10, 10]})),
 }
 
 
@@ -68,8 +83,11 @@ def test_onnx_and_torch_engines_write_the_same_csv(case, tmp_path):
     make_ds, modality, kind, kw = CASES[case]
     ds = make_ds()
     pool = "mean" if ds.label_level == "sequence" else "none"
-    spec = small_spec(kind, d_in=ds.modalities[modality], task=ds.task, targets=tuple(ds.targets),
-                      n_classes=ds.n_classes, pool=pool)
+    if kind == "conflictnet":
+        spec = RawAudioSpec(modality=modality, targets=ds.targets, net=ConflictNetSpec(samples=8000))
+    else:
+        spec = small_spec(kind, d_in=ds.modalities[modality], task=ds.task, targets=tuple(ds.targets),
+                          n_classes=ds.n_classes, pool=pool)
     make_run(tmp_path / "run", spec, ds, modality, **kw)
     res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
     assert res.exit_code == 0, res.output

@@ -101,8 +101,8 @@ def onnx_exportable(model: SingleModalityModel | FusedModel | RawAudioModel) -> 
     """None when ``model`` exports to ONNX, else the one-line reason it does not."""
     if isinstance(model, FusedModel):
         return "fusion models have no ONNX export yet (attention fusion with optional KNN imputation)"
-    if isinstance(model, RawAudioModel):
-        return "raw-audio ConflictNET models have no ONNX export yet"
+    if isinstance(model, RawAudioModel) and model.spec.net.gate_activation == "hard_sigmoid":
+        return "ConflictNET with hard-sigmoid LSTM gates (a Python loop over time) has no ONNX export"
     return None
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stew.errors import DataError
+from stew.models.conflictnet import RawAudioModel, RawAudioSpec
 from stew.models.encoders import BiGRUTransformer
 from stew.models.heads import Classifier
 from stew.models.student import SingleModalityModel, activate, masked_mean
@@ -101,11 +102,14 @@ def _dense_bigru_te(self: BiGRUTransformer, x: torch.Tensor, mask: torch.Tensor)
 class Deployable(nn.Module):
     """(x, mask) -> activated outputs: the function ``stew predict`` computes per batch of windows."""
 
-    def __init__(self, model: SingleModalityModel) -> None:
+    def __init__(self, model: SingleModalityModel | RawAudioModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.model, RawAudioModel):  # one output per clip; mask = the clip's real samples
+            m = self.model
+            return m.net.activate(m.net(x, mask) * m.out_scale + m.out_shift)
         out = self.model(x, mask)
         out = out if self.model.spec.activation == "identity" else activate(out, self.model.spec.task)
         # Padded steps read 0. This also keeps ``mask`` an input of every graph: the exporter drops an
@@ -113,12 +117,35 @@ class Deployable(nn.Module):
         return out if self.model.spec.pool == "mean" else out * mask.unsqueeze(-1).to(out.dtype)
 
 
-def example_inputs(model: SingleModalityModel, lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A padded batch: one sequence per length, x with the encoder's context around it."""
-    left, right = model.context
+def per_sequence(model: SingleModalityModel | RawAudioModel) -> bool:
+    """One output per sequence (pooled student, raw-audio clip) rather than one per step."""
+    return isinstance(model, RawAudioModel) or model.spec.pool == "mean"
+
+
+def min_samples(spec: RawAudioSpec) -> int:
+    """The shortest clip that leaves one LSTM step after ConflictNET's convolutions and pools."""
+    n = 1
+    while spec.net.lstm_steps(n) < 1:
+        n *= 2
+    lo = n // 2
+    while lo + 1 < n:  # bisect between the last too-short length and the first long-enough one
+        mid = (lo + n) // 2
+        lo, n = (lo, mid) if spec.net.lstm_steps(mid) >= 1 else (mid, n)
+    return n
+
+
+def example_inputs(model: SingleModalityModel | RawAudioModel, lengths: list[int], seed: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch: one sequence per length, x with the encoder's context around it. A raw-audio
+    model's lengths count its shortest clips (samples = length x :func:`min_samples`)."""
     g = torch.Generator().manual_seed(seed)
+    if isinstance(model, RawAudioModel):
+        lengths = [n * min_samples(model.spec) for n in lengths]
+        left, right, d = 0, 0, 1
+    else:
+        (left, right), d = model.context, model.spec.encoder.d_in
     t = max(lengths)
-    x = torch.randn(len(lengths), left + t + right, model.spec.encoder.d_in, generator=g)
+    x = torch.randn(len(lengths), left + t + right, d, generator=g)
     mask = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
     return x, mask
 
@@ -136,10 +163,10 @@ def _quiet_stderr() -> Iterator[None]:
             os.close(saved)
 
 
-def to_onnx(model: SingleModalityModel) -> bytes:
+def to_onnx(model: SingleModalityModel | RawAudioModel) -> bytes:
     """The ONNX graph of ``model`` (eval mode), checked against torch; a DataError if it cannot be made."""
     model = model.eval()
-    wrapper = Deployable(dense_copy(model)).eval()
+    wrapper = Deployable(model if isinstance(model, RawAudioModel) else dense_copy(model)).eval()
     # A padded batch: the trace must take the masked path (see the module docstring).
     x, mask = example_inputs(model, [6, 3])
     buf = io.BytesIO()
@@ -165,8 +192,8 @@ def to_onnx(model: SingleModalityModel) -> bytes:
 
 
 @torch.no_grad()
-def max_difference(model: SingleModalityModel, graph: bytes, batches: tuple[list[int], ...] = ([1], [7, 2, 5], [40, 13])
-                   ) -> float:
+def max_difference(model: SingleModalityModel | RawAudioModel, graph: bytes,
+                   batches: tuple[list[int], ...] = ([1], [7, 2, 5], [40, 13])) -> float:
     """The largest |torch - ONNX Runtime| over the real steps of random padded batches."""
     import onnxruntime as ort
 
@@ -182,6 +209,6 @@ def max_difference(model: SingleModalityModel, graph: bytes, batches: tuple[list
         if ref.shape != got.shape:
             return float("inf")
         # A pooling model gives one real output per sequence; a per-step one, one per real step.
-        real = np.ones(ref.shape[:2], bool) if model.spec.pool == "mean" else mask.numpy()
+        real = np.ones(ref.shape[:2], bool) if per_sequence(model) else mask.numpy()
         worst = max(worst, float(np.abs(ref - got)[real].max()))
     return worst

@@ -25,7 +25,7 @@ from stew.data.dataset import Dataset, Sequence
 from stew.data.windows import Standardizer, eval_windows, unshift_predictions
 from stew.deploy.meta import META, ONNX, WEIGHTS, _first_line, _LabelScale, meta_dict, read_meta
 from stew.errors import DataError
-from stew.models.specs import StudentSpec
+from stew.models.specs import FusedSpec, RawAudioSpec
 
 Engine = Literal["auto", "onnx", "torch"]
 # Evaluation windows per ONNX Runtime call: a 5-minute recording at 25 Hz is 100 windows of 3 s, one call.
@@ -62,9 +62,8 @@ class OnnxModel:
         if not (path / META).is_file():
             raise DataError("missing file", file=path / META)
         meta = read_meta(path / META)
-        if not isinstance(meta.student, StudentSpec):
-            kind = "a fusion" if meta.student.kind == "fusion" else "a raw-audio (ConflictNET)"
-            raise DataError(f"{kind} model has no ONNX export; use the torch engine (--engine torch)", file=path)
+        if isinstance(meta.student, FusedSpec):
+            raise DataError("a fusion model has no ONNX export; use the torch engine (--engine torch)", file=path)
         if not (path / ONNX).is_file():
             raise DataError("missing file (export with --format onnx or both)", file=path / ONNX)
         import onnxruntime as ort
@@ -84,7 +83,12 @@ class OnnxModel:
 
     @property
     def context(self) -> tuple[int, int]:
-        return self.spec.encoder.context
+        return (0, 0) if isinstance(self.spec, RawAudioSpec) else self.spec.encoder.context
+
+    @property
+    def per_sequence(self) -> bool:
+        """One prediction per sequence (a pooled student, a raw-audio clip), read from its own present mask."""
+        return isinstance(self.spec, RawAudioSpec) or self.spec.pool == "mean"
 
     def run(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Activated outputs [B, T, n_out] ([B, 1, n_out] when pooling) of x [B, L + T + R, d], mask [B, T]."""
@@ -106,7 +110,7 @@ def predict_arrays(model: OnnxModel, xs: list[np.ndarray], present: list[np.ndar
     evaluation windows (or whole sequences), padded to the longest in the batch, ``context`` steps around
     each window (edge steps repeated); a modality on its own clock comes whole.
     """
-    meta, pool = model.meta, model.spec.pool == "mean"
+    meta, pool = model.meta, model.per_sequence
     win = meta["window_steps"]
     spans = [(i, a, b) for i, n in enumerate(n_labels) for a, b in (eval_windows(n, win) if win else [(0, n)])]
     left, right = model.context

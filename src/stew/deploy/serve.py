@@ -130,7 +130,7 @@ class Service:
             "name": name, "modality": m["modality"], "dim": m["dim"], "task": m["task"], "targets": m["targets"],
             "n_classes": m["n_classes"], "feature_set": ext.get("set"), "extractor": m["extractor"],
             "step_rate_hz": m["step_rate_hz"], "window_steps": m["window_steps"],
-            "label_delay_steps": m["label_delay_steps"], "per_sequence": self.models[name].spec.pool == "mean",
+            "label_delay_steps": m["label_delay_steps"], "per_sequence": self.models[name].per_sequence,
             "method": m["provenance"].get("method"), "engine": "onnxruntime", "stew_version": __version__,
         }
 
@@ -145,7 +145,7 @@ class Service:
             raise BadRequest(422, f"mask has {len(present)} values; features have {n} steps")
         meta = model.meta
         xs = model.scaler.transform(meta["modality"], x, present)
-        per_sequence = model.spec.pool == "mean"
+        per_sequence = model.per_sequence
         p = predict_arrays(model, [xs], [present], [1 if per_sequence else n])[0]
         if not np.isfinite(p).all():
             raise BadRequest(422, "the model's outputs are not finite for these features (values far outside "
