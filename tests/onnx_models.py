@@ -17,7 +17,8 @@ from stew.data.dataset import Dataset
 from stew.data.windows import Standardizer
 from stew.deploy.model import _write_atomically
 from stew.models.conflictnet import RawAudioModel
-from stew.models.specs import EncoderSpec, HeadSpec, RawAudioSpec, StudentSpec
+from stew.models.fused import FusedModel
+from stew.models.specs import EncoderSpec, FusedSpec, FusionSpec, HeadSpec, RawAudioSpec, StudentSpec
 from stew.models.student import SingleModalityModel
 
 
@@ -84,3 +85,27 @@ def make_run(run_dir: Path, spec: StudentSpec | RawAudioSpec, ds: Dataset, modal
 
 def random_features(steps: int, dim: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(steps, dim)).astype(np.float32)
+
+
+def make_fused_run(run_dir: Path, ds: Dataset, fusion: str = "intra", impute: str = "zero", seed: int = 0) -> Path:
+    """``run_dir/model`` for an attention-fusion model over all of ``ds``'s modalities (random weights,
+    a random KNN bank when ``impute`` is knn)."""
+    mods = dict(ds.modalities)
+    fs = FusionSpec(modalities=mods, fusion=fusion, gru_units=6, heads=2, pool_time=ds.label_level == "sequence",
+                    n_out=len(ds.targets) if ds.task == "regression" else 1 if ds.task == "binary" else ds.n_classes)
+    spec = FusedSpec(task=ds.task, targets=ds.targets, fusion=fs, impute=impute, k=3,
+                     bank_size=16 if impute == "knn" else 0)
+    torch.manual_seed(seed)
+    model = FusedModel(spec).eval()
+    if impute == "knn":
+        model.fill_bank({m: torch.randn(16, fs.width) for m in mods})
+    scaler = Standardizer.fit(ds.split("train"), list(mods))
+    meta = {
+        "format": "stew-model/1", "student": json.loads(spec.model_dump_json()), "modality": "+".join(mods),
+        "dim": sum(mods.values()), "dims": mods, "task": ds.task, "targets": ds.targets, "n_classes": ds.n_classes,
+        "standardizer": scaler.to_json(), "step_rate_hz": ds.step_rate_hz, "label_delay_steps": 0,
+        "window_steps": None, "inputs": list(mods), "postprocess": None, "extractor": None, "label_scale": None,
+        "provenance": {"method": "test", "teacher": None, "seed": seed, "data": "tests"},
+    }
+    _write_atomically(run_dir / "model", {k: v.contiguous() for k, v in model.state_dict().items()}, meta)
+    return run_dir

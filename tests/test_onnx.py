@@ -18,7 +18,7 @@ from stew.deploy import export, predict_dataset
 from stew.deploy.onnx import max_difference, to_onnx
 from stew.models.specs import ConflictNetSpec, RawAudioSpec
 from tests.conftest import tiny_clips, tiny_frames, tiny_utterances, tiny_waves
-from tests.onnx_models import make_run, random_model, small_spec
+from tests.onnx_models import make_fused_run, make_run, random_model, small_spec
 
 runner = CliRunner()
 
@@ -109,6 +109,31 @@ def test_onnx_and_torch_engines_write_the_same_csv(case, tmp_path):
     # auto picks ONNX Runtime when the folder has model.onnx
     auto = predict_dataset(tmp_path / "model", data)
     np.testing.assert_allclose(auto[num].to_numpy(float), a[num].to_numpy(float), atol=1e-6)
+
+
+FUSED = {
+    "clips-intra-knn": (tiny_clips, "intra", "knn"),  # per clip, own clocks, 'short' absent from every 8th
+    "clips-cross-zero": (tiny_clips, "cross+intra", "zero"),
+    "utterances-per-step": (tiny_utterances, "intra", "zero"),  # one label per utterance: no time pooling
+}
+
+
+@pytest.mark.parametrize("case", list(FUSED))
+def test_fusion_models_export_and_engines_agree(case, tmp_path):
+    """Attention fusion (with KNN imputation) exports to ONNX; both engines give the same CSV, also on data
+    that hold only one of its modalities (the other absent, imputed)."""
+    make_ds, fusion, impute = FUSED[case]
+    ds = make_ds()
+    make_fused_run(tmp_path / "run", ds, fusion, impute)
+    export(tmp_path / "run", tmp_path / "model")
+    assert (tmp_path / "model" / "model.onnx").is_file()
+    first = next(iter(ds.modalities))
+    for name, data in {"all": ds, "one": ds.select_modalities([first])}.items():
+        a = predict_dataset(tmp_path / "model", data, engine="onnx")
+        b = predict_dataset(tmp_path / "model", data, engine="torch")
+        num = [c for c in a.columns if c.startswith(("pred", "prob"))]
+        pd.testing.assert_frame_equal(a.drop(columns=num), b.drop(columns=num))
+        np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), atol=1e-5, rtol=0, err_msg=name)
 
 
 def test_onnx_predict_imports_neither_torch_nor_lightning(tmp_path):

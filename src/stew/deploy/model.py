@@ -99,8 +99,6 @@ def _write_atomically(out: Path, tensors: dict[str, torch.Tensor] | None, meta: 
 
 def onnx_exportable(model: SingleModalityModel | FusedModel | RawAudioModel) -> str | None:
     """None when ``model`` exports to ONNX, else the one-line reason it does not."""
-    if isinstance(model, FusedModel):
-        return "fusion models have no ONNX export yet (attention fusion with optional KNN imputation)"
     if isinstance(model, RawAudioModel) and model.spec.net.gate_activation == "hard_sigmoid":
         return "ConflictNET with hard-sigmoid LSTM gates (a Python loop over time) has no ONNX export"
     return None
@@ -149,9 +147,9 @@ def export(
         meta["provenance"]["validation"] = val
     graph = None
     if fmt != "safetensors" and not why_not:
-        from stew.deploy.onnx import to_onnx
+        from stew.deploy.onnx import fused_to_onnx, to_onnx
 
-        graph = to_onnx(model)
+        graph = fused_to_onnx(model) if isinstance(model, FusedModel) else to_onnx(model)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()} if fmt != "onnx" else None
     _write_atomically(out, tensors, meta, graph)
     return out
@@ -228,7 +226,7 @@ def predict_torch(
     """The torch engine of :func:`stew.deploy.runtime.predict_dataset`: activated predictions per
     sequence, the sequences, a fusion model's modalities per sequence (else None) and the metadata."""
     from stew.data.io import load_dataset
-    from stew.deploy.runtime import select_input, with_absent_modalities
+    from stew.deploy.runtime import check_label_level, select_input, with_absent_modalities
 
     if threads:
         torch.set_num_threads(threads)
@@ -236,9 +234,7 @@ def predict_torch(
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     used = None
     if isinstance(model, FusedModel):
-        if model.spec.fusion.pool_time != (ds.label_level == "sequence"):
-            want = "one label per sequence" if model.spec.fusion.pool_time else "one label per step"
-            raise DataError(f"the model predicts {want}; these data have label_level {ds.label_level!r}", file=where)
+        check_label_level(model.spec, ds, where)
         ds, used = with_absent_modalities(ds, meta["dims"], where)
         modalities = list(meta["dims"])
     else:

@@ -31,9 +31,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stew.deploy.runtime import input_names
 from stew.errors import DataError
 from stew.models.conflictnet import RawAudioModel, RawAudioSpec
 from stew.models.encoders import BiGRUTransformer
+from stew.models.fused import FusedModel
+from stew.models.fusion import FusionModel
 from stew.models.heads import Classifier
 from stew.models.student import SingleModalityModel, activate, masked_mean
 
@@ -210,5 +213,171 @@ def max_difference(model: SingleModalityModel | RawAudioModel, graph: bytes,
             return float("inf")
         # A pooling model gives one real output per sequence; a per-step one, one per real step.
         real = np.ones(ref.shape[:2], bool) if per_sequence(model) else mask.numpy()
+        worst = max(worst, float(np.abs(ref - got)[real].max()))
+    return worst
+
+
+# --------------------------------------------------------------------------------------------------
+# Fusion models: inputs x_<m>, present_<m> per modality and the label-step mask.
+
+
+class DeployableFused(nn.Module):
+    """(x_m, present_m for each modality, mask) -> activated outputs of a :class:`FusedModel`."""
+
+    def __init__(self, model: FusedModel) -> None:
+        super().__init__()
+        self.model = model
+        self.modalities = list(model.spec.modalities)
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        n = len(self.modalities)
+        x = dict(zip(self.modalities, args[:n], strict=True))
+        present = dict(zip(self.modalities, args[n: 2 * n], strict=True))
+        mask = args[2 * n]
+        out = self.model.predict({"x": x, "present": present, "mask": mask})
+        # Padded label steps read 0; a per-sequence model's mask is its one label step (keeps it a graph input).
+        return out * mask[:, : out.shape[1]].unsqueeze(-1).to(out.dtype)
+
+
+def export_copy_fused(model: FusedModel) -> FusedModel:
+    """A copy of a fusion model that traces to ONNX with the same numbers.
+
+    - attention is written out (``nn.MultiheadAttention`` in eval mode takes a fused kernel with no ONNX
+      form): in-projection, scaled dot products with padded keys masked, softmax, out-projection;
+    - a step convolution pads and cuts its input without a Python branch on the length;
+    - the input checks (Python on shapes) are left to the runtime, which builds the inputs itself;
+    - KNN imputation runs on every sample at once: the distance over a sample's present modalities is the
+      sum of per-modality squared distances (the distance between the present modalities' concatenated
+      vectors, as :meth:`FusedModel.impute` computes per pattern), the K nearest by ``topk``.
+    """
+    m = copy.deepcopy(model)
+    net = m.net
+    net._attend = MethodType(_export_attend, net)
+    net._check_inputs = MethodType(lambda self, x, masks: None, net)
+    net.encode = MethodType(_export_encode, net)
+    m.impute = MethodType(_export_impute, m)
+    return m
+
+
+def _export_attend(self: FusionModel, mha: nn.MultiheadAttention, q: torch.Tensor, q_mask: torch.Tensor,
+                   kv: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
+    kv_present = kv_mask.any(1, keepdim=True)
+    key_padding = ~kv_mask & kv_present  # as FusionModel._attend: an absent kv attends to its padding, dropped below
+    b, tq, d = q.shape
+    h = mha.num_heads
+    w, bias = mha.in_proj_weight, mha.in_proj_bias
+    qp = F.linear(q, w[:d], bias[:d]).view(b, tq, h, d // h).transpose(1, 2)
+    kp = F.linear(kv, w[d: 2 * d], bias[d: 2 * d]).view(b, -1, h, d // h).transpose(1, 2)
+    vp = F.linear(kv, w[2 * d:], bias[2 * d:]).view(b, -1, h, d // h).transpose(1, 2)
+    scores = qp @ kp.transpose(-1, -2) * (d // h) ** -0.5 + (key_padding.to(q.dtype) * -1e9)[:, None, None, :]
+    out = mha.out_proj((torch.softmax(scores, -1) @ vp).transpose(1, 2).reshape(b, tq, d))
+    return out * (q_mask & kv_present).unsqueeze(-1).to(out.dtype)
+
+
+def _export_encode(self: FusionModel, x: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """:meth:`FusionModel.encode` in eval mode, the step convolution's pad-or-cut without a branch."""
+    enc, enc_masks = {}, {}
+    for m in self.spec.used_modalities:
+        xm, mask = x[m], masks[m].bool()
+        xm = xm * mask.unsqueeze(-1).to(xm.dtype)
+        if m in self.convs:
+            t_in, t_out = self.spec.step_conv[m]
+            xm = self.convs[m](F.pad(xm, (0, 0, 0, t_in))[:, :t_in])  # zero-pad to t_in, then cut to t_in
+            mask = mask.any(1, keepdim=True).expand(-1, t_out)
+        steps = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+        extent = (mask * steps).amax(1)
+        enc[m] = self.encoders[m](xm, steps.unsqueeze(0) <= extent.unsqueeze(1))
+        enc_masks[m] = mask
+    return enc, enc_masks
+
+
+def _export_impute(self: FusedModel, vectors: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+                   ) -> dict[str, torch.Tensor]:
+    mods = self.spec.modalities
+    present = {m: self._present(masks[m]) for m in mods}  # [B, T'] per modality
+    k = min(self.spec.k, self.spec.bank_size)
+    d2 = 0
+    for m in mods:  # squared distance to every bank entry over the present modalities: [B, T', N]
+        diff = vectors[m].unsqueeze(-2) - getattr(self, f"bank_{m}")
+        d2 = d2 + present[m].unsqueeze(-1).to(diff.dtype) * (diff * diff).sum(-1)
+    nearest = d2.topk(k, dim=-1, largest=False).indices  # [B, T', k]
+    some = torch.stack([present[m] for m in mods], -1).any(-1)
+    out = {}
+    for m in mods:
+        filled = getattr(self, f"bank_{m}")[nearest].mean(-2)  # [B, T', width]
+        take = (~present[m] & some).unsqueeze(-1)
+        out[m] = torch.where(take, filled, vectors[m])
+    return out
+
+
+def fused_example_inputs(model: FusedModel, lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
+    """A padded batch for a fusion model: per modality its own length (a step grid for per-step models),
+    one modality absent from the second sample and a gap in the first modality of the third."""
+    g = torch.Generator().manual_seed(seed)
+    spec = model.spec
+    t = max(lengths)
+    valid = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+    xs, ps = [], []
+    for i, m in enumerate(spec.modalities):
+        d = spec.fusion.modalities[m]
+        xs.append(torch.randn(len(lengths), t, d, generator=g))
+        p = valid.clone()
+        if len(lengths) > 1 and i == len(spec.modalities) - 1:
+            p[1] = False
+        if len(lengths) > 2 and i == 0:
+            p[2, 0] = False
+        ps.append(p)
+    mask = valid if not spec.fusion.pool_time else torch.ones(len(lengths), 1, dtype=torch.bool)
+    return [*xs, *ps, mask]
+
+
+def fused_to_onnx(model: FusedModel) -> bytes:
+    """The ONNX graph of a fusion model, checked against torch (see :func:`export_copy_fused`)."""
+    model = model.eval()
+    wrapper = DeployableFused(export_copy_fused(model)).eval()
+    names = input_names(model.spec)
+    args = fused_example_inputs(model, [6, 4, 3])
+    dyn = {n: {0: "batch", 1: f"steps_{n.split('_', 1)[-1]}"} for n in names[:-1]}
+    dyn["mask"] = {0: "batch", 1: "steps"}
+    dyn["y"] = {0: "batch", 1: "out_steps"}
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), _quiet_stderr(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, tuple(args), buf, dynamo=False, opset_version=OPSET, input_names=names,
+                              output_names=["y"], dynamic_axes=dyn)
+    except Exception as e:  # the exporter raises many types; one line names the failure
+        from stew.deploy.meta import _first_line
+
+        raise DataError(f"cannot export this fusion model to ONNX: {_first_line(e)}") from None
+    graph = buf.getvalue()
+    err = fused_max_difference(model, graph)
+    if not err <= EXPORT_TOLERANCE:
+        raise DataError(f"the ONNX graph disagrees with torch by {err:.2g} (> {EXPORT_TOLERANCE:g}); "
+                        "export with --format safetensors")
+    return graph
+
+
+@torch.no_grad()
+def fused_max_difference(model: FusedModel, graph: bytes,
+                         batches: tuple[list[int], ...] = ([1], [7, 2, 5], [40, 13, 9])) -> float:
+    import onnxruntime as ort
+
+    from stew.deploy.runtime import session_options
+
+    session = ort.InferenceSession(graph, session_options(1), providers=["CPUExecutionProvider"])
+    names = input_names(model.spec)
+    worst = 0.0
+    for i, lengths in enumerate(batches):
+        args = fused_example_inputs(model, lengths, seed=i + 1)
+        batch = {"x": dict(zip(model.spec.modalities, args, strict=False)),
+                 "present": dict(zip(model.spec.modalities, args[len(model.spec.modalities):], strict=False)),
+                 "mask": args[-1]}
+        ref = model.predict(batch).numpy()
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})[0]
+        if ref.shape != got.shape:
+            return float("inf")
+        real = np.ones(ref.shape[:2], bool) if model.spec.fusion.pool_time else args[-1].numpy()
         worst = max(worst, float(np.abs(ref - got)[real].max()))
     return worst

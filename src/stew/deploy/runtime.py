@@ -25,7 +25,7 @@ from stew.data.dataset import Dataset, Sequence
 from stew.data.windows import Standardizer, eval_windows, unshift_predictions
 from stew.deploy.meta import META, ONNX, WEIGHTS, _first_line, _LabelScale, meta_dict, read_meta
 from stew.errors import DataError
-from stew.models.specs import FusedSpec, RawAudioSpec
+from stew.models.specs import FusedSpec, RawAudioSpec, StudentSpec
 
 Engine = Literal["auto", "onnx", "torch"]
 # Evaluation windows per ONNX Runtime call: a 5-minute recording at 25 Hz is 100 windows of 3 s, one call.
@@ -62,8 +62,6 @@ class OnnxModel:
         if not (path / META).is_file():
             raise DataError("missing file", file=path / META)
         meta = read_meta(path / META)
-        if isinstance(meta.student, FusedSpec):
-            raise DataError("a fusion model has no ONNX export; use the torch engine (--engine torch)", file=path)
         if not (path / ONNX).is_file():
             raise DataError("missing file (export with --format onnx or both)", file=path / ONNX)
         import onnxruntime as ort
@@ -73,67 +71,93 @@ class OnnxModel:
                                                 providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types for a malformed or foreign graph
             raise DataError(f"not a readable ONNX model: {_first_line(e)}", file=path / ONNX) from None
-        names = [i.name for i in self.session.get_inputs()]
-        d = self.session.get_inputs()[0].shape[-1] if names == ["x", "mask"] else None
-        if d != meta.dim:
-            raise DataError(f"the ONNX graph does not match model.json (inputs {names}, feature dimension {d}; "
-                            f"model.json says x and mask, {meta.dim})", file=path / ONNX)
         self.path, self.spec, self.meta = path, meta.student, meta_dict(meta)
+        self.fused = isinstance(self.spec, FusedSpec)
+        self.modalities = list(self.meta["dims"]) if self.fused else [self.meta["modality"]]
+        want = input_names(self.spec)
+        dims = {m: self.meta["dims"][m] for m in self.modalities} if self.fused else {self.meta["modality"]: meta.dim}
+        got = {i.name: i.shape[-1] for i in self.session.get_inputs()}
+        x_names = [f"x_{m}" for m in self.modalities] if self.fused else ["x"]
+        if list(got) != want or [got[n] for n in x_names] != list(dims.values()):
+            raise DataError(f"the ONNX graph does not match model.json (inputs {list(got)}; model.json implies "
+                            f"{want} with feature dimensions {list(dims.values())})", file=path / ONNX)
         self.scaler = Standardizer.from_json(self.meta["standardizer"])
 
     @property
     def context(self) -> tuple[int, int]:
-        return (0, 0) if isinstance(self.spec, RawAudioSpec) else self.spec.encoder.context
+        return self.spec.encoder.context if isinstance(self.spec, StudentSpec) else (0, 0)
 
     @property
     def per_sequence(self) -> bool:
-        """One prediction per sequence (a pooled student, a raw-audio clip), read from its own present mask."""
+        """One prediction per sequence (a pooled student, a raw-audio clip, a time-pooled fusion model)."""
+        if isinstance(self.spec, FusedSpec):
+            return self.spec.fusion.pool_time
         return isinstance(self.spec, RawAudioSpec) or self.spec.pool == "mean"
 
     def run(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Activated outputs [B, T, n_out] ([B, 1, n_out] when pooling) of x [B, L + T + R, d], mask [B, T]."""
+        """A single-modality model's activated outputs [B, T, n_out] ([B, 1, n_out] per sequence) of
+        x [B, L + T + R, d] and mask [B, T] (a per-sequence model: the modality's present mask)."""
         return self.session.run(None, {"x": x, "mask": mask})[0]
+
+    def run_batch(self, x: dict[str, np.ndarray], present: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+        """Activated outputs of a collated batch: per modality x [B, T_m, d_m] and present [B, T_m], and the
+        label steps' mask [B, T] (what :class:`stew.data.preprocess.WindowDataset` collates)."""
+        if self.fused:
+            feed = {f"x_{m}": x[m] for m in self.modalities} | {f"present_{m}": present[m] for m in self.modalities}
+            return self.session.run(None, {**feed, "mask": mask})[0]
+        m = self.modalities[0]
+        return self.run(x[m], present[m] if self.per_sequence else mask)
 
     def predict_sequences(self, seqs: list[Sequence]) -> list[np.ndarray]:
         """Per sequence, activated predictions on its label steps: :func:`predict_windows`'s numbers."""
-        m = self.meta["modality"]
-        xs = [self.scaler.transform(m, s.features[m], s.masks[m]) for s in seqs]
-        return predict_arrays(self, xs, [s.masks[m] for s in seqs], [len(s) for s in seqs])
+        xs = [{m: self.scaler.transform(m, s.features[m], s.masks[m]) for m in self.modalities} for s in seqs]
+        return predict_arrays(self, xs, [{m: s.masks[m] for m in self.modalities} for s in seqs],
+                              [len(s) for s in seqs])
 
 
-def predict_arrays(model: OnnxModel, xs: list[np.ndarray], present: list[np.ndarray],
+def input_names(spec: StudentSpec | FusedSpec | RawAudioSpec) -> list[str]:
+    """The ONNX graph's inputs: x and mask, or a fusion model's x_<m>, present_<m> per modality and mask."""
+    if isinstance(spec, FusedSpec):
+        mods = spec.modalities
+        return [f"x_{m}" for m in mods] + [f"present_{m}" for m in mods] + ["mask"]
+    return ["x", "mask"]
+
+
+def predict_arrays(model: OnnxModel, xs: list[dict[str, np.ndarray]], present: list[dict[str, np.ndarray]],
                    n_labels: list[int]) -> list[np.ndarray]:
-    """Standardised inputs ``xs[i]`` [T_i, d] (mask ``present[i]``) with ``n_labels[i]`` label steps ->
-    activated predictions [n_labels[i], n_out], label delay undone.
+    """Standardised inputs ``xs[i][m]`` [T_i, d_m] (masks ``present[i][m]``) with ``n_labels[i]`` label
+    steps -> activated predictions [n_labels[i], n_out], label delay undone.
 
     The windows and their batch layout are :class:`stew.data.preprocess.WindowDataset`'s: non-overlapping
     evaluation windows (or whole sequences), padded to the longest in the batch, ``context`` steps around
     each window (edge steps repeated); a modality on its own clock comes whole.
     """
-    meta, pool = model.meta, model.per_sequence
+    meta = model.meta
     win = meta["window_steps"]
     spans = [(i, a, b) for i, n in enumerate(n_labels) for a, b in (eval_windows(n, win) if win else [(0, n)])]
     left, right = model.context
     full: list[np.ndarray | None] = [None] * len(xs)
     for c in range(0, len(spans), BATCH_WINDOWS):
         items = spans[c: c + BATCH_WINDOWS]
-        own = [xs[i].shape[0] != n_labels[i] for i, _, _ in items]
-        t_max = max(b - a for _, a, b in items)
-        steps = max(xs[i].shape[0] if o else b - a for (i, a, b), o in zip(items, own, strict=True))
-        d = xs[items[0][0]].shape[1]
-        x = np.zeros((len(items), left + steps + right, d), np.float32)
-        have = np.zeros((len(items), steps), bool)
-        mask = np.zeros((len(items), t_max), bool)
-        for j, ((i, a, b), o) in enumerate(zip(items, own, strict=True)):
-            if o:
-                k = xs[i].shape[0]
-                x[j, :k], have[j, :k] = xs[i], present[i]
-            else:
-                rows = np.clip(np.arange(a - left, b + right), 0, n_labels[i] - 1) if left or right else slice(a, b)
-                x[j, : left + b - a + right] = xs[i][rows]
-                have[j, : b - a] = present[i][a:b]
+        batch_x, batch_p = {}, {}
+        for m in model.modalities:
+            own = [xs[i][m].shape[0] != n_labels[i] for i, _, _ in items]
+            steps = max(xs[i][m].shape[0] if o else b - a for (i, a, b), o in zip(items, own, strict=True))
+            x = np.zeros((len(items), left + steps + right, xs[items[0][0]][m].shape[1]), np.float32)
+            have = np.zeros((len(items), steps), bool)
+            for j, ((i, a, b), o) in enumerate(zip(items, own, strict=True)):
+                if o:
+                    k = xs[i][m].shape[0]
+                    x[j, :k], have[j, :k] = xs[i][m], present[i][m]
+                else:
+                    rows = np.clip(np.arange(a - left, b + right), 0, n_labels[i] - 1) if left or right else slice(a, b)
+                    x[j, : left + b - a + right] = xs[i][m][rows]
+                    have[j, : b - a] = present[i][m][a:b]
+            batch_x[m], batch_p[m] = x, have
+        mask = np.zeros((len(items), max(b - a for _, a, b in items)), bool)
+        for j, (_, a, b) in enumerate(items):
             mask[j, : b - a] = True
-        out = model.run(x, have if pool else mask)
+        out = model.run_batch(batch_x, batch_p, mask)
         for (i, a, b), o in zip(items, out, strict=True):
             if full[i] is None:
                 full[i] = np.full((n_labels[i], out.shape[-1]), np.nan, np.float32)
@@ -170,7 +194,12 @@ def predict_dataset(
     if choose_engine(model_dir, engine) == "onnx":
         model = OnnxModel(model_dir, threads or 1)
         meta = model.meta
-        ds = select_input(meta, data if isinstance(data, Dataset) else load_dataset(data), where)
+        ds = data if isinstance(data, Dataset) else load_dataset(data)
+        if model.fused:
+            check_label_level(model.spec, ds, where)
+            ds, used = with_absent_modalities(ds, meta["dims"], where)
+        else:
+            ds = select_input(meta, ds, where)
         seqs = ds.sequences
         preds = model.predict_sequences(seqs)
     else:
@@ -208,6 +237,13 @@ def select_input(meta: dict, ds: Dataset, where: Path | None) -> Dataset:
             file=where,
         )
     return ds
+
+
+def check_label_level(spec: FusedSpec, ds: Dataset, where: Path | None) -> None:
+    """A fusion model predicts per sequence or per step; the data must be labelled the same way."""
+    if spec.fusion.pool_time != (ds.label_level == "sequence"):
+        want = "one label per sequence" if spec.fusion.pool_time else "one label per step"
+        raise DataError(f"the model predicts {want}; these data have label_level {ds.label_level!r}", file=where)
 
 
 def with_absent_modalities(ds: Dataset, dims: dict[str, int], where: Path | None) -> tuple[Dataset, dict]:

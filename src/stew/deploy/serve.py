@@ -108,6 +108,10 @@ class Service:
     def __init__(self, models: dict[str, Path], settings: ServeSettings) -> None:
         self.settings = settings
         self.models = {name: OnnxModel(path, settings.threads) for name, path in models.items()}
+        for name, model in self.models.items():
+            if model.fused:  # a request carries one feature matrix; a fusion model reads several
+                raise DataError(f"model {name!r} is a fusion model; stew serve takes single-modality models "
+                                "(predict it with stew predict)", file=model.path)
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="stew-infer")
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -146,7 +150,8 @@ class Service:
         meta = model.meta
         xs = model.scaler.transform(meta["modality"], x, present)
         per_sequence = model.per_sequence
-        p = predict_arrays(model, [xs], [present], [1 if per_sequence else n])[0]
+        m = model.modalities[0]
+        p = predict_arrays(model, [{m: xs}], [{m: present}], [1 if per_sequence else n])[0]
         if not np.isfinite(p).all():
             raise BadRequest(422, "the model's outputs are not finite for these features (values far outside "
                                   "the training range?)")
