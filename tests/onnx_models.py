@@ -60,7 +60,7 @@ def random_model(spec: StudentSpec, seed: int = 0) -> SingleModalityModel:
 
 def make_run(run_dir: Path, spec: StudentSpec | RawAudioSpec, ds: Dataset, modality: str, *,
              window_steps: int | None = None, delay: int = 0, postprocess: dict | None = None,
-             label_scale: dict | None = None, seed: int = 0) -> Path:
+             label_scale: dict | None = None, extractor: dict | None = None, seed: int = 0) -> Path:
     """``run_dir/model`` for ``spec`` reading ``modality`` of ``ds`` (standardiser fitted on its train split)."""
     spec = spec.model_copy(update={"modality": modality, "targets": ds.targets, "task": ds.task})
     if isinstance(spec, RawAudioSpec):
@@ -76,7 +76,7 @@ def make_run(run_dir: Path, spec: StudentSpec | RawAudioSpec, ds: Dataset, modal
         "dim": ds.modalities[modality], "dims": None, "task": ds.task, "targets": ds.targets,
         "n_classes": ds.n_classes, "standardizer": scaler.to_json(), "step_rate_hz": ds.step_rate_hz,
         "label_delay_steps": delay, "window_steps": window_steps, "inputs": [modality],
-        "postprocess": postprocess, "extractor": None, "label_scale": label_scale,
+        "postprocess": postprocess, "extractor": extractor, "label_scale": label_scale,
         "provenance": {"method": "test", "teacher": None, "seed": seed, "data": "tests"},
     }
     _write_atomically(run_dir / "model", {k: v.contiguous() for k, v in model.state_dict().items()}, meta)

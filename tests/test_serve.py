@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import signal
@@ -14,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from stew.cli import app as cli
 from stew.deploy import export, predict_dataset
 from stew.deploy.serve import ServeSettings, Service, create_app
-from tests.conftest import tiny_clips, tiny_frames, tiny_utterances
+from tests.conftest import tiny_clips, tiny_frames, tiny_utterances, tiny_waves
 from tests.onnx_models import make_run, random_features, small_spec
 
 DIM = 5  # tiny_frames' modality 'b'
@@ -197,6 +199,8 @@ def test_real_server_survives_a_catalogue_of_malformed_requests(models):
                         chunked=True)[0] == 413
         assert _request(port, "POST", "/models/nope/predict", '{"features": []}',
                         {"Content-Type": "application/json"})[0] == 404
+        assert _request(port, "POST", "/models/arousal/predict-audio", b"RIFF\x00garbage",
+                        {"Content-Type": "audio/wav"})[0] == 422  # no extractor recorded, and not audio
         ok, answer = _request(port, "POST", "/models/arousal/predict",
                               json.dumps({"features": random_features(60, DIM).tolist()}),
                               {"Content-Type": "application/json"})
@@ -232,3 +236,68 @@ def test_serve_refuses_bad_starts_in_one_line(models, tmp_path):
         port = busy.getsockname()[1]
         line = one_line_error(runner.invoke(cli, ["serve", str(models["arousal"]), "--port", str(port)]))
     assert "cannot listen" in line and str(port) in line
+
+
+def _wav(seconds: float, sr: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.normal(size=len(t))
+    buf = io.BytesIO()
+    sf.write(buf, x.astype(np.float32), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def audio_models(tmp_path_factory) -> dict[str, Path]:
+    """A raw-waveform ConflictNET (1 s clips at 8 kHz) and an eGeMAPS-features student, both exported."""
+    from stew.data.dataset import Dataset, Sequence
+    from stew.data.features import ExtractorSettings
+    from stew.models.specs import ConflictNetSpec, RawAudioSpec
+
+    root = tmp_path_factory.mktemp("audio-models")
+    waves = tiny_waves(n=10)
+    spec = RawAudioSpec(modality="audio", targets=["conflict"], net=ConflictNetSpec(samples=8000))
+    make_run(root / "run-wave", spec, waves, "audio", label_scale={"original": [-10, 10]},
+             extractor={"set": "waveform", "sample_rate": 8000, "clip_samples": 8000, "rms_normalise": True})
+    settings = ExtractorSettings(set="egemaps")
+    rng = np.random.default_rng(0)
+    seqs = [Sequence(id=f"c{i}", group=f"c{i}", split="train", features={"audio": rng.normal(size=(30, 88)).astype(
+        np.float32)}, masks={"audio": np.ones(30, bool)}, targets=np.zeros((1, 1), np.float32), step_ids=[f"c{i}"])
+        for i in range(3)]
+    feats = Dataset(name="f", task="regression", targets=["arousal"], modalities={"audio": 88}, sequences=seqs,
+                    label_level="sequence")  # as `stew features extract` output: one label per clip
+    make_run(root / "run-feat", small_spec("sew", d_in=88, pool="mean"), feats, "audio",
+             extractor=settings.model_dump(mode="json"))
+    return {"wave": export(root / "run-wave", root / "wave"), "feat": export(root / "run-feat", root / "feat")}
+
+
+def test_audio_upload_equals_stew_predict_audio(audio_models, tmp_path):
+    """An uploaded file gives what `stew predict --audio` gives on it: the raw waveform read as the model's
+    clips were, or its openSMILE features."""
+    from stew.data.features import predict_audio
+
+    settings = ServeSettings()
+    with TestClient(create_app(audio_models, settings), raise_server_exceptions=False) as client:
+        for name, sr in (("wave", 8000), ("feat", 16000)):
+            wav = _wav(2.0, sr)
+            (tmp_path / f"{name}.wav").write_bytes(wav)
+            r = client.post(f"/models/{name}/predict-audio?recording_id=call-1", content=wav,
+                            headers={"Content-Type": "audio/wav"})
+            assert r.status_code == 200, r.text
+            got = r.json()
+            want = predict_audio(audio_models[name], tmp_path / f"{name}.wav", cache=False, progress=False)
+            col = "pred_conflict" if name == "wave" else "pred_arousal"
+            assert got["recording_id"] == "call-1"
+            np.testing.assert_allclose(np.array(got["predictions"])[:, 0], want[col], atol=1e-5)
+        # bad uploads: not audio, empty, wrong type; a model trained on features stew did not extract
+        bad = [("wave", b"RIFF....WAVEfmt garbage", "audio/wav", 422), ("wave", b"", "audio/wav", 400),
+               ("wave", _wav(1.0, 8000), "text/plain", 415), ("feat", b"\x00" * 1000, "application/octet-stream", 422)]
+        for name, body, ctype, status in bad:
+            r = client.post(f"/models/{name}/predict-audio", content=body, headers={"Content-Type": ctype})
+            assert r.status_code == status, (name, ctype, r.text)
+            assert "Traceback" not in r.json()["detail"] and "/tmp" not in r.json()["detail"]
+
+
+def test_audio_upload_needs_an_extractor(client):
+    r = client.post("/models/arousal/predict-audio", content=_wav(1.0, 8000), headers={"Content-Type": "audio/wav"})
+    assert r.status_code == 422 and "send features" in r.json()["detail"]

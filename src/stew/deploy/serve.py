@@ -21,6 +21,7 @@ import asyncio
 import re
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,8 @@ from stew.deploy.runtime import OnnxModel, output_columns, postprocess, predict_
 from stew.errors import DataError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Uploads the audio route takes; libsndfile reads the container from the bytes, not from this header.
+AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg", "application/octet-stream")
 
 
 class ServeSettings(BaseModel):
@@ -139,14 +142,50 @@ class Service:
         }
 
     def predict(self, name: str, body: bytes) -> dict[str, Any]:
-        """Validate ``body`` and predict (runs in the pool)."""
+        """Validate a JSON ``body`` and predict (runs in the pool)."""
         model = self.models[name]
         req = _parse(body)
         x = _features(req, model.meta["dim"], self.settings.max_steps)
+        present = np.ones(len(x), bool) if req.mask is None else np.asarray(req.mask, bool)
+        if len(present) != len(x):
+            raise BadRequest(422, f"mask has {len(present)} values; features have {len(x)} steps")
+        return self.answer(name, x, present, req.recording_id)
+
+    def predict_audio(self, name: str, body: bytes, filename: str | None) -> dict[str, Any]:
+        """Decode an uploaded audio file, make the model's inputs as ``stew predict --audio`` does (its
+        openSMILE settings, or the raw waveform as its clips were read), and predict (runs in the pool)."""
+        model = self.models[name]
+        ext = model.meta["extractor"] or {}
+        if not ext:
+            raise BadRequest(422, f"model {name!r} was trained on features stew did not extract: send features")
+        if not body:
+            raise BadRequest(400, "empty body: send the audio file's bytes")
+        with tempfile.TemporaryDirectory(prefix="stew-serve-") as tmp:
+            path = Path(tmp) / "upload"
+            path.write_bytes(body)
+            try:
+                if ext.get("set") == "waveform":
+                    from stew.data.audio import prepare_clip, read_audio
+
+                    wave, n = prepare_clip(read_audio(path, int(ext["sample_rate"]))[0], ext.get("clip_samples"))
+                    x, present = wave[:, None].astype(np.float32), np.arange(len(wave)) < n
+                else:
+                    try:
+                        from stew.data.features import _model_extractor, extract_file
+                    except ImportError as e:  # a torch-free install has no openSMILE
+                        raise BadRequest(501, f"audio needs {e.name}, not in this install: send features") from None
+                    x = extract_file(path, _model_extractor(model.path, model.meta))
+                    present = np.ones(len(x), bool)
+            except DataError as e:  # not audio, truncated, silent, too short: the reader's one line, minus the path
+                raise BadRequest(422, str(e).replace(f"{path}: ", "").replace(str(path), "the upload")) from None
+        if len(x) > self.settings.max_steps and ext.get("set") != "waveform":
+            raise BadRequest(413, f"{len(x)} feature steps; this server takes at most {self.settings.max_steps}")
+        return self.answer(name, x, present, filename)
+
+    def answer(self, name: str, x: np.ndarray, present: np.ndarray, recording_id: str | None) -> dict[str, Any]:
+        """Predictions and summary for one recording's raw features x [T, d] (present: [T] mask)."""
+        model = self.models[name]
         n = len(x)
-        present = np.ones(n, bool) if req.mask is None else np.asarray(req.mask, bool)
-        if len(present) != n:
-            raise BadRequest(422, f"mask has {len(present)} values; features have {n} steps")
         meta = model.meta
         xs = model.scaler.transform(meta["modality"], x, present)
         per_sequence = model.per_sequence
@@ -158,7 +197,7 @@ class Service:
         p = postprocess(meta, [p])[0]
         scale = _LabelScale.model_validate(meta["label_scale"]) if meta["label_scale"] else None
         cols = output_columns(meta, p, None)
-        out: dict[str, Any] = {"model": name, "recording_id": req.recording_id, "task": meta["task"], "steps": n}
+        out: dict[str, Any] = {"model": name, "recording_id": recording_id, "task": meta["task"], "steps": n}
         if meta["task"] == "regression":
             out["columns"] = list(meta["targets"])
             out["predictions"] = p.tolist()
@@ -258,11 +297,32 @@ def create_app(models: dict[str, Path], settings: ServeSettings | None = None) -
                    422: {"description": "invalid features"}, 503: {"description": "busy"}},
     )
     async def predict(name: str, request: Request) -> Any:
+        return await _run(name, request, ("application/json",), service.predict)
+
+    @app.post(
+        "/models/{name}/predict-audio", response_model=PredictResponse, summary="predict one audio file",
+        description="The body is the file itself (WAV, FLAC, OGG, ...): features are made as the model's were "
+                    "(its openSMILE settings, or its raw-waveform clip reading). Optional query: recording_id.",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            t: {"schema": {"type": "string", "format": "binary"}} for t in AUDIO_TYPES}}},
+        responses={400: {"description": "empty body"}, 404: {"description": "unknown model"},
+                   413: {"description": "body over the limit"}, 415: {"description": "not audio"},
+                   422: {"description": "undecodable audio, or a model without an extractor"},
+                   501: {"description": "no openSMILE in this install"}, 503: {"description": "busy"}},
+    )
+    async def predict_audio(name: str, request: Request, recording_id: str | None = None) -> Any:
+        if recording_id is not None and len(recording_id) > 256:
+            return error(422, "recording_id: at most 256 characters")
+        return await _run(name, request, AUDIO_TYPES,
+                          lambda n, body: service.predict_audio(n, body, recording_id))
+
+    async def _run(name: str, request: Request, types: tuple[str, ...], fn: Any) -> JSONResponse:
+        """Admission, bounded body, the pool, and errors as one-line JSON: shared by both predict routes."""
         if name not in service.models:
             return error(404, f"no model named {name!r}; GET /models lists them")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            return error(415, f"send JSON (Content-Type: application/json), not {ctype or 'nothing'!r}")
+        if ctype not in types:
+            return error(415, f"send {' or '.join(types)}, not {ctype or 'no Content-Type'!r}")
         declared = request.headers.get("content-length")
         limit = settings.max_body_bytes
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -277,7 +337,7 @@ def create_app(models: dict[str, Path], settings: ServeSettings | None = None) -
                     return error(413, f"body over {limit} bytes")
             loop = asyncio.get_running_loop()
             try:
-                out = await loop.run_in_executor(service.pool, service.predict, name, bytes(body))
+                out = await loop.run_in_executor(service.pool, fn, name, bytes(body))
                 # A Response as is: response_model documents the shape without re-validating 1,500 rows.
                 return JSONResponse(out)
             except BadRequest as e:
