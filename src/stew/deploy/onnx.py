@@ -1,18 +1,22 @@
-"""ONNX export of a deployable single-modality model, checked against torch before it is written.
+"""ONNX export of every deployable model, checked against torch before it is written.
 
-The graph takes ``x`` [batch, x_steps, dim] (float32, standardised features; x_steps = steps plus the
-encoder's context, e.g. CER-MTL's feature images) and ``mask`` [batch, steps] (bool, True on real
-steps; for a pooling model the modality's own present mask) and returns ``y`` [batch, steps or 1,
-n_out], the *activated* outputs (tanh, sigmoid, softmax, or none for identity). Batch and both step
-counts are dynamic. Windows, standardisation, delay and post-processing stay in ``model.json``:
+A single-modality graph (students, linear models, raw-audio ConflictNET) takes ``x`` [batch, x_steps,
+dim] (float32, standardised features; x_steps = steps plus the encoder's context, e.g. CER-MTL's
+feature images; a waveform's samples for ConflictNET) and ``mask`` [batch, steps] (bool, True on real
+steps; for a per-sequence model the modality's own present mask) and returns ``y`` [batch, steps or 1,
+n_out], the *activated* outputs (tanh, sigmoid, softmax, or none for identity). A fusion graph takes
+``x_<m>`` and ``present_<m>`` per modality and the label steps' ``mask``. Batch and step counts are
+dynamic. Windows, standardisation, delay and post-processing stay in ``model.json``:
 :mod:`stew.deploy.runtime` applies them.
 
-The TorchScript exporter (``dynamo=False``) is used: it traces the models as they are, including
-packed GRUs (ONNX GRU with ``sequence_lens``, so the backward direction starts at each sequence's own
-last step) and the valid-row gathers, whereas ``torch.export`` refuses their data-dependent branches.
-The trace runs on a padded batch, so it records the general (masked) path, which is also correct on
-unpadded batches. Every export is checked: ONNX Runtime must reproduce torch on random padded batches
-of several lengths, or nothing is written.
+The TorchScript exporter (``dynamo=False``) traces the models on a padded batch, so it records the
+general (masked) path, which is also correct on unpadded batches; packed GRUs become ONNX GRUs with
+``sequence_lens`` (the backward direction starts at each sequence's own last step). ``torch.export``
+refuses the models' data-dependent branches. What the torch modules do for training speed but ONNX
+Runtime does slowly or not at all (valid-row gathers and scatters, the fused attention kernel, a Python
+loop over KNN patterns) is replaced in an export copy by the same function in plain tensor algebra
+(:func:`dense_copy`, :func:`export_copy_fused`). Every export is checked: ONNX Runtime must reproduce
+the original torch model on random padded batches of several lengths, or nothing is written.
 """
 
 from __future__ import annotations
