@@ -133,10 +133,13 @@ def profile_onnx(model_dir: Path, x: np.ndarray, mask: np.ndarray, threads: int,
 
     so = session_options(threads)
     so.enable_profiling = True
+    so.profile_file_prefix = str(model_dir.parent / "ort-profile")  # beside the bench's files, not in the cwd
     session = ort.InferenceSession(str(model_dir / "model.onnx"), so, providers=["CPUExecutionProvider"])
     for _ in range(runs):
         session.run(None, {"x": x, "mask": mask})
-    events = json.loads(Path(session.end_profiling()).read_text())
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
     totals: dict[str, float] = {}
     for ev in events:
         if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
