@@ -34,8 +34,12 @@ def one_line_error(res):
     return lines[0]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
+# Every kind as a regression model; the other tasks' activations (sigmoid, softmax) on two kinds each.
+STUDENTS = [(k, "regression") for k in KINDS] + [("unimodal", "binary"), ("sew", "binary"),
+                                                  ("cermtl", "multiclass"), ("emobed", "multiclass")]
+
+
+@pytest.mark.parametrize("kind,task", STUDENTS)
 def test_onnx_runtime_equals_torch_for_every_student(kind, task):
     """Every deployable student kind and task: ONNX Runtime reproduces torch to 1e-5 on the real steps of
     random padded batches of several lengths (export itself refuses a graph beyond 1e-4)."""
@@ -45,7 +49,7 @@ def test_onnx_runtime_equals_torch_for_every_student(kind, task):
     assert max_difference(model, to_onnx(model), BATCHES) <= 1e-5
 
 
-@pytest.mark.parametrize("kind", ["cmstew", "emobed", "unimodal"])
+@pytest.mark.parametrize("kind", ["cmstew", "emobed"])
 def test_onnx_pooling_students_equal_torch(kind):
     """One prediction per sequence (the modality's present mask is pooled): padded clips give their own output."""
     model = random_model(small_spec(kind, d_in=4, task="multiclass", n_classes=3, pool="mean"))
@@ -57,7 +61,7 @@ def test_conflictnet_exports_and_equals_torch():
     several lengths, padded, one output each."""
     from stew.models.conflictnet import RawAudioModel
 
-    for ablation in ("conflictnet", "+gap"):
+    for ablation in ("+gap",):  # ConflictNET itself (last real step) is exported in the CSV test below
         spec = RawAudioSpec(modality="audio", targets=["y"], net=ConflictNetSpec(samples=8000, ablation=ablation))
         torch.manual_seed(0)
         model = RawAudioModel(spec).eval()
