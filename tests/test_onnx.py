@@ -186,6 +186,13 @@ def test_export_formats_and_one_line_errors(tmp_path, clips_dir):
     line = one_line_error(runner.invoke(app, ["predict", str(tmp_path / "onnx-only"), "--data", str(data), "--out",
                                               str(tmp_path / "p.csv")]))
     assert "not a readable ONNX model" in line and not (tmp_path / "p.csv").exists()
+    # a valid graph of another model (another feature dimension) beside this model.json
+    other = make_run(tmp_path / "run-other", small_spec("sew", d_in=4), ds, "a", window_steps=50)
+    export(other, tmp_path / "other", fmt="onnx")
+    (tmp_path / "onnx-only" / "model.onnx").write_bytes((tmp_path / "other" / "model.onnx").read_bytes())
+    line = one_line_error(runner.invoke(app, ["predict", str(tmp_path / "onnx-only"), "--data", str(data), "--out",
+                                              str(tmp_path / "p.csv")]))
+    assert "does not match model.json" in line and not (tmp_path / "p.csv").exists()
     # the wrong data for the model: same check as the torch engine
     line = one_line_error(runner.invoke(app, ["predict", str(tmp_path / "st"), "--data", str(clips_dir), "--out",
                                               str(tmp_path / "p.csv"), "--engine", "torch"]))
