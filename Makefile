@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install serve-venv lint bench clean
 
 demo: install
 	$(BIN)/stew demo
@@ -22,6 +22,12 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
+# A torch-free deployment environment in .venv-serve: stew predict on ONNX models, stew serve.
+serve-venv: pyproject.toml requirements.lock requirements-serve.txt
+	$(PYTHON) -m venv .venv-serve
+	.venv-serve/bin/pip install --quiet --disable-pip-version-check -r requirements-serve.txt
+	.venv-serve/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+
 lint: install
 	$(BIN)/ruff check .
 
@@ -29,4 +35,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_dcca.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) .venv-serve demo-out .pytest_cache

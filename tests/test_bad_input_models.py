@@ -265,7 +265,7 @@ def test_export_replaces_only_a_model_folder(base: Path, tmp_path: Path) -> None
         res = invoke("export", base / "run", "--out", tmp_path / "m")
         assert res.exit_code == 0, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.onnx", "model.safetensors"]
 
 
 # -- run stores read by stew report -----------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_train_export_predict_roundtrip(frames_dir, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["config"]["seed"] == 2
     res = invoke("export", run_dir, "--out", tmp_path / "model")
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.json", "model.onnx", "model.safetensors"]
     res = invoke("predict", tmp_path / "model", "--data", frames_dir, "--out", tmp_path / "p.csv")
     assert res.exit_code == 0, res.output
     pred = pd.read_csv(tmp_path / "p.csv")

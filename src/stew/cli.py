@@ -118,6 +118,14 @@ def cli_errors(fn: Callable) -> Callable:
         except DataError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        except ModuleNotFoundError as e:
+            # A torch-free install (requirements-serve.txt) runs `predict` on ONNX models and `serve`; the
+            # other commands need the full install. Only a missing third-party package is reported here.
+            if not e.name or e.name.split(".")[0] == "stew":
+                raise
+            typer.echo(f"error: {fn.__name__.removesuffix('_cmd')} needs the package {e.name.split('.')[0]!r}, "
+                       "which is not installed (pip install stew)", err=True)
+            raise typer.Exit(2) from None
         finally:
             # A --format command sends stage lines to stderr; the next command (in one process: tests,
             # notebooks) starts from the default again.
@@ -478,6 +486,18 @@ def transfer_cmd(
     transfer(cfg, list(range(seeds)), out, _table_console(fmt), gap)
 
 
+class ExportFormat(StrEnum):
+    both = "both"
+    onnx = "onnx"
+    safetensors = "safetensors"
+
+
+class Engine(StrEnum):
+    auto = "auto"
+    onnx = "onnx"
+    torch = "torch"
+
+
 @app.command()
 @cli_errors
 def export(
@@ -487,13 +507,24 @@ def export(
         str | None, typer.Option(help="fusion models: absent modalities zero (masked) or knn-imputed at predict")
     ] = None,
     k: Annotated[int | None, typer.Option("--k", min=1, help="--impute knn: neighbours")] = None,
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option("--format", help="both: model.safetensors (torch) and model.onnx (torch-free ONNX Runtime); "
+                                      "onnx: model.onnx only; safetensors: model.safetensors only"),
+    ] = ExportFormat.both,
 ) -> None:
-    """Write the deployable model (the weaker modality's, or a fusion model): safetensors + JSON, no pickle."""
-    from stew.deploy import export as do_export
+    """Write the deployable model (the weaker modality's, or a fusion model): model.json with safetensors
+    weights and/or an ONNX graph (checked against torch), no pickle."""
+    from stew.deploy.model import export as do_export
+    from stew.deploy.model import load_model, onnx_exportable
 
     if impute not in (None, "zero", "knn"):
         raise DataError(f"--impute must be zero or knn, not {impute!r}")
-    do_export(run_dir, out, impute=impute, k=k)
+    do_export(run_dir, out, impute=impute, k=k, fmt=fmt.value)
+    if fmt == ExportFormat.both and not (out / "model.onnx").is_file():
+        # One line, not an error: the folder is complete for the torch engine.
+        why = onnx_exportable(load_model(out)[0])
+        console.print(f"note: {why}: wrote model.safetensors only (stew predict uses torch for it)")
     console.print(f"exported {run_dir} -> {out}")
 
 
@@ -511,6 +542,12 @@ def predict(
         typer.Option(help="an audio file or a folder of them: features made as the model's were (or raw waveforms)"),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="--audio: extraction processes")] = 1,
+    engine: Annotated[
+        Engine, typer.Option(help="auto: ONNX Runtime when the folder has model.onnx (no torch imported), else torch")
+    ] = Engine.auto,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="inference threads (default: ONNX Runtime 1, torch its own default)")
+    ] = None,
 ) -> None:
     """Predict every step of every sequence in DATA, or one value per audio file with --audio."""
     if (data is None) == (audio is None):
@@ -521,10 +558,37 @@ def predict(
         df = predict_audio(model, audio, out, workers=workers, progress=True)
         console.print(f"{len(df)} predictions (one per file) -> {out}")
         return
-    from stew.deploy import predict_dataset
+    from stew.deploy.runtime import predict_dataset  # torch-free: torch is imported only for --engine torch
 
-    df = predict_dataset(model, data, out)
+    df = predict_dataset(model, data, out, engine=engine.value, threads=threads)
     console.print(f"{len(df)} predictions -> {out}")
+
+
+@app.command()
+@cli_errors
+def serve(
+    models: Annotated[
+        list[str], typer.Argument(help="model folders, each served as its folder's name or as NAME=DIR")
+    ],
+    host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one, printed at start)")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="inference threads running requests at once")] = 2,
+    threads: Annotated[int, typer.Option(min=1, max=64, help="ONNX Runtime threads per inference")] = 1,
+    max_steps: Annotated[int, typer.Option(min=1, help="most steps one request may send")] = 100_000,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body (MB); 413 above it")] = 16.0,
+    queue: Annotated[int, typer.Option(min=0, help="requests waiting for a worker before 503")] = 64,
+) -> None:
+    """Serve exported ONNX models over HTTP (FastAPI + uvicorn): GET /healthz, GET /models,
+    POST /models/{name}/predict; OpenAPI docs at /docs. Torch is not imported."""
+    try:
+        from stew.deploy.serve import ServeSettings, run_server
+    except ImportError as e:  # the `serve` extra is not installed
+        raise DataError(f"stew serve needs FastAPI and uvicorn ({e.name} is missing): "
+                        "pip install 'stew[serve]'") from None
+
+    settings = ServeSettings(workers=workers, threads=threads, max_steps=max_steps,
+                             max_body_bytes=int(max_body_mb * 1e6), queue=queue)
+    run_server(models, host=host, port=port, settings=settings, console=console)
 
 
 @app.command()

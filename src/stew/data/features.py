@@ -504,6 +504,12 @@ def _peek_model_json(model_dir: Path) -> dict | None:
 
 
 def _load_model_meta(model_dir: Path) -> dict:
+    """model.json, schema-checked. With model.onnx the ONNX Runtime engine predicts: no torch is imported
+    (its session checks the graph); otherwise the torch model is built, which checks the weights too."""
+    from stew.deploy.meta import META, ONNX, meta_dict, read_meta
+
+    if (model_dir / ONNX).is_file():
+        return meta_dict(read_meta(model_dir / META))
     from stew.deploy import load_model  # torch
 
     return load_model(model_dir)[1]
@@ -513,9 +519,9 @@ def _predict_waveforms(model_dir: Path, audio: Path, out_csv: Path | None) -> pd
     """A raw-waveform model (ConflictNET): each file read as its training clips were (sample rate, clip
     length, RMS normalisation, from model.json), one prediction per file."""
     from stew.data.audio import prepare_clip
-    from stew.deploy import load_model, predict_dataset
+    from stew.deploy import predict_dataset
 
-    model, meta = load_model(model_dir)
+    meta = _load_model_meta(model_dir)
     ext = meta["extractor"]
     files, ids = _audio_inputs(audio)
     m = meta["modality"]

@@ -8,99 +8,21 @@ sequence is one video.
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from stew.data.dataset import Sequence
-
-
-@dataclass
-class Standardizer:
-    """Per-modality z-scoring with statistics from present (mask True) training steps.
-
-    Missing steps stay exactly zero after transformation, i.e. at the training mean, so that a
-    run of face-not-found frames reads as "no information" rather than an extreme value.
-    """
-
-    mean: dict[str, np.ndarray]
-    std: dict[str, np.ndarray]
-
-    @classmethod
-    def fit(cls, seqs: list[Sequence], modalities: list[str], unscaled: Iterable[str] = ()) -> Standardizer:
-        """Statistics of the present training steps; modalities in ``unscaled`` keep mean 0 and std 1."""
-        mean, std = {}, {}
-        for m in modalities:
-            if m in unscaled:
-                d = seqs[0].features[m].shape[1]
-                mean[m], std[m] = np.zeros(d, np.float32), np.ones(d, np.float32)
-                continue
-            x = np.concatenate([s.features[m][s.masks[m]] for s in seqs]).astype(np.float64)
-            if len(x) == 0:
-                x = np.zeros((1, seqs[0].features[m].shape[1]))
-            # NaN marks a missing part of an early-fused modality (Dataset.fuse): skipped here.
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mu, sd = np.nanmean(x, 0), np.nanstd(x, 0)
-            mu, sd = np.nan_to_num(mu), np.nan_to_num(sd)
-            mean[m] = mu.astype(np.float32)
-            # A constant feature would divide by zero; leave it centred instead of scaled.
-            std[m] = np.where(sd > 1e-8, sd, 1.0).astype(np.float32)
-        return cls(mean, std)
-
-    def transform(self, m: str, x: np.ndarray, present: np.ndarray) -> np.ndarray:
-        z = (x - self.mean[m]) / self.std[m]
-        return np.where(present[:, None] & ~np.isnan(z), z, 0.0).astype(np.float32)
-
-    def to_json(self) -> dict:
-        return {m: {"mean": self.mean[m].tolist(), "std": self.std[m].tolist()} for m in self.mean}
-
-    @classmethod
-    def from_json(cls, d: dict) -> Standardizer:
-        return cls(
-            {m: np.asarray(v["mean"], np.float32) for m, v in d.items()},
-            {m: np.asarray(v["std"], np.float32) for m, v in d.items()},
-        )
-
-
-def delay_steps(delay_s: float, step_rate_hz: float | None) -> int:
-    return 0 if not step_rate_hz or not delay_s else int(round(delay_s * step_rate_hz))
-
-
-def shift_labels(y: np.ndarray, k: int) -> np.ndarray:
-    """Pair the features at step t with the label at t + k (annotators react k steps late).
-
-    The last k steps have no future label; they repeat the final one.
-    """
-    if k <= 0:
-        return y
-    return np.concatenate([y[k:], np.repeat(y[-1:], min(k, len(y)), axis=0)])[: len(y)]
-
-
-def unshift_predictions(p: np.ndarray, k: int) -> np.ndarray:
-    """Move predictions back onto the original label time axis (inverse of :func:`shift_labels`)."""
-    if k <= 0:
-        return p
-    return np.concatenate([np.repeat(p[:1], min(k, len(p)), axis=0), p[:-k] if k < len(p) else p[:0]])[: len(p)]
-
-
-def window_starts(length: int, win: int, hop: int) -> list[int]:
-    """Window starts that cover the whole sequence; the last window is end-aligned if needed."""
-    if length <= win:
-        return [0]
-    starts = list(range(0, length - win + 1, hop))
-    if starts[-1] + win < length:
-        starts.append(length - win)
-    return starts
-
-
-def eval_windows(length: int, win: int) -> list[tuple[int, int]]:
-    """Non-overlapping windows; the last one may be shorter (it is padded and masked)."""
-    return [(a, min(a + win, length)) for a in range(0, length, win)]
+from stew.data.windows import (  # noqa: F401 - re-exported: moved to the torch-free stew.data.windows
+    Standardizer,
+    delay_steps,
+    eval_windows,
+    shift_labels,
+    steps_for,
+    unshift_predictions,
+    window_starts,
+)
 
 
 @dataclass
@@ -215,10 +137,6 @@ def stitch(lengths: list[int], spans: torch.Tensor, outputs: torch.Tensor) -> li
         if np.isnan(f).any():
             raise RuntimeError(f"sequence {i}: some steps were never predicted")
     return full
-
-
-def steps_for(seconds: float, step_rate_hz: float | None) -> int | None:
-    return None if not step_rate_hz else max(1, math.ceil(seconds * step_rate_hz - 1e-9))
 
 
 def loader(ds: WindowDataset, batch_size: int, shuffle: bool, seed: int = 0) -> torch.utils.data.DataLoader:

@@ -24,84 +24,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-Ablation = Literal["paranet", "+ap", "+attn", "conflictnet", "+gap"]
+from stew.models.specs import Ablation, ConflictNetSpec, RawAudioSpec  # noqa: F401 - re-exported (old import path)
 
 # Attention scores materialise a [B, T, T, units] tensor; above this many elements they are computed in
 # blocks of query rows, recomputed in backward (ParaNET+Attn at 832 steps and batch 32 would hold ~2.8 GB).
 ATTENTION_MAX_ELEMENTS = 2**26
-
-
-class ConflictNetSpec(BaseModel):
-    """Everything needed to rebuild a ConflictNET variant (stored as JSON next to exported weights)."""
-
-    model_config = ConfigDict(extra="forbid")
-    # paranet: no AP, no attention. +ap / +attn: ParaNET plus one of them. conflictnet: both.
-    # +gap: ConflictNET with a temporal mean over LSTM-2's output sequence before the dense layer.
-    ablation: Ablation = "conflictnet"
-    samples: int = 240_000  # nominal clip length (30 s at 8 kHz); forward accepts any length that leaves >= 1 step
-    n_out: int = 1
-    filters: list[int] = [64, 128, 256]
-    kernels: list[int] = [6, 4, 4]  # stride 1, 'valid' padding
-    pools: list[int] = [8, 6, 6]  # max-pool size = stride, 'valid'
-    avg_pool: int = 4  # AP: 832 -> 208 steps, under the 250 that LSTMs were found to handle well
-    lstm_units: list[int] = [128, 64]
-    attention_units: int = 32  # keras-self-attention's default
-    dropout: float = 0.0  # none in the thesis or code; [U] where it would go: before the dense layer
-    # Keras code: conv -> BN -> pool; the thesis text lists conv -> pool -> BN.
-    block_order: Literal["conv-bn-pool", "conv-pool-bn"] = "conv-bn-pool"
-    # LSTM gates: Keras 2.2.4 (the authors' pin) defaults to hard_sigmoid; sigmoid runs the fused kernel.
-    gate_activation: Literal["sigmoid", "hard_sigmoid"] = "sigmoid"
-    activation: Literal["identity", "tanh"] = "identity"  # the spec's output is linear
-    bn_momentum: float = 0.01  # PyTorch convention; Keras momentum 0.99
-    bn_eps: float = 1e-3  # Keras default
-    init: Literal["keras", "torch"] = "keras"
-
-    @model_validator(mode="after")
-    def _check(self) -> ConflictNetSpec:
-        if not (len(self.filters) == len(self.kernels) == len(self.pools) >= 1):
-            raise ValueError("filters, kernels and pools need one entry per conv block (at least one)")
-        if len(self.lstm_units) != 2:
-            raise ValueError("lstm_units must name LSTM-1 and LSTM-2")
-        if self.lstm_steps(self.samples) < 1:
-            raise ValueError(f"{self.samples} samples leave no time step for the LSTMs; use a longer clip")
-        return self
-
-    @property
-    def use_ap(self) -> bool:
-        return self.ablation in ("+ap", "conflictnet", "+gap")
-
-    @property
-    def use_attention(self) -> bool:
-        return self.ablation in ("+attn", "conflictnet", "+gap")
-
-    @property
-    def use_gap(self) -> bool:
-        return self.ablation == "+gap"
-
-    def layer_steps(self, samples: int | None = None) -> list[tuple[str, int]]:
-        """(layer name, time steps after it) through the convolutional front end, for a clip of ``samples``."""
-        n = self.samples if samples is None else samples
-        out = []
-        for i, (k, p) in enumerate(zip(self.kernels, self.pools, strict=True), 1):
-            n = n - k + 1
-            out.append((f"conv{i}", n))
-            n = n // p
-            out.append((f"pool{i}", n))
-        if self.use_ap:
-            out.append(("avg_pool", n // self.avg_pool))
-        return out
-
-    def lstm_steps(self, samples: int | None = None) -> int:
-        """Time steps LSTM-1 sees (208 for ConflictNET on 240,000 samples, 832 without AP)."""
-        return self.layer_steps(samples)[-1][1]
 
 
 def steps_mask(mask: torch.Tensor, window: int, stride: int) -> torch.Tensor:
@@ -350,17 +283,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         elif value.is_floating_point():
             frozen += value.numel()
     return trainable, frozen
-
-
-class RawAudioSpec(BaseModel):
-    """The deployable raw-waveform model: a ConflictNET variant over one modality of waveform samples."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["conflictnet"] = "conflictnet"
-    modality: str
-    task: Literal["regression"] = "regression"
-    targets: list[str]
-    net: ConflictNetSpec
 
 
 class RawAudioModel(nn.Module):

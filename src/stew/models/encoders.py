@@ -12,62 +12,12 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.nn import functional as F
 
-EncoderKind = Literal["identity", "bigru", "bigru-te", "mlp", "gru", "feature-image"]
-
-
-class EncoderSpec(BaseModel):
-    """Everything needed to rebuild an encoder (stored as JSON next to exported weights)."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: EncoderKind
-    d_in: int
-    gru_units: int = 0  # per direction; 0 = the input dimension (spec §6.3)
-    gru_layers: int = 2
-    d_model: int = 100
-    heads: int = 2
-    ffn: int = 400
-    te_layers: int = 2
-    dropout: float = 0.3
-    mlp_sizes: list[int] = []
-    # feature-image (CER-MTL): N columns taken every `image_stride` steps, Conv1d(filters, kernel), max-pool
-    image_steps: int = 20
-    image_stride: int = 10
-    filters: int = 25
-    kernel: int = 3
-    pool: int = 2
-
-    @property
-    def pooled_steps(self) -> int:
-        """Image columns left after the valid convolution and the max-pooling."""
-        return (self.image_steps - self.kernel + 1) // self.pool
-
-    @property
-    def out_dim(self) -> int:
-        if self.kind == "identity":
-            return self.d_in
-        if self.kind == "bigru":
-            return 2 * (self.gru_units or self.d_in)
-        if self.kind == "bigru-te":
-            return self.d_model
-        if self.kind == "gru":
-            return self.gru_units or self.d_in
-        if self.kind == "feature-image":
-            return self.pooled_steps * self.filters
-        return self.mlp_sizes[-1]
-
-    @property
-    def context(self) -> tuple[int, int]:
-        """Steps of input the encoder needs before and after each output step (0, 0 for most)."""
-        if self.kind != "feature-image":
-            return 0, 0
-        return (self.image_steps - 1) // 2 * self.image_stride, self.image_steps // 2 * self.image_stride
+from stew.models.specs import EncoderKind, EncoderSpec  # noqa: F401 - re-exported (old import path)
 
 
 class BiGRU(nn.Module):

@@ -19,41 +19,12 @@ data, at the steps where its mask is False.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from stew.data.dataset import Task
-from stew.models.fusion import FusionModel, FusionSpec
+from stew.models.fusion import FusionModel
+from stew.models.specs import FusedSpec, Impute  # noqa: F401 - re-exported (old import path)
 from stew.models.student import activate
-
-Impute = Literal["zero", "knn"]
-
-
-class FusedSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["fusion"] = "fusion"
-    task: Task
-    targets: list[str]
-    fusion: FusionSpec
-    activation: Literal["task", "identity"] = "task"
-    impute: Impute = "zero"
-    k: int = Field(default=10, ge=1)
-    bank_size: int = Field(default=0, ge=0)  # training vectors in the KNN memory bank (0: none stored)
-
-    @model_validator(mode="after")
-    def _knn_needs_a_bank(self) -> FusedSpec:
-        if self.impute == "knn" and self.fusion.fusion != "intra":
-            raise ValueError("KNN imputation needs an intra model (its vectors are per modality)")
-        if self.impute == "knn" and self.bank_size == 0:
-            raise ValueError("KNN imputation needs a memory bank (bank_size 0)")
-        return self
-
-    @property
-    def modalities(self) -> list[str]:
-        return self.fusion.used_modalities
 
 
 class FusedModel(nn.Module):

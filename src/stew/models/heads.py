@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from stew.models.encoders import on_valid_rows
-
-
-class HeadSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["classifier", "gru4", "linear", "gru", "task-gru"]
-    d_in: int
-    n_out: int
-    hidden: int = 300
-    dropout: float = 0.3
-    gru_units: int = 120
-    gru_layers: int = 4
-    # task-gru (CER-MTL): the encoder's per-step output is `seq_steps` x (d_in / seq_steps) meta-features
-    seq_steps: int = 1
-    task_units: int = 5
-    task_fc: int = 2
+from stew.models.specs import HeadSpec
 
 
 class Classifier(nn.Module):

@@ -6,29 +6,13 @@ all that ``stew export`` writes and all that ``stew predict`` needs.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from stew.data.dataset import Task
-from stew.models.encoders import EncoderSpec, build_encoder
-from stew.models.heads import HeadSpec, build_head
-
-
-class StudentSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    modality: str
-    task: Task
-    targets: list[str]
-    encoder: EncoderSpec
-    head: HeadSpec
-    # "identity": raw outputs, for linear regression, whose least-squares fit is not squashed by tanh.
-    activation: Literal["task", "identity"] = "task"
-    # "mean": one label per sequence (a clip, an utterance): the encoder's outputs are averaged over the
-    # modality's present steps and the head predicts once per sequence.
-    pool: Literal["none", "mean"] = "none"
+from stew.models.encoders import build_encoder
+from stew.models.heads import build_head
+from stew.models.specs import StudentSpec
 
 
 class SingleModalityModel(nn.Module):
