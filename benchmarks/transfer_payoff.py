@@ -15,6 +15,7 @@ Variants (configs/mosi.yaml's optimisation: Adam 1e-4, batch 32, patience 60):
 - crossfit-noT: cross-fitted, alignment only (beta 0);
 - two-teachers: cross-fitted, text and the other weak modality as teachers (direction 4);
 - paper: the paper recipe (Bi-GRU + TE student and teacher, the protocol's alpha/beta);
+- unimodal-bigru-te: the paper's student alone (the paper recipe's own baseline);
 - lc<f>-unimodal / lc<f>-crossfit: only a fraction f of the training videos keeps its labels (after the
   validation carve); the rest are unlabelled pairs (direction 3).
 recola: synthetic RECOLA-like data (`stew data synth --kind recola --seed 0 --speakers 9 --minutes 5`:
@@ -55,6 +56,8 @@ def variant_config(name: str, weak: str) -> dict:
     base = {"modality": weak, "arch": "mlp"}
     cm = {"method": "cmstew", "teacher": "text", **base}
     fixed = {"alpha": 0.1, "beta": 0.1, "guard_folds": 0}
+    if name == "unimodal-bigru-te":  # the paper recipe's own baseline: its student trained alone
+        return {"method": "unimodal", "modality": weak, "arch": "bigru-te"}
     if name == "unimodal" or name.endswith("-unimodal"):
         return {"method": "unimodal", **base}
     if name == "single":
