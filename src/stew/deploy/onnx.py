@@ -191,7 +191,11 @@ def to_onnx(model: SingleModalityModel | RawAudioModel) -> bytes:
 
         raise DataError(f"cannot export this model to ONNX: {_first_line(e)}") from None
     graph = buf.getvalue()
-    err = max_difference(model, graph)
+    return _verified(graph, max_difference(model, graph))
+
+
+def _verified(graph: bytes, err: float) -> bytes:
+    """The graph, once ONNX Runtime's outputs agree with torch's (checked at every export)."""
     if not err <= EXPORT_TOLERANCE:
         raise DataError(f"the ONNX graph disagrees with torch by {err:.2g} (> {EXPORT_TOLERANCE:g}); "
                         "export with --format safetensors")
@@ -356,11 +360,7 @@ def fused_to_onnx(model: FusedModel) -> bytes:
 
         raise DataError(f"cannot export this fusion model to ONNX: {_first_line(e)}") from None
     graph = buf.getvalue()
-    err = fused_max_difference(model, graph)
-    if not err <= EXPORT_TOLERANCE:
-        raise DataError(f"the ONNX graph disagrees with torch by {err:.2g} (> {EXPORT_TOLERANCE:g}); "
-                        "export with --format safetensors")
-    return graph
+    return _verified(graph, fused_max_difference(model, graph))
 
 
 @torch.no_grad()
