@@ -201,6 +201,7 @@ def prepare(cfg: TrainConfig, ds: Dataset, work: Path) -> TrainConfig:
             i += 1
             if (run_dir / "metrics.json").is_file():
                 continue  # finished before an interruption: --resume reuses it
+            shutil.rmtree(run_dir, ignore_errors=True)  # cut short by an interruption: trained again
             elapsed = time.monotonic() - t0
             say(f"teacher {i}/{n} ({strong}{f', fold {fold + 1}/{k}' if k > 1 else ''}) · "
                 f"{progress.clock(elapsed)} elapsed · ~{progress.eta(elapsed, i - 1, n)} left")
