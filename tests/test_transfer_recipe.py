@@ -279,3 +279,24 @@ def test_transfer_command_under_the_stew_recipe(tmp_path):
     cm = tmp_path / "t" / "cmstew" / "label" / f"{pair['weak']}+{pair['strong']}" / "seed0"
     rec = json.loads((cm / "metrics.json").read_text())
     assert rec["recipe"]["guard"]["folds"] == 2 and rec["config"]["cmstew"]["teacher_run"] is None
+
+
+def test_unlabelled_pairs_join_once_through_the_guard(tmp_path, monkeypatch):
+    data = write_native(tiny_utterances(), tmp_path / "d")
+    extra = write_native(tiny_utterances(seed=3, n_videos=6), tmp_path / "extra")
+    counts: list[tuple[str, int]] = []
+    real_run = training.run
+
+    def spy(c, d=None):
+        if d is not None:
+            counts.append((c.method, len(d.split(UNLABELLED))))
+        return real_run(c, d)
+
+    monkeypatch.setattr(training, "run", spy)
+    cfg = TrainConfig(data=data, method="cmstew", modality="audio", teacher="text", unlabelled=extra,
+                      out=tmp_path / "run", cmstew=CMStEWConfig(guard_folds=2, teacher_folds=2), **QUICK)
+    r = real_run(cfg)
+    assert r["recipe"]["guard"]["folds"] == 2
+    # Every CM-StEW fold run got the 6 unlabelled recordings once, never twice; cross-fitted teachers none.
+    assert [n for m, n in counts if m == "cmstew"] == [6, 6]
+    assert all(n in (0, 6) for _, n in counts) and any(n == 0 for m, n in counts if m == "unimodal")

@@ -563,7 +563,8 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     if cfg.overwrite and out is not None and out.is_dir() and any(out.iterdir()):
         # Replaced only now that the configuration and data have passed their checks.
         shutil.rmtree(out)
-    if cfg.method == "cmstew" and cfg.unlabelled is not None:
+    if cfg.method == "cmstew" and cfg.unlabelled is not None and not ds.split(UNLABELLED):
+        # Added once: the guard's and --cv's fold runs get a dataset that already holds them.
         from stew.methods.cmstew import add_unlabelled
 
         ds = add_unlabelled(ds, load_dataset(cfg.unlabelled), required_modalities(cfg), cfg.unlabelled)
