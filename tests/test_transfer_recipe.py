@@ -144,7 +144,10 @@ def test_unlabelled_bad_inputs_are_one_line(tmp_path):
     assert "--unlabelled feeds CM-StEW" in line
     line = one_line_error(invoke(*args, "--recipe", "best", "--out", tmp_path / "r4"))
     assert "recipe" in line
-    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 5))
+    for i, teachers in enumerate(("text,text", "text,"), start=5):
+        line = one_line_error(invoke(*args[:-2], "--teacher", teachers, "--out", tmp_path / f"r{i}"))
+        assert "name each stronger modality once" in line
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 7))
 
 
 def test_several_teachers_one_term_each(tmp_path):

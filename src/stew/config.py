@@ -245,6 +245,8 @@ class TrainConfig(Strict):
             raise ValueError(f"min_epochs {self.min_epochs} exceeds max_epochs {self.max_epochs}")
         if self.arch == "bigru-te" and self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
+        if self.teacher is not None and (len(set(self.teachers)) != len(self.teachers) or "" in self.teachers):
+            raise ValueError(f"teacher {self.teacher!r}: name each stronger modality once, comma-separated")
         if self.modality in self.teachers and self.method not in (
             "unimodal", "linear", "cermtl"
         ):
