@@ -22,7 +22,9 @@ recola: synthetic RECOLA-like data (`stew data synth --kind recola --seed 0 --sp
 3 train, 3 validation, 3 test recordings), each target's weaker modality taught by its stronger one
 (arousal: video_geo +audio; valence: audio +video_geo), seeds 0-4, test CCC read once per run after
 validation chose the epoch. The learning curves label only the first fraction f of every training
-recording (continuous annotation of part of each session); the rest are unlabelled steps.
+recording (continuous annotation of part of each session); the rest are unlabelled steps. The speakers
+curve (``--only spk1-unimodal,spk1-crossfit,spk3-unimodal,spk3-crossfit`` on a 27-speaker set) keeps the
+labels of n training speakers and gives the others as unlabelled recordings.
 
     python benchmarks/transfer_payoff.py --dataset recola --data runs/synth-recola9 --seeds 5 --workers 2 \
         --out runs/bench-transfer-recola
@@ -54,6 +56,7 @@ PAPER_AB = {"audio": (0.01, 1.0), "video": (0.1, 0.01)}  # the mosi-cmstew proto
 
 def variant_config(name: str, weak: str) -> dict:
     base = {"modality": weak, "arch": "mlp"}
+    name = name.replace("spk", "lc")  # the speakers curve's arms are the learning curve's
     cm = {"method": "cmstew", "teacher": "text", **base}
     fixed = {"alpha": 0.1, "beta": 0.1, "guard_folds": 0}
     if name == "unimodal-bigru-te":  # the paper recipe's own baseline: its student trained alone
@@ -98,7 +101,14 @@ def _one_recola(job: tuple[str, str, int, str, str]) -> dict:
             spec["teacher"] = spec["teacher"].replace("text", strong)
         cfg = TrainConfig(**{**RECOLA_BASE, **spec, "data": data, "target": target, "seed": seed, "out": out})
         ds = load_dataset(cfg.data)
-        if name.startswith("lc"):
+        if name.startswith("spk"):  # spk<n>-<arm>: n training speakers keep their labels, the others none
+            from stew.data.dataset import UNLABELLED
+
+            n = int(name[3:].split("-")[0])
+            keep = set(np.random.default_rng(seed).permutation(ds.groups("train"))[:n])
+            ds = ds.replace_sequences(s if s.split != "train" or s.group in keep else s.with_split(UNLABELLED)
+                                      for s in ds.sequences)
+        elif name.startswith("lc"):
             frac = float(name[2:].split("-")[0])
             col = ds.targets.index(target)
             for s in ds.split("train"):
@@ -182,7 +192,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for (weak, name), seeds in by.items():
         per_seed = [float(np.mean(seeds[s])) for s in sorted(seeds)]
-        base = name.split("-")[0] + "-unimodal" if name.startswith("lc") else "unimodal"
+        base = name.split("-")[0] + "-unimodal" if name.startswith(("lc", "spk")) else "unimodal"
         ref = by.get((weak, base))
         ref_seed = [float(np.mean(ref[s])) for s in sorted(seeds)] if ref and set(ref) >= set(seeds) else None
         gain = float(np.mean(per_seed) - np.mean(ref_seed)) if ref_seed else float("nan")
