@@ -123,17 +123,27 @@ def _feature_matrix(cols: dict[str, np.ndarray], path: Path) -> tuple[np.ndarray
         x = np.asarray(cols["features"], dtype=np.float64)
         if x.ndim != 2:
             raise DataError("'features' must be a 2-D array", file=path)
-        return x, [f"features[{j}]" for j in range(x.shape[1])]
+        names = [f"features[{j}]" for j in range(x.shape[1])]
+        check_finite(x, path, names)
+        return x.astype(np.float32), names
     names = [c for c in cols if c.startswith("f") and c[1:].isdigit()]
     names.sort(key=lambda c: int(c[1:]))
     if [int(c[1:]) for c in names] != list(range(len(names))):
         raise DataError("feature columns must be f0..f{d-1} without gaps", file=path)
     if not names:
         raise DataError("no feature columns (f0..f{d-1})", file=path)
-    try:
-        return np.stack([np.asarray(cols[c], dtype=np.float64) for c in names], axis=1), names
-    except (TypeError, ValueError) as e:
-        raise DataError(f"non-numeric feature values: {e}", file=path) from e
+    # Filled column by column in float32 (the dtype every model reads): a float64 copy of the whole
+    # table beside pandas' own made reading a 632-d, 200k-row file peak at several GB. A value beyond
+    # float32's range becomes inf here, so check_finite reports it instead of it turning inf later.
+    x = np.empty((len(cols[names[0]]), len(names)), np.float32)
+    for j, c in enumerate(names):
+        try:
+            column = np.asarray(cols[c], dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"non-numeric feature values: {e}", file=path) from e
+        check_finite(column[:, None], path, [c])  # NaN, Inf or beyond float32, named by row and column
+        x[:, j] = column
+    return x, names
 
 
 def read_native(root: Path) -> Dataset:
@@ -179,9 +189,8 @@ def read_native(root: Path) -> Dataset:
                 raise DataError(f"lacks column '{c}'", file=fpath, column=c)
         mseq, mstep = cols["sequence"].astype(str), np.asarray(cols["step"]).astype(np.int64)
         x, names = _feature_matrix(cols, fpath)
-        check_dim(x.shape[1], spec.dim, fpath)
-        check_finite(x, fpath, names)
-        feats[mod], dims[mod] = x.astype(np.float32), x.shape[1]
+        check_dim(x.shape[1], spec.dim, fpath)  # x is float32, every value checked by _feature_matrix
+        feats[mod], dims[mod] = x, x.shape[1]
         present[mod] = cols["present"].astype(bool) if "present" in cols else np.any(x != 0, axis=1)
         if man.label_level == "sequence":
             own_steps[mod] = _own_steps(mseq, mstep, set(seq_col), fpath)
