@@ -31,19 +31,17 @@ import numpy as np
 
 from stew import metrics
 from stew.config import TrainConfig
+from stew.data import splits
 from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
-from stew.data.splits import grouped_folds
 
 MOSI_BASE = {"val_groups": 10, "lr": 1e-4, "batch_size": 32, "max_epochs": 150, "patience": 20}  # mosi-cmstew
 
 
 def held_out_folds(ds: Dataset, k: int) -> list[Dataset]:
-    """Fold i: chunk i of the training videos becomes ``test``; validation is carved later from the rest."""
-    return [
-        f.replace_sequences(s.with_split("test") if s.split == "val" else s for s in f.sequences)
-        for f in grouped_folds(ds, k, seed=0)
-    ]
+    """Fold i: chunk i of the training videos becomes ``test``; validation is carved later from the rest.
+    The folds are fixed (seed 0) for every benchmark that compares with these runs."""
+    return splits.held_out_folds(ds, k, seed=0)
 
 
 def _one(job: tuple[dict, int, int]) -> dict:

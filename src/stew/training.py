@@ -573,7 +573,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
     if cfg.method == "cmstew" and cfg.cmstew.guard_folds:
         from stew.methods.cmstew import guarded_run
 
-        return guarded_run(cfg, ds, out, fit_and_write, t0)
+        return guarded_run(cfg, ds, out, t0)
     return fit_and_write(cfg, ds, out, t0)
 
 
@@ -688,8 +688,9 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
     return result
 
 
-class _EncoderOutputs(torch.nn.Module):
-    """The student seen through its encoder: ``predict`` returns latents, so they stitch like predictions."""
+class EncoderOutputs(torch.nn.Module):
+    """A model seen through its encoder: ``predict`` returns latents, so they stitch like predictions
+    (the report's validation latents; CM-StEW's frozen teacher latents)."""
 
     def __init__(self, student: torch.nn.Module) -> None:
         super().__init__()
@@ -712,7 +713,7 @@ def validation_latents(method: Method, bundle: Bundle, max_steps: int = LATENT_S
     student = method.student
     # A fusion or raw-audio model names its own latent (the vector its classifier reads); present where
     # any of its inputs is.
-    probe = _OwnLatents(student) if hasattr(student, "latents") else _EncoderOutputs(student)
+    probe = _OwnLatents(student) if hasattr(student, "latents") else EncoderOutputs(student)
     z = np.concatenate(predict_windows(probe, seqs, bundle.eval_win, bundle.k_delay))
     modalities = getattr(student.spec, "modalities", None) or [student.spec.modality]
     if bundle.ds.label_level == "sequence":

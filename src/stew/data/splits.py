@@ -51,3 +51,17 @@ def grouped_folds(ds: Dataset, k: int, seed: int) -> list[Dataset]:
             )
         )
     return folds
+
+
+def held_out_folds(ds: Dataset, k: int, seed: int) -> list[Dataset]:
+    """Grouped K-fold over the training groups with fold i's chunk as ``test``: CV whose scores are on
+    groups no choice was made on. The data's own test split is left out (it is read once, elsewhere);
+    a validation split the data define stays every fold's validation, otherwise each fold's run carves
+    its own from the remaining groups."""
+    # Held-out chunks come from "train" only; an existing "val" waits aside under another name.
+    base = ds.replace_sequences(s.with_split("_val") if s.split == "val" else s
+                                for s in ds.sequences if s.split != "test")
+    return [
+        f.replace_sequences(s.with_split({"val": "test", "_val": "val"}.get(s.split, s.split)) for s in f.sequences)
+        for f in grouped_folds(base, k, seed)
+    ]

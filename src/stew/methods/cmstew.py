@@ -33,9 +33,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,7 +45,7 @@ from torch import nn
 from stew import metrics, progress
 from stew.data.dataset import UNLABELLED
 from stew.data.preprocess import Standardizer, predict_windows
-from stew.data.splits import grouped_folds
+from stew.data.splits import held_out_folds
 from stew.deploy import load_model
 from stew.errors import DataError
 from stew.methods.base import Method, prediction_loss
@@ -246,20 +244,11 @@ def search_space(cfg: TrainConfig) -> list[TrainConfig]:
     ]
 
 
-class _Latents(nn.Module):
-    """A teacher seen through its encoder: ``predict`` returns S_E's latents, stitched like predictions."""
-
-    def __init__(self, teacher: SingleModalityModel) -> None:
-        super().__init__()
-        self.student = teacher
-
-    def predict(self, batch: dict) -> torch.Tensor:
-        return self.student.encoder(batch["x"][self.student.spec.modality], batch["mask"])
-
-
 def attach_teacher_latents(cfg: TrainConfig, bundle: Bundle, work: Path) -> None:
     """Add ``teacher:<m>`` (m_ss, on the input time axis) to every training sequence, from the teacher
     that did not see its group. Each teacher reads its inputs with its own standardisation."""
+    from stew.training import EncoderOutputs
+
     dirs = teacher_dirs(cfg, work)
     k = len(next(iter(dirs.values())))
     fold_of = fold_of_groups(bundle.ds, k, cfg.seed) if k > 1 else {}
@@ -274,7 +263,7 @@ def attach_teacher_latents(cfg: TrainConfig, bundle: Bundle, work: Path) -> None
             scaler = Standardizer.from_json(meta["standardizer"])
             own = [replace(s, x={strong: torch.from_numpy(
                 scaler.transform(strong, s.source.features[strong], s.source.masks[strong]))}) for s in seqs]
-            for s, z in zip(seqs, predict_windows(_Latents(teacher), own, bundle.eval_win, 0), strict=True):
+            for s, z in zip(seqs, predict_windows(EncoderOutputs(teacher), own, bundle.eval_win, 0), strict=True):
                 s.x[TEACHER + strong] = torch.from_numpy(z)
                 s.present[TEACHER + strong] = s.present[strong]
 
@@ -287,6 +276,7 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> CMStEW:
     # The grid's candidates share stage 1; its runs live in <run>/grid/<candidate>, stage 1 in <run>.
     work = run_dir.parent.parent if run_dir.parent.name == "grid" else run_dir
     attach_teacher_latents(cfg, bundle, work)
+    student = student_spec(cfg, bundle.ds, cfg.modality)
     decoders = {}
     if c.beta:
         for strong in cfg.teachers:
@@ -296,14 +286,14 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> CMStEW:
             # Those are defaults only: an explicit ``cmstew.decoder_layers`` wins for every student.
             units = c.decoder_units or (500 if d_strong >= 168 else 250)
             layers = c.decoder_layers or (1 if (bundle.ds.step_rate_hz and cfg.modality == "audio") else 2)
-            d_latent = student_spec(cfg, bundle.ds, cfg.modality).encoder.out_dim
+            d_latent = student.encoder.out_dim
             if cfg.arch in PER_STEP:
                 # A per-step student translates step by step [U]: an MLP S_D, ~20x cheaper than the Bi-GRU.
                 decoders[strong] = MLP(d_latent, [units, d_strong])
             else:
                 decoders[strong] = BiGRUDecoder(d_latent, units, layers, d_strong)
     return CMStEW(
-        student_spec(cfg, bundle.ds, cfg.modality), cfg.teachers, decoders, cfg.loss,
+        student, cfg.teachers, decoders, cfg.loss,
         alpha=c.alpha, beta=c.beta, k=c.k, r1=c.r1, r2=c.r2,
     )
 
@@ -343,27 +333,19 @@ def unimodal_of(cfg: TrainConfig) -> TrainConfig:
 
 
 def guard_folds(ds: Dataset, k: int, seed: int, val_groups: int) -> list[Dataset] | str:
-    """Grouped K-fold over the labelled training groups; fold i's chunk becomes ``test`` (the real test
-    split is left out: it is read once, by the final model). A validation split the data define stays
-    the validation of every fold; otherwise each fold run carves its own from the remaining groups.
-    Returns why not, when the groups are too few for K folds."""
+    """:func:`held_out_folds` over the labelled training groups, or why not when the groups are too few
+    for K folds plus each fold run's validation carve."""
     own_val = bool(ds.split("val"))
-    # Held-out chunks come from "train" only; keeping an existing "val" aside under another name.
-    base = ds.replace_sequences(s.with_split("_val") if s.split == "val" else s
-                                for s in ds.sequences if s.split != "test")
-    n = len(base.groups("train"))
+    n = len(ds.groups("train"))
     k = min(k, n)
     left = n - math.ceil(n / k) - (0 if own_val else val_groups) if k >= 2 else 0
     if left < 1:
         return (f"{n} labelled training groups are too few for {k} guard folds"
                 + ("" if own_val else f" plus a {val_groups}-group validation carve"))
-    return [
-        f.replace_sequences(s.with_split({"val": "test", "_val": "val"}.get(s.split, s.split)) for s in f.sequences)
-        for f in grouped_folds(base, k, seed)
-    ]
+    return held_out_folds(ds, k, seed)
 
 
-def guarded_run(cfg: TrainConfig, ds: Dataset, out: Path | None, fit_and_write: Callable, t0: float) -> dict:
+def guarded_run(cfg: TrainConfig, ds: Dataset, out: Path | None, t0: float) -> dict:
     """Cross-validate CM-StEW against the unimodal model of the same architecture over grouped folds of
     the training groups, then fit the winner on all the training data and ship it.
 
@@ -371,11 +353,10 @@ def guarded_run(cfg: TrainConfig, ds: Dataset, out: Path | None, fit_and_write: 
     below ``cmstew.guard_p``; the decision, the scores and the p-value are recorded. Each fold's CM-StEW
     run cross-fits its own teachers, so no teacher has seen the fold a student is scored on.
     """
-    from stew.training import run
+    from stew import training
 
     k = cfg.cmstew.guard_folds
     say = progress.sayer(cfg.progress)
-    work = out or Path(tempfile.mkdtemp(prefix="stew-guard-"))
     arms = {"transfer": cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(update={"guard_folds": 0})}),
             "unimodal": unimodal_of(cfg)}
     folds = guard_folds(ds, k, cfg.seed, cfg.val_groups)
@@ -384,7 +365,7 @@ def guarded_run(cfg: TrainConfig, ds: Dataset, out: Path | None, fit_and_write: 
         say(f"guard skipped: {folds}; CM-StEW ships unguarded")
         record = {"recipe": {"name": cfg.recipe, "guard": {"folds": 0, "shipped": "transfer", "reason":
                                                            f"guard skipped: {folds}"}}}
-        return fit_and_write(arms["transfer"], ds, out, t0, record)
+        return training.fit_and_write(arms["transfer"], ds, out, t0, record)
     k = len(folds)
     scores: dict[str, list[float]] = {arm: [] for arm in arms}
     key, t_guard = "", time.monotonic()
@@ -392,14 +373,14 @@ def guarded_run(cfg: TrainConfig, ds: Dataset, out: Path | None, fit_and_write: 
         f"{2 * k} runs before the final fit")
     for i, fold_ds in enumerate(folds):
         for arm, arm_cfg in arms.items():
-            d = work / "guard" / f"fold{i}" / arm
-            if (d / "metrics.json").is_file():  # finished before an interruption
+            d = out / "guard" / f"fold{i}" / arm if out is not None else None
+            if d is not None and (d / "metrics.json").is_file():  # finished before an interruption
                 r = json.loads((d / "metrics.json").read_text())
             else:
-                if d.exists():
-                    shutil.rmtree(d)
-                r = run(arm_cfg.model_copy(update={"out": d if out else None, "progress": False, "resume": False,
-                                                   "overwrite": False}), fold_ds)
+                if d is not None:
+                    shutil.rmtree(d, ignore_errors=True)  # cut short by an interruption: run again
+                quiet = {"out": d, "progress": False, "resume": False, "overwrite": False}
+                r = training.run(arm_cfg.model_copy(update=quiet), fold_ds)
             key = r["selection"]["key"]
             scores[arm].append(float(r["test"][key]))
             elapsed = time.monotonic() - t_guard
@@ -421,7 +402,4 @@ def guarded_run(cfg: TrainConfig, ds: Dataset, out: Path | None, fit_and_write: 
             "mean_gain": gain, "p_value": p, "shipped": ship, "reason": reason,
             "wall_s": round(time.monotonic() - t_guard, 1)}}}
     say(f"final fit: {ship} ({cfg.modality}, {cfg.arch}) on all the training groups")
-    result = fit_and_write(arms[ship], ds, out, t0, record)
-    if out is None:
-        shutil.rmtree(work, ignore_errors=True)
-    return result
+    return training.fit_and_write(arms[ship], ds, out, t0, record)
