@@ -17,7 +17,10 @@ Variants (configs/mosi.yaml's optimisation: Adam 1e-4, batch 32, patience 60):
 - paper: the paper recipe (Bi-GRU + TE student and teacher, the protocol's alpha/beta);
 - unimodal-bigru-te: the paper's student alone (the paper recipe's own baseline);
 - lc<f>-unimodal / lc<f>-crossfit: only a fraction f of the training videos keeps its labels (after the
-  validation carve); the rest are unlabelled pairs (direction 3).
+  validation carve); the rest are unlabelled pairs (direction 3);
+- <arm>+<knob><value>...: the arm with the student's capacity changed (direction 5): ``d`` d_model,
+  ``do`` the head's dropout, ``wd`` Adam's weight decay, e.g. ``unimodal+wd0.001``, ``crossfit+d32+do0.5``.
+  A capacity variant of crossfit is compared with the unimodal arm of the same capacity.
 recola: synthetic RECOLA-like data (`stew data synth --kind recola --seed 0 --speakers 9 --minutes 5`:
 3 train, 3 validation, 3 test recordings), each target's weaker modality taught by its stronger one
 (arousal: video_geo +audio; valence: audio +video_geo), seeds 0-4, test CCC read once per run after
@@ -54,7 +57,23 @@ OTHER = {"audio": "video", "video": "audio"}
 PAPER_AB = {"audio": (0.01, 1.0), "video": (0.1, 0.01)}  # the mosi-cmstew protocol's values
 
 
+CAPACITY = {"wd": ("weight_decay", float), "do": ("clf_dropout", float), "d": ("d_model", int)}
+
+
+def capacity(suffix: list[str]) -> dict:
+    """``["d32", "wd0.001"]`` -> ``{"d_model": 32, "weight_decay": 0.001}`` (longest knob name first)."""
+    out = {}
+    for part in suffix:
+        knob = next(k for k in sorted(CAPACITY, key=len, reverse=True) if part.startswith(k))
+        key, cast = CAPACITY[knob]
+        out[key] = cast(part[len(knob):])
+    return out
+
+
 def variant_config(name: str, weak: str) -> dict:
+    name, *suffix = name.split("+")
+    if suffix:
+        return {**variant_config(name, weak), **capacity(suffix)}
     base = {"modality": weak, "arch": "mlp"}
     name = name.replace("spk", "lc")  # the speakers curve's arms are the learning curve's
     cm = {"method": "cmstew", "teacher": "text", **base}
@@ -192,7 +211,10 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for (weak, name), seeds in by.items():
         per_seed = [float(np.mean(seeds[s])) for s in sorted(seeds)]
+        arm, *suffix = name.split("+")
         base = name.split("-")[0] + "-unimodal" if name.startswith(("lc", "spk")) else "unimodal"
+        if suffix and arm != "unimodal":  # a capacity variant of transfer against the same-capacity unimodal
+            base = "+".join([base, *suffix])
         ref = by.get((weak, base))
         ref_seed = [float(np.mean(ref[s])) for s in sorted(seeds)] if ref and set(ref) >= set(seeds) else None
         gain = float(np.mean(per_seed) - np.mean(ref_seed)) if ref_seed else float("nan")

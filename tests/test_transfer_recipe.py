@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 
 import stew.training as training
 from stew.config import CMStEWConfig, TrainConfig
-from stew.data.dataset import UNLABELLED
+from stew.data.dataset import UNLABELLED, Dataset
+from stew.data.io import load_dataset
 from stew.data.native import write_native
 from stew.data.preprocess import Standardizer
 from stew.data.splits import carve_validation
-from stew.deploy import load_model
+from stew.deploy import export, load_model, predict_dataset
 from stew.errors import DataError
 from stew.methods.base import prediction_loss
 from stew.methods.cmstew import (
@@ -284,9 +288,32 @@ def test_transfer_command_under_the_stew_recipe(tmp_path):
     assert rec["recipe"]["guard"]["folds"] == 2 and rec["config"]["cmstew"]["teacher_run"] is None
 
 
+def _label_free(ds: Dataset) -> Dataset:
+    return ds.replace_sequences(replace(s, targets=np.full_like(s.targets, np.nan)) for s in ds.sequences)
+
+
+def test_a_folder_without_labels_feeds_unlabelled_and_predict_but_not_train(tmp_path):
+    data = write_native(tiny_utterances(), tmp_path / "d")
+    extra = write_native(_label_free(tiny_utterances(seed=3, n_videos=6)), tmp_path / "extra")
+    assert yaml.safe_load((extra / "manifest.yaml").read_text())["labelled"] is False
+    assert "sentiment" not in pd.read_parquet(extra / "index.parquet").columns  # no column of NaNs
+    back = load_dataset(extra)
+    assert not back.labelled and all(np.isnan(s.targets).all() for s in back.sequences)
+    assert load_dataset(data).labelled
+    line = one_line_error(invoke("train", "--data", extra, "--modality", "audio", "--out", tmp_path / "r0"))
+    assert "no labels" in line and "--unlabelled" in line
+    assert not (tmp_path / "r0").exists()
+    # What they are for: CM-StEW's unlabelled pairs, and a deployed model's input.
+    cfg = TrainConfig(data=data, method="cmstew", modality="audio", teacher="text", unlabelled=extra,
+                      out=tmp_path / "run", cmstew=CMStEWConfig(guard_folds=0, teacher_folds=2), **QUICK)
+    run(cfg)
+    preds = predict_dataset(export(tmp_path / "run", tmp_path / "model"), extra)
+    assert len(preds) == back.n_steps() and preds["prob"].notna().all()
+
+
 def test_unlabelled_pairs_join_once_through_the_guard(tmp_path, monkeypatch):
     data = write_native(tiny_utterances(), tmp_path / "d")
-    extra = write_native(tiny_utterances(seed=3, n_videos=6), tmp_path / "extra")
+    extra = write_native(_label_free(tiny_utterances(seed=3, n_videos=6)), tmp_path / "extra")
     counts: list[tuple[str, int]] = []
     real_run = training.run
 

@@ -556,6 +556,9 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> dict:
         torch.set_num_threads(cfg.threads)
     if ds is None:
         ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target, fold=cfg.fold)
+    if not ds.labelled:
+        raise DataError("these recordings have no labels (labelled: false): train on labelled data and give "
+                        "these to CM-StEW as --unlabelled, or predict on them", file=cfg.data)
     cfg, ds = fuse_inputs(cfg, ds)
     cfg = resolve(cfg, ds)
     required_modalities(cfg)  # a missing or equal --teacher fails here, before CM-StEW's stage 1 trains

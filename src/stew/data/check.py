@@ -314,6 +314,8 @@ def check_dataset(
     probes: list[ProbeResult] = []
     if not ds.split("train"):
         notes.append("no training split: leakage probe skipped")
+    elif not ds.labelled:
+        notes.append("no labels (labelled: false): leakage probe skipped")
     else:
         for m in ds.modalities:
             probes += _probe_modality(ds, m, folds, seed, cfg, notes)

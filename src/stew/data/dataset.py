@@ -87,6 +87,11 @@ class Dataset:
         return sum(len(s) for s in self.sequences if split is None or s.split == split)
 
     @property
+    def labelled(self) -> bool:
+        """Some label outside the unlabelled split (False for a ``labelled: false`` folder)."""
+        return any(not np.isnan(s.targets).all() for s in self.sequences if s.split != UNLABELLED)
+
+    @property
     def aligned(self) -> bool:
         """Every modality on the labels' step grid in every sequence (always so for step-level data)."""
         return all(s.length(m) == len(s) for s in self.sequences for m in self.modalities)

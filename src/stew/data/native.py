@@ -16,6 +16,7 @@ Layout::
     n_classes: 2                # binary (2) / multiclass only
     step_rate_hz: 25.0          # frames; null for utterance-level data
     label_level: step           # step (default) | sequence: one label per sequence (see below)
+    labelled: true              # false: recordings without labels (no target columns; see below)
     index: index.parquet
     modalities:
       audio: {dim: 88, file: audio.parquet}
@@ -29,6 +30,10 @@ With ``label_level: sequence`` (one label per clip or utterance) the index has o
 (``step`` 0), and each modality table has its own steps: rows ``(sequence, 0..T_m-1)`` grouped by
 sequence, every sequence named in the index. A sequence absent from a modality table has that
 modality missing (one masked step of zeros).
+
+With ``labelled: false`` the index has no target columns (any there are ignored) and every label reads
+as NaN: recordings to predict on, or CM-StEW's ``--unlabelled`` pairs. ``targets`` still names the task's
+targets; ``stew train`` refuses such a folder as its ``--data``.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class Manifest(_Strict):
     n_classes: int | None = Field(default=None, ge=2)
     step_rate_hz: float | None = Field(default=None, gt=0)  # None: utterance-level data
     label_level: Literal["step", "sequence"] = "step"
+    labelled: bool = True
     index: str = Field(min_length=1)
     modalities: dict[str, ModalitySpec] = Field(min_length=1)
     meta: dict[str, Any] | None = None
@@ -157,7 +163,7 @@ def read_native(root: Path) -> Dataset:
 
     ipath = root / man.index
     idx = _read_table(ipath)
-    for c in ("sequence", "step", "group", "split", *targets):
+    for c in ("sequence", "step", "group", "split", *(targets if man.labelled else [])):
         if c not in idx:
             raise DataError(f"index lacks column '{c}'", file=ipath, column=c)
     seq_col = idx["sequence"].astype(str)
@@ -169,8 +175,11 @@ def read_native(root: Path) -> Dataset:
     bad_split = [i for i, s in enumerate(idx["split"].astype(str)) if s not in SPLITS]
     if bad_split:
         raise DataError(f"split must be one of {SPLITS}", file=ipath, row=bad_split[0] + 1, column="split")
-    y = np.stack([np.asarray(idx[t], dtype=np.float64) for t in targets], axis=1)
-    check_labels(y, ipath, targets, label_range=label_range, n_classes=n_classes if task != "regression" else None)
+    if man.labelled:
+        y = np.stack([np.asarray(idx[t], dtype=np.float64) for t in targets], axis=1)
+        check_labels(y, ipath, targets, label_range=label_range, n_classes=n_classes if task != "regression" else None)
+    else:
+        y = np.full((len(seq_col), len(targets)), np.nan)
 
     if man.label_level == "sequence":
         bad_step = np.flatnonzero(step_col != 0)
@@ -295,8 +304,10 @@ def write_native(ds: Dataset, out: Path, fmt: str = "parquet") -> Path:
             "split": np.concatenate([[s.split] * len(s) for s in ds.sequences]),
         }
         y = np.concatenate([s.targets for s in ds.sequences])
-        for j, t in enumerate(ds.targets):
-            index[t] = y[:, j]
+        labelled = not np.isnan(y).all()  # labels all NaN: a folder of recordings without labels
+        if labelled:
+            for j, t in enumerate(ds.targets):
+                index[t] = y[:, j]
         _write_table(index, tmp / f"index.{fmt}")
         mods = {}
         for m, d in ds.modalities.items():
@@ -312,7 +323,8 @@ def write_native(ds: Dataset, out: Path, fmt: str = "parquet") -> Path:
         man = {
             "stew_format": FORMAT_VERSION, "name": ds.name, "task": ds.task, "targets": ds.targets,
             "label_range": list(ds.label_range) if ds.label_range else None, "n_classes": ds.n_classes,
-            "step_rate_hz": ds.step_rate_hz, "label_level": ds.label_level, "index": f"index.{fmt}",
+            "step_rate_hz": ds.step_rate_hz, "label_level": ds.label_level, "labelled": labelled,
+            "index": f"index.{fmt}",
             "modalities": mods, "meta": ds.meta,
         }
         (tmp / MANIFEST).write_text(yaml.safe_dump(man, sort_keys=False))
