@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--weak", default="video,audio")
     ap.add_argument("--only", default=None, help="comma-separated variants (default: all but paper)")
     ap.add_argument("--dataset", choices=["mosi", "recola"], default="mosi")
+    ap.add_argument("--tag", default="", help="suffix of the summary file (keeps earlier summaries)")
     a = ap.parse_args()
     lc = [f"lc{f:g}-{arm}" for f in FRACTIONS for arm in ("unimodal", "crossfit")]
     if a.dataset == "recola":
@@ -194,7 +195,8 @@ def main() -> None:
             print(f"[{i + 1}/{len(jobs)} {time.time() - t0:.0f}s] {r['weak']} {r['name']} seed{r['seed']} "
                   f"fold{r['fold']}: test {r['f1w']:.3f} ({r['wall_s']:.0f}s)", flush=True)
     summary = summarise(rows)
-    name = "summary-" + ("recola" if a.dataset == "recola" else a.weak.replace(",", "-")) + ".json"
+    name = "summary-" + ("recola" if a.dataset == "recola" else a.weak.replace(",", "-")) + (
+        f"-{a.tag}" if a.tag else "") + ".json"
     (a.out / name).write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
     for line in summary:
         print(line["weak"], line["name"], line["f1w"], f"gain {line['gain']:+.3f} p {line['p']:.3f}",

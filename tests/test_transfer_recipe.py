@@ -131,6 +131,19 @@ def test_unlabelled_steps_feed_alignment_but_not_the_prediction_loss(tmp_path):
     assert len(uni.train) == len(ds.split("train"))
 
 
+def test_sequences_moved_to_the_unlabelled_split_lose_their_labels():
+    # A learning curve moves labelled recordings to the unlabelled split; their labels must not reach L_p.
+    ds = carve_validation(tiny_utterances(), 4, 0)
+    moved = set(ds.groups("train")[:10])
+    ds = ds.replace_sequences(s.with_split(UNLABELLED) if s.split == "train" and s.group in moved else s
+                              for s in ds.sequences)
+    assert any(not np.isnan(s.targets).all() for s in ds.split(UNLABELLED))  # still carried by the data
+    bundle = make_bundle(_cfg(), ds, ["audio", "text"])
+    unl = [s for s in bundle.train if s.source.split == UNLABELLED]
+    assert len(unl) == len(ds.split(UNLABELLED)) and all(torch.isnan(s.y).all() for s in unl)
+    assert all(not torch.isnan(s.y).any() for s in bundle.train if s.source.split == "train")
+
+
 def test_unlabelled_bad_inputs_are_one_line(tmp_path):
     data = write_native(tiny_utterances(), tmp_path / "d")
     narrow = tiny_utterances(seed=2)
