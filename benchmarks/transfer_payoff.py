@@ -19,8 +19,9 @@ Variants (configs/mosi.yaml's optimisation: Adam 1e-4, batch 32, patience 60):
 - lc<f>-unimodal / lc<f>-crossfit: only a fraction f of the training videos keeps its labels (after the
   validation carve); the rest are unlabelled pairs (direction 3);
 - <arm>+<knob><value>...: the arm with the student's capacity changed (direction 5): ``d`` d_model,
-  ``do`` the head's dropout, ``wd`` Adam's weight decay, e.g. ``unimodal+wd0.001``, ``crossfit+d32+do0.5``.
-  A capacity variant of crossfit is compared with the unimodal arm of the same capacity.
+  ``do`` the head's dropout, ``wd`` Adam's weight decay, e.g. ``unimodal+wd0.001``, ``crossfit+d32+do0.5``;
+  or CM-StEW's weights: ``a`` alpha, ``b`` beta (``spk1-crossfit+a1+b1``). A variant of a transfer arm
+  is compared with the unimodal arm of the same capacity (alpha and beta dropped).
 recola: synthetic RECOLA-like data (`stew data synth --kind recola --seed 0 --speakers 9 --minutes 5`:
 3 train, 3 validation, 3 test recordings), each target's weaker modality taught by its stronger one
 (arousal: video_geo +audio; valence: audio +video_geo), seeds 0-4, test CCC read once per run after
@@ -57,7 +58,9 @@ OTHER = {"audio": "video", "video": "audio"}
 PAPER_AB = {"audio": (0.01, 1.0), "video": (0.1, 0.01)}  # the mosi-cmstew protocol's values
 
 
-CAPACITY = {"wd": ("weight_decay", float), "do": ("clf_dropout", float), "d": ("d_model", int)}
+CAPACITY = {"wd": ("weight_decay", float), "do": ("clf_dropout", float), "d": ("d_model", int),
+            "a": ("alpha", float), "b": ("beta", float)}
+CMSTEW_KNOBS = ("alpha", "beta")
 
 
 def capacity(suffix: list[str]) -> dict:
@@ -70,10 +73,18 @@ def capacity(suffix: list[str]) -> dict:
     return out
 
 
+def _with(spec: dict, knobs: dict) -> dict:
+    cm = {k: v for k, v in knobs.items() if k in CMSTEW_KNOBS}
+    spec = {**spec, **{k: v for k, v in knobs.items() if k not in CMSTEW_KNOBS}}
+    if cm:
+        spec["cmstew"] = {**spec["cmstew"], **cm}
+    return spec
+
+
 def variant_config(name: str, weak: str) -> dict:
     name, *suffix = name.split("+")
     if suffix:
-        return {**variant_config(name, weak), **capacity(suffix)}
+        return _with(variant_config(name, weak), capacity(suffix))
     base = {"modality": weak, "arch": "mlp"}
     name = name.replace("spk", "lc")  # the speakers curve's arms are the learning curve's
     cm = {"method": "cmstew", "teacher": "text", **base}
@@ -188,7 +199,9 @@ def main() -> None:
         one = _one
     t0 = time.time()
     rows = []
-    with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as pool:
+    # A fresh process per run: a long-lived worker that reloads the 27-speaker set for every run grew past
+    # 20 GB (heap fragmentation; one run peaks at about 5 GB) and was killed by the kernel.
+    with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         for i, r in enumerate(pool.map(one, jobs)):
             rows.append(r)
             # MOSI: test weighted F1 (%); recola: test CCC (the "f1w" field of a recola row is its test CCC).
@@ -216,7 +229,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         arm, *suffix = name.split("+")
         base = name.split("-")[0] + "-unimodal" if name.startswith(("lc", "spk")) else "unimodal"
         if suffix and arm != "unimodal":  # a capacity variant of transfer against the same-capacity unimodal
-            base = "+".join([base, *suffix])
+            base = "+".join([base, *(x for x in suffix if not x.startswith(("a", "b")))])
         ref = by.get((weak, base))
         ref_seed = [float(np.mean(ref[s])) for s in sorted(seeds)] if ref and set(ref) >= set(seeds) else None
         gain = float(np.mean(per_seed) - np.mean(ref_seed)) if ref_seed else float("nan")

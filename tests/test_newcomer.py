@@ -9,6 +9,7 @@ import os
 import stat
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from rich.console import Console
 
@@ -151,14 +152,15 @@ def test_library_callers_pass_overwrite(frames_dir, tmp_path):
 def test_demo_runs_again_into_its_own_folder(tmp_path, monkeypatch):
     from stew import demo
 
-    # The demo's own code at a test's size: 6 ranking runs and 1 CM-StEW run of one epoch each.
+    # The demo's own code at a test's size: 6 ranking runs and 1 guarded CM-StEW run of one epoch each.
     monkeypatch.setattr(demo, "DATA", {"n_speakers": 6, "minutes": 0.2})
     monkeypatch.setattr(demo, "SEEDS", [0])
     monkeypatch.setattr(demo, "DEMO", {**demo.DEMO, "gru_units": 8, "d_model": 8, "ffn": 16, "clf_hidden": 16,
                                        "max_epochs": 1, "patience": 1, "threads": 1})
     for _ in range(2):  # the second time, every run folder exists: the demo replaces its own runs
         demo.run_demo(tmp_path / "demo", 0, Console(file=io.StringIO()))
-    assert (tmp_path / "demo" / "predictions.csv").is_file()
+    preds = pd.read_csv(tmp_path / "demo" / "predictions.csv")
+    assert set(preds["split"]) == {"test"} and preds.filter(like="pred_").notna().all().all()
 
 
 # --------------------------------------------------------------------------------------------------

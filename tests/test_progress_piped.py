@@ -65,7 +65,7 @@ def test_rank_prints_a_line_per_finished_run(utt_dir: Path) -> None:
 
 
 def test_demo_stages_report_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The demo's own code at a test's size: 6 ranking runs and 1 CM-StEW run of one epoch each.
+    # The demo's own code at a test's size: 6 ranking runs and 1 guarded CM-StEW run of one epoch each.
     monkeypatch.setattr(demo, "DATA", {"n_speakers": 6, "minutes": 0.2})
     monkeypatch.setattr(demo, "SEEDS", [0])
     monkeypatch.setattr(demo, "DEMO", {**demo.DEMO, "gru_units": 8, "d_model": 8, "ffn": 16, "clf_hidden": 16,
@@ -75,7 +75,9 @@ def test_demo_stages_report_progress(tmp_path: Path, monkeypatch: pytest.MonkeyP
     out = buf.getvalue()
     ranking, cmstew = out.index("2. Ranking"), out.index("3. CM-StEW")
     assert re.search(r"ranking modalities: 6/6 runs done \(.+\) · " + LEFT, out[ranking:cmstew]), out
-    assert re.search(r"CM-StEW runs: 1/1 runs done \(.+val ccc .+\) · " + LEFT, out[cmstew:]), out
+    assert re.search(r"CM-StEW runs \(guard, teachers, final fit\): 1/1 runs done \(.+ shipped (transfer|unimodal), "
+                     r"test ccc .+\) · " + LEFT, out[cmstew:]), out
+    assert re.search(r"seed 0: CM-StEW's held-out ccc is .+ so the (transfer|unimodal) model ships", out), out
 
 
 def test_runs_lines_off_a_terminal_and_a_bar_on_one() -> None:

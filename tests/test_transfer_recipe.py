@@ -225,6 +225,18 @@ def test_guard_ships_the_cross_validated_winner(tmp_path, monkeypatch, winner, t
     assert r["method"]["name"] == ("cmstew" if winner == "transfer" else "unimodal")
 
 
+def test_guard_that_cannot_run_ships_unimodal(tmp_path):
+    ds = tiny_utterances(n_videos=12)  # 6 training videos: too few for 3 folds plus a 4-video carve
+    r = run(_cfg(out=tmp_path / "run", cmstew={"guard_folds": 3}), ds)
+    guard = json.loads((tmp_path / "run" / "metrics.json").read_text())["recipe"]["guard"]
+    assert guard["folds"] == 0 and guard["shipped"] == "unimodal"
+    assert guard["reason"].startswith("guard cannot run: 6 labelled training groups are too few")
+    assert r["method"]["name"] == "unimodal" and not (tmp_path / "run" / "teacher").exists()
+    # Unguarded by the user's choice: CM-StEW ships.
+    r = run(_cfg(out=tmp_path / "unguarded", cmstew={"guard_folds": 0}), ds)
+    assert r["method"]["name"] == "cmstew"
+
+
 def test_guard_folds_hold_out_training_groups_only():
     ds = tiny_utterances()
     folds = guard_folds(ds, 3, 0, val_groups=4)

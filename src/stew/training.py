@@ -620,18 +620,29 @@ def _fit_grid(candidates: list[TrainConfig], ds: Dataset, work: Path) -> dict:
     say = progress.sayer(candidates[0].progress)
     n, t0 = len(candidates), time.monotonic()
     say(f"alpha/beta grid: {n} candidates on validation, each trained like one run")
-    results = []
+    grid: list[dict] = []
+    best: dict | None = None
     for i, c in enumerate(candidates):
         elapsed = time.monotonic() - t0
         say(f"candidate {i + 1}/{n} (alpha {c.cmstew.alpha:g}, beta {c.cmstew.beta:g}) · "
             f"{progress.clock(elapsed)} elapsed · ~{progress.eta(elapsed, i, n)} left")
-        results.append(_fit_one(c, ds, work / "grid" / _grid_name(c)))
-    key = results[0]["selection"]["key"]
-    best = max(results, key=lambda r: r["val"][key])
+        r = _fit_one(c, ds, work / "grid" / _grid_name(c))
+        key = r["selection"]["key"]
+        grid.append({**r["method"], f"val_{key}": r["val"][key]})
+        # Only the best so far is kept: each result holds its model and prepared data (GBs on long
+        # frame-level sets), and the grid would otherwise hold 16 of them at once.
+        if best is None or r["val"][key] > best["val"][key]:
+            best = r
+    assert best is not None
     say(f"alpha/beta grid done in {progress.clock(time.monotonic() - t0)}: alpha {best['method']['alpha']:g}, "
         f"beta {best['method']['beta']:g} chosen (val {key} {best['val'][key]:.4g})")
-    best["selection"]["grid"] = [{**r["method"], f"val_{key}": r["val"][key]} for r in results]
+    best["selection"]["grid"] = grid
     return best
+
+
+def public(result: dict) -> dict:
+    """A run's result without its in-memory parts (model, prepared data): what metrics.json holds."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
 def _grid_name(cfg: TrainConfig) -> str:

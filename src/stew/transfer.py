@@ -28,7 +28,7 @@ from stew import metrics
 from stew.config import TrainConfig
 from stew.progress import Runs
 from stew.rank import RankResult, rank_modalities, render_ranking
-from stew.training import run
+from stew.training import public, run
 
 DEFAULT_GAP = {"ccc": 0.05, "ccc_mean": 0.05, "f1_weighted": 5.0, "acc": 5.0}
 
@@ -100,7 +100,9 @@ def run_over_seeds(
             cfg = cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(
                 update={"alpha": first["alpha"], "beta": first["beta"]})})
         finished = cfg.out / "metrics.json" if cfg.out is not None else None
-        results.append(json.loads(finished.read_text()) if reuse and finished and finished.exists() else run(cfg))
+        # Only the public record is kept: every run's model and prepared data would pile up in memory.
+        results.append(json.loads(finished.read_text()) if reuse and finished and finished.exists()
+                       else public(run(cfg)))
         if done is not None:
             done()
     return results
