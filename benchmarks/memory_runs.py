@@ -42,8 +42,8 @@ def main() -> None:
         result = run(TrainConfig(data=a.data, method="unimodal", modality="audio", target="arousal", seed=i,
                                  out=out / f"r{i}", **SETTINGS))
         gc.collect()
-        print(f"run {i + 1}: resident {resident_gb():.2f} GB, peak "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB, {time.time() - t0:.0f} s", flush=True)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        print(f"run {i + 1}: resident {resident_gb():.2f} GB, peak {peak:.2f} GB, {time.time() - t0:.0f} s", flush=True)
     del result
 
 
