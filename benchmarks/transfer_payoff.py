@@ -20,8 +20,9 @@ Variants (configs/mosi.yaml's optimisation: Adam 1e-4, batch 32, patience 60):
   validation carve); the rest are unlabelled pairs (direction 3);
 - <arm>+<knob><value>...: the arm with the student's capacity changed (direction 5): ``d`` d_model,
   ``do`` the head's dropout, ``wd`` Adam's weight decay, e.g. ``unimodal+wd0.001``, ``crossfit+d32+do0.5``;
-  or CM-StEW's weights: ``a`` alpha, ``b`` beta (``spk1-crossfit+a1+b1``). A variant of a transfer arm
-  is compared with the unimodal arm of the same capacity (alpha and beta dropped).
+  or CM-StEW's weights: ``a`` alpha, ``b`` beta, ``g`` gamma (the distillation term on unlabelled steps),
+  e.g. ``spk1-crossfit+a1+b1``. A variant of a transfer arm is compared with the unimodal arm of the same
+  capacity (the CM-StEW weights dropped).
 recola: synthetic RECOLA-like data (`stew data synth --kind recola --seed 0 --speakers 9 --minutes 5`:
 3 train, 3 validation, 3 test recordings), each target's weaker modality taught by its stronger one
 (arousal: video_geo +audio; valence: audio +video_geo), seeds 0-4, test CCC read once per run after
@@ -59,8 +60,8 @@ PAPER_AB = {"audio": (0.01, 1.0), "video": (0.1, 0.01)}  # the mosi-cmstew proto
 
 
 CAPACITY = {"wd": ("weight_decay", float), "do": ("clf_dropout", float), "d": ("d_model", int),
-            "a": ("alpha", float), "b": ("beta", float)}
-CMSTEW_KNOBS = ("alpha", "beta")
+            "a": ("alpha", float), "b": ("beta", float), "g": ("gamma", float)}
+CMSTEW_KNOBS = ("alpha", "beta", "gamma")
 
 
 def capacity(suffix: list[str]) -> dict:
@@ -229,7 +230,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         arm, *suffix = name.split("+")
         base = name.split("-")[0] + "-unimodal" if name.startswith(("lc", "spk")) else "unimodal"
         if suffix and arm != "unimodal":  # a capacity variant of transfer against the same-capacity unimodal
-            base = "+".join([base, *(x for x in suffix if not x.startswith(("a", "b")))])
+            base = "+".join([base, *(x for x in suffix if not x.startswith(("a", "b", "g")))])
         ref = by.get((weak, base))
         ref_seed = [float(np.mean(ref[s])) for s in sorted(seeds)] if ref and set(ref) >= set(seeds) else None
         gain = float(np.mean(per_seed) - np.mean(ref_seed)) if ref_seed else float("nan")

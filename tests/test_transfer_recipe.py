@@ -131,6 +131,38 @@ def test_unlabelled_steps_feed_alignment_but_not_the_prediction_loss(tmp_path):
     assert len(uni.train) == len(ds.split("train"))
 
 
+def test_distillation_fits_the_teachers_prediction_on_unlabelled_steps_only(tmp_path):
+    from stew.data.preprocess import WindowDataset
+    from stew.methods.cmstew import TEACHER_PRED
+    from stew.objectives.masked import masked_bce
+
+    ds = carve_validation(add_unlabelled(tiny_utterances(), tiny_utterances(seed=1, n_videos=8),
+                                         ["audio", "text"], tmp_path), 4, 0)
+    cfg = prepare(resolve(_cfg(cmstew={"gamma": 1.0}), ds), ds, tmp_path)
+    assert resolve(_cfg(), ds).cmstew.gamma == 1.0  # the stew recipe's default; the paper's is 0
+    assert resolve(_cfg(recipe="paper"), ds).cmstew.gamma == 0.0
+    bundle = make_bundle(cfg, ds, ["audio", "text"])
+    method = build_cmstew(cfg, bundle, tmp_path)
+    assert all(TEACHER_PRED + "text" in s.x for s in bundle.train)
+    probs = torch.cat([s.x[TEACHER_PRED + "text"] for s in bundle.train])
+    assert ((probs > 0) & (probs < 1)).all()  # the teacher's activated (sigmoid) output
+
+    def batch_of(split: str) -> dict:
+        wds = WindowDataset.for_training([s for s in bundle.train if s.source.split == split], None, None)
+        return wds.collate([wds[i] for i in range(len(wds))])
+
+    unl, lab = batch_of(UNLABELLED), batch_of("train")
+    method.eval()  # no dropout: the two computations below see the same outputs
+    _, parts = method.training_loss(unl)
+    out = method.weak_classifier(method.weak_encoder(unl["x"]["audio"], unl["mask"]))
+    want = masked_bce(out, unl["x"][TEACHER_PRED + "text"], unl["mask"])
+    torch.testing.assert_close(parts["distillation"], want.detach())
+    assert float(parts["prediction"]) == 0.0
+    loss, parts = method.training_loss(lab)  # every step labelled: nothing to distil
+    assert float(parts["distillation"]) == 0.0 and torch.isfinite(loss)
+    loss.backward()
+
+
 def test_sequences_moved_to_the_unlabelled_split_lose_their_labels():
     # A learning curve moves labelled recordings to the unlabelled split; their labels must not reach L_p.
     ds = carve_validation(tiny_utterances(), 4, 0)
@@ -235,6 +267,15 @@ def test_guard_that_cannot_run_ships_unimodal(tmp_path):
     # Unguarded by the user's choice: CM-StEW ships.
     r = run(_cfg(out=tmp_path / "unguarded", cmstew={"guard_folds": 0}), ds)
     assert r["method"]["name"] == "cmstew"
+    # One labelled training video, the others unlabelled pairs, and distillation (the default's gamma):
+    # the measured evidence ships CM-StEW.
+    one = carve_validation(tiny_utterances(), 4, 0)
+    keep = one.groups("train")[0]
+    one = one.replace_sequences(s if s.split != "train" or s.group == keep else s.with_split(UNLABELLED)
+                                for s in one.sequences)
+    r = run(_cfg(out=tmp_path / "with-pairs", cmstew={"guard_folds": 3, "gamma": None}), one)
+    assert r["method"]["name"] == "cmstew" and r["method"]["gamma"] == 1.0
+    assert r["recipe"]["guard"]["shipped"] == "transfer" and "unlabelled pairs" in r["recipe"]["guard"]["reason"]
 
 
 def test_guard_folds_hold_out_training_groups_only():

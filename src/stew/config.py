@@ -75,6 +75,10 @@ class CMStEWConfig(Strict):
     # Transfer ships only when it beats unimodal on the folds' mean with a paired t-test p below this
     # [U]: without evidence of a gain, the model without a teacher dependency is the safer one to ship.
     guard_p: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # [U, issue 13; not in the thesis] Weight of a distillation term: on steps without labels (the
+    # --unlabelled pairs) the student's prediction is fitted to its frozen teachers' mean prediction
+    # with L_p's own loss (soft targets for binary, the argmax for multiclass). None: the recipe's.
+    gamma: NonNeg | None = None
 
 
 class EmoBedConfig(Strict):
