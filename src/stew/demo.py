@@ -12,8 +12,10 @@ Train with every modality, deploy with one, and ship transfer only where it pays
 5. export the shipped model and predict with the weaker modality alone on recordings without labels (the
    test speakers' weaker modality, written as a ``labelled: false`` folder).
 
-On these data, as on every set BENCHMARKS.md measures ("Making transfer pay"), transfer does not beat the
-student trained alone, so expect the guard to ship the unimodal model; the demo says what it measured.
+Every training speaker here is labelled, and from labelled data alone transfer has not beaten the student
+trained alone on any set BENCHMARKS.md measures ("Making transfer pay"), so expect the guard to ship the
+unimodal model; the demo says what it measured. (Transfer pays with few labelled speakers and many
+unlabelled recordings: ``--unlabelled``, docs/transfer.md.)
 Demo settings trade the benchmarks' sizes for speed (shorter recordings, a small student, two seeds); they
 are listed in ``DATA`` and ``DEMO`` and printed.
 """
