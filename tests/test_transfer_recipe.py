@@ -163,6 +163,21 @@ def test_distillation_fits_the_teachers_prediction_on_unlabelled_steps_only(tmp_
     loss.backward()
 
 
+def test_every_cross_fitted_teacher_keeps_labelled_groups(tmp_path):
+    # 2 labelled training videos beside 6 unlabelled ones: each fold gets one labelled video, so neither
+    # teacher is left with nothing to learn from (before, both could land in one fold).
+    ds = add_unlabelled(tiny_utterances(n_videos=12), _label_free(tiny_utterances(seed=3, n_videos=6)),
+                        ["audio", "text"], tmp_path)
+    ds = carve_validation(ds, 4, 0)
+    labelled = ds.groups("train")
+    for seed in range(20):
+        fold_of = fold_of_groups(ds, 2, seed)
+        assert sorted(fold_of[g] for g in labelled) == [0, 1]
+        assert len(fold_of) == len(labelled) + len(ds.groups(UNLABELLED))
+    r = run(_cfg(out=tmp_path / "run"), ds)  # two cross-fitted teachers, each on one labelled video
+    assert r["method"]["teacher_folds"] == 2
+
+
 def test_sequences_moved_to_the_unlabelled_split_lose_their_labels():
     # A learning curve moves labelled recordings to the unlabelled split; their labels must not reach L_p.
     ds = carve_validation(tiny_utterances(), 4, 0)

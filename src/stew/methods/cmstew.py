@@ -176,10 +176,15 @@ def teacher_config(cfg: TrainConfig, out: Path, strong: str | None = None) -> Tr
 
 
 def fold_of_groups(ds: Dataset, k: int, seed: int) -> dict[str, int]:
-    """Cross-fitting folds over the training groups, labelled and unlabelled (seeded, whole groups)."""
-    groups = sorted({s.group for s in ds.sequences if s.split in ("train", UNLABELLED)})
-    order = np.random.default_rng(seed).permutation(len(groups))
-    return {groups[j]: i % k for i, j in enumerate(order)}
+    """Cross-fitting folds over the training groups (seeded, whole groups). Labelled and unlabelled groups
+    are each spread evenly over the folds: with k no larger than the labelled groups, every fold holds
+    one and every teacher keeps some to learn from, however many unlabelled groups there are."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, int] = {}
+    for split in ("train", UNLABELLED):
+        groups = sorted({s.group for s in ds.sequences if s.split == split})
+        out |= {groups[j]: i % k for i, j in enumerate(rng.permutation(len(groups)))}
+    return out
 
 
 def teacher_dirs(cfg: TrainConfig, work: Path) -> dict[str, list[Path]]:
