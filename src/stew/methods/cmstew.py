@@ -130,7 +130,7 @@ class CMStEW(Method):
 # The recipes. "paper" is the thesis's: one Bi-GRU + TE teacher on the whole training split, a Bi-GRU +
 # TE student, alpha and beta from a grid on the validation carve. "stew" is what issue 13's
 # measurements support (BENCHMARKS.md, "Making transfer pay"): cross-fitted teachers, a small per-step
-# student, fixed alpha and beta, and the negative-transfer guard.
+# student, fixed alpha and beta, distillation on unlabelled steps, and the negative-transfer guard.
 
 TEACHER = "teacher:"
 TEACHER_PRED = "teacher-prediction:"
