@@ -230,7 +230,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         arm, *suffix = name.split("+")
         base = name.split("-")[0] + "-unimodal" if name.startswith(("lc", "spk")) else "unimodal"
         if suffix and arm != "unimodal":  # a capacity variant of transfer against the same-capacity unimodal
-            base = "+".join([base, *(x for x in suffix if not x.startswith(("a", "b", "g")))])
+            base = "+".join([base, *(x for x in suffix if not capacity([x]).keys() & set(CMSTEW_KNOBS))])
         ref = by.get((weak, base))
         ref_seed = [float(np.mean(ref[s])) for s in sorted(seeds)] if ref and set(ref) >= set(seeds) else None
         gain = float(np.mean(per_seed) - np.mean(ref_seed)) if ref_seed else float("nan")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -370,7 +369,7 @@ def test_transfer_command_under_the_stew_recipe(tmp_path):
 
 
 def _label_free(ds: Dataset) -> Dataset:
-    return ds.replace_sequences(replace(s, targets=np.full_like(s.targets, np.nan)) for s in ds.sequences)
+    return ds.replace_sequences(s.without_labels() for s in ds.sequences)
 
 
 def test_a_folder_without_labels_feeds_unlabelled_and_predict_but_not_train(tmp_path):

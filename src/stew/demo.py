@@ -23,7 +23,6 @@ are listed in ``DATA`` and ``DEMO`` and printed.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +112,7 @@ def run_demo(out: Path, seed: int, console: Console) -> None:
         from stew.data.io import load_dataset
 
         test = load_dataset(data).select_modalities([weak])
-        write_native(test.replace_sequences(replace(s, targets=np.full_like(s.targets, np.nan))
-                                            for s in test.split("test")), new)
+        write_native(test.replace_sequences(s.without_labels() for s in test.split("test")), new)
     t1 = time.time()
     preds = predict_dataset(model, new, out / "predictions.csv")
     console.print(

@@ -253,7 +253,7 @@ def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
         # Unlabelled pairs train with the labelled ones (NaN labels: L_p skips them); they are never scored.
         # Their labels are blanked here, whatever the sequences carry: a caller that moves labelled
         # recordings to the unlabelled split (a learning curve) must not hand their labels to L_p.
-        blank = [replace(s, targets=np.full_like(s.targets, np.nan)) for s in ds.split(UNLABELLED)]
+        blank = [s.without_labels() for s in ds.split(UNLABELLED)]
         parts["train"] += prepare(blank, modalities, cols, scaler, k)
     return Bundle(
         ds=ds, modalities=modalities, targets=targets, scaler=scaler, k_delay=k,

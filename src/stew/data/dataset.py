@@ -54,6 +54,10 @@ class Sequence:
     def with_split(self, split: str) -> Sequence:
         return replace(self, split=split)
 
+    def without_labels(self) -> Sequence:
+        """The same recording with every label NaN (unlabelled pairs, a ``labelled: false`` folder)."""
+        return replace(self, targets=np.full_like(self.targets, np.nan))
+
     def length(self, modality: str) -> int:
         """Steps of ``modality`` in this sequence (its own clock on sequence-level data)."""
         return int(self.features[modality].shape[0])
