@@ -206,15 +206,18 @@ def test_mosi_bad_input(mosi_root: Path, mutate, file: str, row, column, match: 
 
 @pytest.mark.mosi
 @pytest.mark.skipif(not REAL_MOSI.is_dir(), reason="needs ../shared/data/cmu-mosi-utterance")
-def test_real_mosi_train_split() -> None:
+def test_real_mosi_train_and_test_splits() -> None:
     load_dataset(REAL_MOSI)  # warm the lazy imports so the timing below is the reader's
     t0 = time.perf_counter()
     ds = read_mosi(REAL_MOSI)
     assert time.perf_counter() - t0 < 1.0
     assert ds.modalities == {"audio": 73, "video": 100, "text": 100}
-    assert len(ds.sequences) == 62 and ds.n_steps() == 1447 and ds.splits() == {"train": 62}
-    y = np.concatenate([s.targets[:, 0] for s in ds])
+    # The shared folder holds the whole train split and 15 of the 31 test videos (its README).
+    assert len(ds.sequences) == 77 and ds.n_steps() == 1447 + 375 and ds.splits() == {"train": 62, "test": 15}
+    y = np.concatenate([s.targets[:, 0] for s in ds.split("train")])
     assert set(np.unique(y)) == {0.0, 1.0} and 0.485 < y.mean() < 0.495
+    y_test = np.concatenate([s.targets[:, 0] for s in ds.split("test")])
+    assert 0.615 < y_test.mean() < 0.625
     for s in ds:
         pos = [int(u.rsplit("_", 1)[1]) for u in s.step_ids]
         assert pos == sorted(pos) and len(set(pos)) == len(pos)
