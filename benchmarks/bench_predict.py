@@ -33,10 +33,10 @@ import pandas as pd
 import torch
 
 from stew.config import TrainConfig
-from stew.data.native import write_native
-from stew.data.synthetic import synth_recola
+from stew.data.formats.native import write_native
+from stew.data.synth.affect import synth_recola
 from stew.deploy import OnnxModel, export, load_model, predict_dataset
-from stew.training import run
+from stew.train.core import run
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from stew.metrics import format_mean_std, paired_ttest
+from stew.scoring.metrics import format_mean_std, paired_ttest
 
 
 def scores(d: Path, metric: str, split: str) -> dict[int, float]:

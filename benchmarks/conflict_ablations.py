@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stew import metrics
+from stew.scoring import metrics
 
 ABLATIONS = ["paranet", "+ap", "+attn", "conflictnet", "+gap"]
 PAPER = {"paranet": (0.675, 72.4, 75.3), "+ap": (0.781, 79.9, 81.3), "+attn": (0.837, 82.2, 83.4),
@@ -33,7 +33,7 @@ def _one(raw: dict) -> dict:
     import torch
 
     from stew.config import TrainConfig
-    from stew.training import run
+    from stew.train.core import run
 
     torch.set_num_threads(raw.pop("_threads"))
     cfg = TrainConfig.model_validate(raw)
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--ablations", default=",".join(ABLATIONS))
     args = ap.parse_args()
-    from stew.data.synthetic_conflict import write_synthetic_conflict
+    from stew.data.synth.conflict import write_synthetic_conflict
 
     data = args.out / "data"
     if not (data / "labels.csv").is_file():

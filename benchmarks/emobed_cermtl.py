@@ -81,7 +81,7 @@ def jobs(part: str, data: Path, out: Path) -> list[dict]:
 
 def run_job(cfg: dict) -> tuple[str, float]:
     from stew.config import TrainConfig
-    from stew.training import run
+    from stew.train.core import run
 
     t0 = time.time()
     run(TrainConfig.model_validate(cfg))
@@ -118,7 +118,7 @@ def _ms(values: list[float], digits: int = 3) -> str:
 
 
 def _p(a: list[float], b: list[float]) -> str:
-    from stew.metrics import paired_ttest
+    from stew.scoring.metrics import paired_ttest
 
     if len(a) != len(b) or len(a) < 2:
         return "-"

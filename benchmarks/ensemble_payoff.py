@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 from transfer_payoff import variant_config
 
-from stew import metrics
 from stew.config import load_config
+from stew.scoring import metrics
 
 
 def _member(job: tuple[str, int, int, int, int, str, str]) -> str:
     from stew.data.io import load_dataset
     from stew.data.splits import grouped_folds, held_out_folds
-    from stew.training import run
+    from stew.train.core import run
 
     weak, seed, fold, member, k, data, out = job
     if not (Path(out) / "metrics.json").is_file():

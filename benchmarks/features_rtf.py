@@ -75,7 +75,7 @@ def fresh(code: str) -> float:
 def train_tiny_model(tmp: Path) -> Path:
     """A small eGeMAPS model (6 labelled 12 s clips, 2 epochs): only its input pipeline matters here."""
     from stew.config import TrainConfig
-    from stew.training import run
+    from stew.train.core import run
 
     root = tmp / "train-clips"
     root.mkdir()

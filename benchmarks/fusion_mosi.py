@@ -62,8 +62,8 @@ def _one(job: tuple[str, dict, int, int, int]) -> dict:
     """Train one fold in a worker (or read it back) and score its modality subsets."""
     from stew.config import TrainConfig
     from stew.data.io import load_dataset
-    from stew.missing import score_subsets, write_missing
-    from stew.training import run
+    from stew.eval.missing import score_subsets, write_missing
+    from stew.train.core import run
 
     raw, fold, k = job[1], job[2], job[3]
     cfg = TrainConfig.model_validate(raw)

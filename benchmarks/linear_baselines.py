@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stew import metrics
 from stew.config import TrainConfig
 from stew.data import splits
 from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
+from stew.scoring import metrics
 
 MOSI_BASE = {"val_groups": 10, "lr": 1e-4, "batch_size": 32, "max_epochs": 150, "patience": 20}  # mosi-cmstew
 
@@ -46,7 +46,7 @@ def held_out_folds(ds: Dataset, k: int) -> list[Dataset]:
 
 def _one(job: tuple[dict, int, int]) -> dict:
     """Train fold ``fold`` of ``k`` with one config in a worker, or read its finished metrics.json back."""
-    from stew.training import run
+    from stew.train.core import run
 
     raw, fold, k = job
     cfg = TrainConfig.model_validate(raw)
@@ -107,9 +107,9 @@ def mosi(args: argparse.Namespace) -> None:
 
 
 def recola(args: argparse.Namespace) -> None:
-    from stew.data.native import write_native
-    from stew.data.synthetic import synth_recola
-    from stew.training import run
+    from stew.data.formats.native import write_native
+    from stew.data.synth.affect import synth_recola
+    from stew.train.core import run
 
     data = args.out / "data"
     if not (data / "manifest.yaml").is_file():

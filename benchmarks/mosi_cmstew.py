@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from stew.config import TrainConfig, load_config
-from stew.transfer import run_over_seeds
+from stew.experiments.transfer import run_over_seeds
 
 GRID = [0.01, 0.1, 1.0]
 

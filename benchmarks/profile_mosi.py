@@ -22,8 +22,8 @@ import pstats
 import time
 from pathlib import Path
 
-from stew import training
 from stew.config import TrainConfig, load_config
+from stew.train import core as training
 
 
 def config(name: str, seed: int, out: Path, base: Path) -> TrainConfig:

@@ -13,7 +13,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from stew.metrics import format_mean_std
+from stew.scoring.metrics import format_mean_std
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from stew.config import TrainConfig, load_config
-from stew.transfer import run_over_seeds
+from stew.experiments.transfer import run_over_seeds
 
 SEW_VARIANTS = (None, "-SD2", "-CCA", "-SD1", "-(CCA&SD1)")
 GRID = [0.01, 0.1, 1.0]

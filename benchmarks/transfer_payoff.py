@@ -51,8 +51,8 @@ from pathlib import Path
 import numpy as np
 from linear_baselines import held_out_folds
 
-from stew import metrics
 from stew.config import load_config
+from stew.scoring import metrics
 
 FRACTIONS = (0.1, 0.25, 0.5)
 OTHER = {"audio": "video", "video": "audio"}
@@ -118,7 +118,7 @@ RECOLA_BASE = {"d_model": 32, "clf_hidden": 64, "lr": 0.002, "max_epochs": 8, "p
 def _one_recola(job: tuple[str, str, int, str, str]) -> dict:
     from stew.config import TrainConfig
     from stew.data.io import load_dataset
-    from stew.training import run
+    from stew.train.core import run
 
     name, target, seed, data, out = job
     weak, strong = RECOLA_PAIRS[target]
@@ -153,7 +153,7 @@ def _one(job: tuple[str, str, int, int, str, str]) -> dict:
     from stew.data.dataset import UNLABELLED
     from stew.data.io import load_dataset
     from stew.data.splits import carve_validation
-    from stew.training import run
+    from stew.train.core import run
 
     name, weak, seed, fold, data, out = job
     done = Path(out) / "metrics.json"

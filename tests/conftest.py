@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stew.data.dataset import Dataset, Sequence
-from stew.data.native import write_native
+from stew.data.formats.native import write_native
 
 MOSI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu-mosi-utterance"
 needs_mosi = pytest.mark.skipif(not (MOSI_DIR / "train_ids.csv").is_file(), reason="CMU-MOSI features not present")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from stew.data.audio import (
+from stew.data.formats.audio import (
     fit_length,
     is_audio_folder,
     is_sspnet,
@@ -24,7 +24,7 @@ from stew.data.audio import (
     rms_normalise,
 )
 from stew.data.splits import carve_validation
-from stew.data.synthetic_conflict import CONFLICT_KINDS, DISTRACTOR_KINDS, write_synthetic_conflict
+from stew.data.synth.conflict import CONFLICT_KINDS, DISTRACTOR_KINDS, write_synthetic_conflict
 from stew.errors import DataError
 
 SR = 8000

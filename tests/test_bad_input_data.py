@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 
 from stew.cli import app
 from stew.data import load_dataset
-from stew.data.native import write_native
-from stew.data.recola import write_recola_layout
+from stew.data.formats.native import write_native
+from stew.data.formats.recola import write_recola_layout
 from stew.errors import DataError
 from tests.conftest import FAST, tiny_frames, tiny_utterances
 from tests.test_formats import MOSI_TEST, MOSI_TRAIN, _cell, _set, recola_ds, write_mosi
@@ -323,7 +323,7 @@ def test_cmstew_equal_teacher_fails_before_stage_one(utt_dir: Path, tmp_path: Pa
     stage 1 trains a teacher."""
     import stew.methods as methods
     from stew.config import TrainConfig
-    from stew.training import run
+    from stew.train.core import run
 
     def no_stage_one(*a, **k):
         raise AssertionError("stage 1 started")

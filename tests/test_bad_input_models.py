@@ -21,8 +21,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from stew.data.native import write_native
-from stew.store import RunStore
+from stew.data.formats.native import write_native
+from stew.experiments.store import RunStore
 from tests.conftest import tiny_frames, tiny_utterances
 from tests.test_cli import invoke, one_line_error
 from tests.test_reproduce import TINY
@@ -271,7 +271,7 @@ def test_export_replaces_only_a_model_folder(base: Path, tmp_path: Path) -> None
 # -- run stores read by stew report -----------------------------------------------------------------
 
 def valid_store(path: Path, protocol: bool = True) -> None:
-    from stew.protocols import parse_protocol
+    from stew.experiments.protocols import parse_protocol
 
     with RunStore(path) as store:
         if protocol:

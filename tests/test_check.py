@@ -229,7 +229,7 @@ def _load_mosi() -> Dataset:
 
         return load_dataset(MOSI)
     except ImportError:  # a reader load_dataset imports is not there yet; the MOSI one suffices
-        from stew.data.mosi import read_mosi
+        from stew.data.formats.mosi import read_mosi
 
         return read_mosi(MOSI)
 

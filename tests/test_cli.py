@@ -84,7 +84,7 @@ def test_synth_bad_arguments(tmp_path, args):
 
 
 def test_predict_wrong_feature_dimension(frames_dir, tmp_path):
-    from stew.data.native import write_native
+    from stew.data.formats.native import write_native
     from tests.conftest import tiny_frames
 
     c = write_cfg(tmp_path / "c.yaml", modality="a", max_epochs=1)
@@ -101,7 +101,7 @@ def test_predict_wrong_feature_dimension(frames_dir, tmp_path):
 
 def test_predict_needs_only_the_model_modality(tmp_path):
     """A MOSI-layout folder holding only audio_test0.csv and test_ids.csv is enough to predict."""
-    from stew.data.native import write_native
+    from stew.data.formats.native import write_native
     from tests.conftest import tiny_utterances
 
     ds = tiny_utterances()

@@ -10,10 +10,10 @@ import yaml
 from scipy import stats
 from typer.testing import CliRunner
 
-from stew import metrics
 from stew.cli import app
-from stew.compare import compare, load_run
 from stew.errors import DataError
+from stew.eval.compare import compare, load_run
+from stew.scoring import metrics
 from tests.conftest import FAST
 from tests.test_cli import one_line_error
 

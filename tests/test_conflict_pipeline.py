@@ -47,7 +47,7 @@ def test_explain_writes_sorted_segments_and_a_spectrogram(corpus):
 
 
 def test_explain_refuses_a_model_that_does_not_read_waveforms(corpus, tmp_path):
-    from stew.data.native import write_native
+    from stew.data.formats.native import write_native
     from tests.conftest import tiny_clips
 
     data = write_native(tiny_clips(), tmp_path / "d")

@@ -11,11 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stew import metrics
 from stew.cli import app
 from stew.config import TrainConfig
 from stew.data.dataset import Dataset
-from stew.data.native import write_native
+from stew.data.formats.native import write_native
 from stew.data.preprocess import Standardizer, WindowDataset, loader, prepare
 from stew.data.splits import carve_validation
 from stew.deploy import load_model, predict_dataset
@@ -23,7 +22,8 @@ from stew.methods.base import prediction_loss
 from stew.methods.emobed import EmoBed
 from stew.models.encoders import EncoderSpec, FeatureImageCNN
 from stew.objectives import crossmodal_triplet_loss, l2_penalty
-from stew.training import fuse_inputs, run
+from stew.scoring import metrics
+from stew.train.core import fuse_inputs, run
 from tests.conftest import FAST, tiny_frames, tiny_utterances
 
 EMO = {"emobed": {"units": 8}}
@@ -115,7 +115,7 @@ def _cermtl_batch(cfg: TrainConfig, ds: Dataset):
     """A resolved config, its bundle and a training batch (with the feature images' context)."""
     from stew.data.preprocess import context_of
     from stew.methods import build_method, required_modalities
-    from stew.training import make_bundle, resolve
+    from stew.train.core import make_bundle, resolve
 
     cfg = resolve(cfg, ds)
     bundle = make_bundle(cfg, ds, required_modalities(cfg))
@@ -229,7 +229,7 @@ def test_emobed_modes_switch_the_right_terms(method, alpha, beta, l2, tmp_path):
 
 @pytest.mark.parametrize("method,lr", [("emobed", 1e-3), ("triplet", 1e-3), ("cermtl", 5e-5), ("unimodal", 1e-5)])
 def test_paper_learning_rates_are_the_defaults(method, lr):
-    from stew.training import resolve
+    from stew.train.core import resolve
 
     teacher = "a" if method in ("emobed", "triplet") else None
     assert resolve(TrainConfig(data="x", method=method, modality="b", teacher=teacher), tiny_frames()).lr == lr
@@ -242,7 +242,7 @@ def test_emobed_paper_defaults_unpaired_batches_and_l2_in_every_network(method):
     every trainable parameter's gradient."""
     from stew.config import EmoBedConfig
     from stew.methods import build_method, required_modalities
-    from stew.training import make_bundle, resolve
+    from stew.train.core import make_bundle, resolve
 
     assert EmoBedConfig().pairing == "unpaired" and EmoBedConfig().l2 == 1e-4
     ds = tiny_frames()
@@ -276,7 +276,7 @@ def test_emobed_paper_defaults_unpaired_batches_and_l2_in_every_network(method):
 
 def test_cermtl_has_no_label_delay_by_default():
     """CER-MTL's paper shifts no labels: it does not inherit CM-StEW's 2.8 s (an explicit value still wins)."""
-    from stew.training import make_bundle, resolve
+    from stew.train.core import make_bundle, resolve
 
     ds = tiny_frames()
     cfg = resolve(TrainConfig(data="x", **CER, modality="a"), ds)
@@ -299,7 +299,7 @@ def test_emobed_keeps_only_the_target_path(tmp_path):
 def test_emobed_with_the_auxiliary_terms_off_is_the_classic_monomodal_system():
     """alpha = beta = 0: the same network and the same loss as ``--method unimodal --arch gru`` (spec §1.1)."""
     from stew.methods import build_method, required_modalities
-    from stew.training import make_bundle, resolve
+    from stew.train.core import make_bundle, resolve
 
     ds = tiny_frames()
     off = {"emobed": {"units": 8, "alpha": 0.0, "beta": 0.0}}
@@ -331,7 +331,7 @@ def test_emobed_binary_triplet_uses_class_labels(monkeypatch):
     (sign, 0 and 1 both >= 0) would put every step in one class: no anchor has a negative, so the triplet
     term would be an exact 0 and the method would silently be the classic system."""
     from stew.methods import build_method, emobed, required_modalities
-    from stew.training import make_bundle, resolve
+    from stew.train.core import make_bundle, resolve
 
     seen = []
 
@@ -382,7 +382,7 @@ def test_unpaired_batches_draw_auxiliary_windows_independently():
     cfg = TrainConfig(data="x", **FAST, emobed={"units": 8, "pairing": "unpaired"}, method="emobed",
                       modality="b", teacher="a")
     from stew.methods import build_method, required_modalities
-    from stew.training import make_bundle, resolve
+    from stew.train.core import make_bundle, resolve
 
     cfg = resolve(cfg, ds)
     bundle = make_bundle(cfg, ds, required_modalities(cfg))

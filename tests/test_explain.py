@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stew.explain import CATEGORIES, analysis_categories, analysis_plot, explain_clip, segment_bounds, write_explanation
+from stew.eval.explain import (
+    CATEGORIES,
+    analysis_categories,
+    analysis_plot,
+    explain_clip,
+    segment_bounds,
+    write_explanation,
+)
 
 SR = 800  # 30 s at 800 Hz: 10 super-samples of 2,400 samples, small enough to stay fast
 SEG = 3 * SR

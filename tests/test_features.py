@@ -318,7 +318,7 @@ def test_an_unusable_output_is_refused_before_extraction(tmp_path: Path, counted
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny model trained on extracted eGeMAPS functionals: (audio folder, model folder)."""
-    from stew.training import run
+    from stew.train.core import run
 
     tmp = tmp_path_factory.mktemp("predict")
     root = write_folder(tmp / "clips", n=9, seconds=3.0)

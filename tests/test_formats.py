@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from stew.data import Dataset, Sequence, load_dataset
-from stew.data.mosi import read_mosi
-from stew.data.native import write_native
-from stew.data.recola import STANDARD_DIMS, read_recola, write_recola_layout
+from stew.data.formats.mosi import read_mosi
+from stew.data.formats.native import write_native
+from stew.data.formats.recola import STANDARD_DIMS, read_recola, write_recola_layout
 from stew.errors import DataError
 
 REAL_MOSI = Path(__file__).resolve().parents[2] / "shared/data/cmu-mosi-utterance"

@@ -12,12 +12,12 @@ import torch
 import yaml
 
 from stew.config import TrainConfig
-from stew.data.native import write_native
+from stew.data.formats.native import write_native
 from stew.data.preprocess import WindowDataset
 from stew.deploy import load_model, predict_dataset
+from stew.eval.missing import evaluate_missing, subsets
 from stew.methods.fusion import ModDropWindows, fusion_pairs, training_vectors
-from stew.missing import evaluate_missing, subsets
-from stew.training import make_bundle, resolve, run
+from stew.train.core import make_bundle, resolve, run
 from tests.conftest import FAST, tiny_clips, tiny_utterances
 from tests.test_cli import invoke, one_line_error
 
@@ -187,7 +187,7 @@ def test_random_moddrop_never_drops_everything(tmp_path, p):
 
 
 def test_cli_iemocap_bad_input_is_one_line_and_writes_nothing(tmp_path):
-    from stew.data.synthetic_iemocap import write_synthetic_iemocap
+    from stew.data.synth.iemocap import write_synthetic_iemocap
 
     data = write_synthetic_iemocap(tmp_path / "iem", utterances=60)
     out = tmp_path / "run"

@@ -12,16 +12,16 @@ import pytest
 import yaml
 
 from stew.config import TrainConfig
-from stew.data.synthetic_iemocap import write_synthetic_iemocap
+from stew.data.synth.iemocap import write_synthetic_iemocap
 from stew.errors import DataError
-from stew.missing import missing_file
-from stew.protocols import load_protocol, parse_protocol
+from stew.eval.missing import missing_file
+from stew.experiments.protocols import load_protocol, parse_protocol
+from stew.experiments.reproduce import check_data, reproduce, synthesize
+from stew.experiments.store import RunStore
 from stew.report import write_report
-from stew.reproduce import check_data, reproduce, synthesize
-from stew.store import RunStore
 from tests.test_cli import invoke
 
-IEMOCAP = yaml.safe_load(resources.files("stew.protocols").joinpath("iemocap-fusion.yaml").read_text())
+IEMOCAP = yaml.safe_load(resources.files("stew.experiments.protocols").joinpath("iemocap-fusion.yaml").read_text())
 TINY_MODEL = ["fusion.gru_units=4", "fusion.heads=2", "fusion.clf_hidden=8"]
 
 
@@ -85,7 +85,7 @@ def test_bad_fusion_protocols_fail_with_one_message(mutate, message):
 def test_shipped_fusion_protocols_build_every_group(tmp_path):
     from stew.data.io import load_dataset
     from stew.methods import build_method
-    from stew.training import make_bundle, resolve
+    from stew.train.core import make_bundle, resolve
 
     iem = load_protocol("iemocap-fusion")
     assert (iem.folds, iem.seeds, len(iem.group_names()), len(iem.run_seeds())) == (5, 10, 28, 50)
@@ -120,7 +120,7 @@ def test_shipped_fusion_protocols_build_every_group(tmp_path):
 
 
 def test_folds_need_data_with_folds(tmp_path):
-    from stew.data.native import write_native
+    from stew.data.formats.native import write_native
     from tests.conftest import tiny_clips
 
     data = write_native(tiny_clips(), tmp_path / "clips")

@@ -17,14 +17,15 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from stew import metrics, results
 from stew.cli import app
 from stew.data.dataset import Dataset
-from stew.protocols import available, load_protocol, parse_protocol
-from stew.rank import RankResult, render_ranking
-from stew.reproduce import reproduce, select
-from stew.store import RunStore
-from stew.transfer import PairResult, render_transfer
+from stew.experiments import results
+from stew.experiments.protocols import available, load_protocol, parse_protocol
+from stew.experiments.rank import RankResult, render_ranking
+from stew.experiments.reproduce import reproduce, select
+from stew.experiments.store import RunStore
+from stew.experiments.transfer import PairResult, render_transfer
+from stew.scoring import metrics
 from tests.conftest import FAST, tiny_utterances
 
 # -- the tables, on made-up store rows (no training) -----------------------------------------------

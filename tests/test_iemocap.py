@@ -18,9 +18,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-import stew.data.synthetic_iemocap as synth
-from stew.data.iemocap import CLASS_COUNTS, CLASSES, _class_names, is_iemocap, read_iemocap
-from stew.data.synthetic_iemocap import MIN_UTTERANCES, SMALL, class_counts, write_synthetic_iemocap
+import stew.data.synth.iemocap as synth
+from stew.data.formats.iemocap import CLASS_COUNTS, CLASSES, _class_names, is_iemocap, read_iemocap
+from stew.data.synth.iemocap import MIN_UTTERANCES, SMALL, class_counts, write_synthetic_iemocap
 from stew.errors import DataError
 
 PARTS = ("train", "dev", "test")

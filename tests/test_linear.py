@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from stew.cli import app
 from stew.config import TrainConfig
 from stew.data.dataset import Dataset, Sequence
-from stew.data.native import write_native
+from stew.data.formats.native import write_native
 from stew.deploy import export, predict_dataset
-from stew.training import run
+from stew.train.core import run
 from tests.conftest import tiny_frames, tiny_utterances
 
 RATE = 25.0

@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 from torchmetrics.functional import concordance_corrcoef, pearson_corrcoef
 
-from stew import metrics
+from stew.scoring import metrics
 
 FAST = settings(max_examples=40, deadline=None)
 finite = st.floats(-100, 100, allow_nan=False, allow_infinity=False)
@@ -455,7 +455,7 @@ def test_selection_metric_is_a_task_metrics_key() -> None:
 
 def test_sew_tables_report_sign_accuracy_beside_ccc() -> None:
     """Every SEW table shows the binary accuracy next to CCC, and each metric is a key runs write."""
-    from stew.protocols import load_protocol
+    from stew.experiments.protocols import load_protocol
 
     keys = metrics.task_metrics("regression", ["arousal"], np.array([[0.1], [-0.2]]), np.array([[0.2], [0.1]]))
     for table in load_protocol("recola-sew").tables:

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from stew.compare import compare, render
 from stew.config import TrainConfig
 from stew.deploy import export
 from stew.errors import DataError
-from stew.rank import rank_modalities
+from stew.eval.compare import compare, render
+from stew.experiments.rank import rank_modalities
 from tests.test_cli import invoke, one_line_error, write_cfg
 from tests.test_compare import make_run, reg
 
@@ -150,7 +150,7 @@ def test_library_callers_pass_overwrite(frames_dir, tmp_path):
 
 
 def test_demo_runs_again_into_its_own_folder(tmp_path, monkeypatch):
-    from stew import demo
+    from stew.experiments import demo
 
     # The demo's own code at a test's size: 6 ranking runs and 1 guarded CM-StEW run of one epoch each.
     monkeypatch.setattr(demo, "DATA", {"n_speakers": 6, "minutes": 0.2})

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from stew.cli import app
-from stew.data.native import write_native
+from stew.data.formats.native import write_native
 from stew.deploy import export, predict_dataset
 from stew.deploy.onnx import max_difference, to_onnx
 from stew.models.specs import ConflictNetSpec, RawAudioSpec

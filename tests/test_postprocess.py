@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import uniform_filter1d
 
-from stew.metrics import ccc
-from stew.postprocess import Chain, apply_chains, fit_chain, fit_chains, grid
+from stew.scoring.metrics import ccc
+from stew.scoring.postprocess import Chain, apply_chains, fit_chain, fit_chains, grid
 
 RATE = 25.0
 
@@ -208,6 +208,6 @@ def test_full_grid_is_fast():
 
 
 def test_module_does_not_import_torch():
-    code = "import stew.postprocess, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import stew.scoring.postprocess, sys; assert 'torch' not in sys.modules, 'torch imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from stew.config import TrainConfig
-from stew.progress import clock
-from stew.training import run
+from stew.train.core import run
+from stew.util.progress import clock
 from tests.conftest import FAST, tiny_frames
 
 

@@ -18,11 +18,11 @@ from markdown_it import MarkdownIt
 from rich.console import Console
 from typer.testing import CliRunner
 
-import stew.demo as demo
+import stew.experiments.demo as demo
 from stew.cli import app
-from stew.data.native import write_native
-from stew.progress import Runs
-from stew.tables import WideConsole
+from stew.data.formats.native import write_native
+from stew.util.progress import Runs
+from stew.util.tables import WideConsole
 from tests.conftest import FAST, tiny_utterances
 from tests.test_reproduce import TINY
 

@@ -16,12 +16,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stew import report, results
+from stew import report
 from stew.cli import app
-from stew.data.native import write_native
+from stew.data.formats.native import write_native
 from stew.errors import DataError
-from stew.protocols import load_protocol
-from stew.reproduce import reproduce
+from stew.experiments import results
+from stew.experiments.protocols import load_protocol
+from stew.experiments.reproduce import reproduce
 from tests.conftest import FAST, tiny_frames, tiny_utterances
 from tests.test_cli import one_line_error
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from stew.errors import DataError
-from stew.explain import CATEGORIES, analysis_run
+from stew.eval.explain import CATEGORIES, analysis_run
 from stew.report import LIME_CACHE, write_report
 from tests.test_cli import invoke
 
@@ -64,7 +64,7 @@ def test_report_has_analysis_plots_counts_and_a_cached_lime_explanation(rep, mon
     def boom(*a, **k):
         raise AssertionError("LIME recomputed despite the cache")
 
-    monkeypatch.setattr("stew.explain.explain_clip", boom)
+    monkeypatch.setattr("stew.eval.explain.explain_clip", boom)
     sec2 = _section(write_report(rep, rep / "b.html", lime_samples=16).read_text())
     assert "reused from the cache" in sec2 and 'alt="LIME explanation' in sec2
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == mtimes

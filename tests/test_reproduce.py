@@ -15,15 +15,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stew import results
 from stew.cli import app
-from stew.data.native import write_native
-from stew.data.recola import write_recola_layout
-from stew.data.synthetic import synth_recola
+from stew.data.formats.native import write_native
+from stew.data.formats.recola import write_recola_layout
+from stew.data.synth.affect import synth_recola
 from stew.errors import DataError
-from stew.protocols import available, load_protocol, parse_protocol
-from stew.reproduce import Plan, execute, parse_overrides, reproduce, select_groups, threads_per_worker
-from stew.store import RunStore, data_fingerprint, run_key
+from stew.experiments import results
+from stew.experiments.protocols import available, load_protocol, parse_protocol
+from stew.experiments.reproduce import Plan, execute, parse_overrides, reproduce, select_groups, threads_per_worker
+from stew.experiments.store import RunStore, data_fingerprint, run_key
 from tests.conftest import FAST, tiny_utterances
 from tests.test_cli import one_line_error
 
@@ -358,7 +358,7 @@ def test_recola_cmstew_protocol_on_avec_layout(avec_dir, tmp_path):
 def test_tuned_values_come_from_a_study(tiny_setup, tmp_path):
     """A group naming a study takes its best trial's values (here alpha and beta: no grid is run)."""
     from stew.config import TrainConfig
-    from stew.tune import best_params, tune
+    from stew.experiments.tune import best_params, tune
 
     _, data, _ = tiny_setup
     base = {**TINY["base"], "threads": 1}

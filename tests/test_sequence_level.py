@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from stew.config import TrainConfig
-from stew.data.native import read_native, write_native
+from stew.data.formats.native import read_native, write_native
 from stew.data.preprocess import Standardizer, WindowDataset, prepare
 from stew.deploy import predict_dataset
 from stew.errors import DataError
-from stew.training import run
+from stew.train.core import run
 from tests.conftest import FAST, tiny_clips, tiny_frames
 
 

@@ -11,8 +11,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from stew.data.dataset import Dataset, Sequence
-from stew.data.native import read_native, write_native
-from stew.data.synthetic import MOSI_DIMS, RECOLA_DIMS, synth_mosi, synth_recola
+from stew.data.formats.native import read_native, write_native
+from stew.data.synth.affect import MOSI_DIMS, RECOLA_DIMS, synth_mosi, synth_recola
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,8 +8,8 @@ import pytest
 from safetensors.torch import load_file
 
 from stew.config import TrainConfig
-from stew.data.native import read_native, write_native
-from stew.training import run
+from stew.data.formats.native import read_native, write_native
+from stew.train.core import run
 from tests.conftest import FAST, tiny_frames
 
 
@@ -46,7 +46,7 @@ def test_every_arch_trains(frames_dir, tmp_path, arch):
 
     from stew.data.splits import carve_validation
     from stew.methods import build_method, required_modalities
-    from stew.training import make_bundle, predict_sequences, resolve, score
+    from stew.train.core import make_bundle, predict_sequences, resolve, score
 
     easy = {"modality": "a", "arch": arch, "max_epochs": 8, "patience": 8, "label_delay_s": 0.0,
             "emobed": {"units": 8}}
@@ -102,7 +102,8 @@ def test_resume_continues_from_last_checkpoint(frames_dir, tmp_path):
 
 
 def test_a_run_killed_mid_training_resumes_from_its_periodic_checkpoint(frames_dir, tmp_path, monkeypatch):
-    from stew import training
+    from stew.train import core as training
+
 
     monkeypatch.setattr(training, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
     original = training.StewModule.on_train_epoch_end

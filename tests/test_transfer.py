@@ -17,7 +17,7 @@ from stew.methods.sew import build as build_sew
 from stew.methods.unimodal import Unimodal
 from stew.models.student import SingleModalityModel
 from stew.objectives import dcca_loss, masked_mae, masked_mse
-from stew.training import fit, make_bundle, resolve, run, student_spec
+from stew.train.core import fit, make_bundle, resolve, run, student_spec
 from tests.conftest import FAST, tiny_frames
 
 SEW_FAST = {**FAST, "max_epochs": 1}

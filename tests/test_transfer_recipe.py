@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-import stew.training as training
+import stew.train.core as training
 from stew.config import CMStEWConfig, TrainConfig
 from stew.data.dataset import UNLABELLED, Dataset
+from stew.data.formats.native import write_native
 from stew.data.io import load_dataset
-from stew.data.native import write_native
 from stew.data.preprocess import Standardizer
 from stew.data.splits import carve_validation
 from stew.deploy import export, load_model, predict_dataset
@@ -31,7 +31,7 @@ from stew.methods.cmstew import (
     prepare,
 )
 from stew.methods.cmstew import build as build_cmstew
-from stew.training import make_bundle, resolve, run
+from stew.train.core import make_bundle, resolve, run
 from tests.conftest import FAST, tiny_utterances
 from tests.test_cli import invoke, one_line_error
 

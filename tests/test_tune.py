@@ -21,7 +21,7 @@ import yaml
 
 from stew.config import TrainConfig
 from stew.errors import DataError
-from stew.tune import SPACES, apply_params, best_params, open_study, search_space, trial_base, tune
+from stew.experiments.tune import SPACES, apply_params, best_params, open_study, search_space, trial_base, tune
 from tests.conftest import FAST
 from tests.test_cli import invoke, one_line_error
 
@@ -171,7 +171,7 @@ def test_ablation_still_applies(frames_dir, tmp_path):
 
 
 def test_open_study_loads_when_another_worker_created_it(tmp_path, monkeypatch):
-    from stew.tune import open_storage
+    from stew.experiments.tune import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 's.sqlite'}")
     describe = {"method": "cmstew", "modality": "b"}
@@ -201,7 +201,7 @@ def test_best_params_errors(tmp_path):
 def test_stepped_float_params_come_back_clean():
     from optuna.distributions import FloatDistribution
 
-    from stew.tune import study_summary
+    from stew.experiments.tune import study_summary
 
     study = optuna.create_study(study_name="emb", direction="maximize")
     study.add_trial(optuna.trial.create_trial(
@@ -214,7 +214,7 @@ def test_open_storage_retries_when_another_worker_creates_the_tables(tmp_path, m
     """Two workers on an empty PostgreSQL database: the loser of CREATE TABLE gets a UniqueViolation."""
     import sqlalchemy.exc
 
-    from stew import tune as tune_mod
+    from stew.experiments import tune as tune_mod
 
     real, calls = optuna.storages.RDBStorage, []
 

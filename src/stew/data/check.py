@@ -28,8 +28,8 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stew import metrics
 from stew.data.dataset import SPLITS, Dataset
+from stew.scoring import metrics
 
 LEAK_HINT = "features may come from a model trained on these labels; validation carved from train will be optimistic"
 

@@ -55,9 +55,8 @@ import opensmile
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stew import progress
-from stew.atomic import check_output_file, check_output_folder
-from stew.data.audio import (
+from stew.data.dataset import Dataset, Sequence
+from stew.data.formats.audio import (
     LABELS,
     SILENCE_RMS,
     _audio_files,
@@ -66,9 +65,10 @@ from stew.data.audio import (
     read_audio,
     read_labels,
 )
-from stew.data.dataset import Dataset, Sequence
-from stew.data.native import write_native
+from stew.data.formats.native import write_native
 from stew.errors import DataError
+from stew.util import progress
+from stew.util.atomic import check_output_file, check_output_folder
 
 __all__ = ["SETS", "ExtractorSettings", "cache_key", "default_cache_dir", "extract_file", "extract_folder",
            "features_of_signal", "predict_audio"]
@@ -518,7 +518,7 @@ def _load_model_meta(model_dir: Path) -> dict:
 def _predict_waveforms(model_dir: Path, audio: Path, out_csv: Path | None) -> pd.DataFrame:
     """A raw-waveform model (ConflictNET): each file read as its training clips were (sample rate, clip
     length, RMS normalisation, from model.json), one prediction per file."""
-    from stew.data.audio import prepare_clip
+    from stew.data.formats.audio import prepare_clip
     from stew.deploy import predict_dataset
 
     meta = _load_model_meta(model_dir)

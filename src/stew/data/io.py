@@ -21,7 +21,7 @@ def load_dataset(path: str | Path, *, feature_set: str | None = None, fold: int 
 
     ``fold`` picks one of the five folds of a layout that has them (IEMOCAP AMH); elsewhere it is an error.
     """
-    from stew.data import audio, iemocap, mosi, native, recola
+    from stew.data.formats import audio, iemocap, mosi, native, recola
 
     root = Path(path)
     if not root.exists():

@@ -95,7 +95,7 @@ class ModelMeta(BaseModel):
         if self.inputs is not None and "+".join(self.inputs) != m:
             raise ValueError(f"inputs {self.inputs} do not make up modality {m!r}")
         if self.postprocess:
-            from stew.postprocess import Chain
+            from stew.scoring.postprocess import Chain
 
             if self.task != "regression" or not set(self.postprocess) <= set(self.targets):
                 raise ValueError(f"postprocess applies to regression targets only; got {sorted(self.postprocess)}")

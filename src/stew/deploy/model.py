@@ -19,7 +19,6 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from stew.atomic import atomic_dir, check_output_folder, follow_umask
 from stew.data.dataset import Dataset, Sequence
 from stew.data.preprocess import Standardizer, predict_windows, prepare
 from stew.deploy.meta import (
@@ -37,10 +36,11 @@ from stew.errors import DataError
 from stew.models.conflictnet import RawAudioModel, RawAudioSpec
 from stew.models.fused import FusedModel, FusedSpec
 from stew.models.student import SingleModalityModel, StudentSpec
+from stew.util.atomic import atomic_dir, check_output_folder, follow_umask
 
 if TYPE_CHECKING:
     from stew.config import TrainConfig
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 ExportFormat = Literal["onnx", "safetensors", "both"]
 

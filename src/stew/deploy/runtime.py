@@ -20,12 +20,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from stew.atomic import check_output_file, write_atomic
 from stew.data.dataset import Dataset, Sequence
 from stew.data.windows import Standardizer, eval_windows, unshift_predictions
 from stew.deploy.meta import META, ONNX, WEIGHTS, _first_line, _LabelScale, meta_dict, read_meta
 from stew.errors import DataError
 from stew.models.specs import FusedSpec, RawAudioSpec, StudentSpec
+from stew.util.atomic import check_output_file, write_atomic
 
 Engine = Literal["auto", "onnx", "torch"]
 # Evaluation windows per ONNX Runtime call: a 5-minute recording at 25 Hz is 100 windows of 3 s, one call.
@@ -271,7 +271,7 @@ def postprocess(meta: dict, preds: list[np.ndarray]) -> list[np.ndarray]:
     """The AVEC post-processing chain chosen on validation (``model.json`` ``postprocess``), if any."""
     if not meta["postprocess"]:
         return preds
-    from stew.postprocess import Chain, apply_chains
+    from stew.scoring.postprocess import Chain, apply_chains
 
     chains = {t: Chain.from_json(c) for t, c in meta["postprocess"].items()}
     return apply_chains(chains, preds, meta["targets"])

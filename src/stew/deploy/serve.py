@@ -165,7 +165,7 @@ class Service:
             path.write_bytes(body)
             try:
                 if ext.get("set") == "waveform":
-                    from stew.data.audio import prepare_clip, read_audio
+                    from stew.data.formats.audio import prepare_clip, read_audio
 
                     wave, n = prepare_clip(read_audio(path, int(ext["sample_rate"]))[0], ext.get("clip_samples"))
                     x, present = wave[:, None].astype(np.float32), np.arange(len(wave)) < n

@@ -15,7 +15,7 @@ from stew.errors import DataError
 if TYPE_CHECKING:
     from stew.config import TrainConfig
     from stew.methods.base import Method
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 
 def required_modalities(cfg: TrainConfig) -> list[str]:
@@ -57,7 +57,7 @@ def search_space(cfg: TrainConfig) -> list[TrainConfig]:
 def build_method(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Method:
     if cfg.method == "unimodal":
         from stew.methods.unimodal import Unimodal
-        from stew.training import student_spec
+        from stew.train.core import student_spec
 
         if cfg.ablation:
             raise DataError("--ablation applies to sew and cmstew only")

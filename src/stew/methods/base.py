@@ -20,7 +20,7 @@ from stew.models.student import SingleModalityModel
 from stew.objectives import ccc_loss, l2_penalty, masked_bce, masked_ce, masked_mse, pcc_loss
 
 if TYPE_CHECKING:
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 
 class Method(nn.Module):

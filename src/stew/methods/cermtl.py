@@ -29,7 +29,7 @@ from stew.models.student import SingleModalityModel, StudentSpec
 
 if TYPE_CHECKING:
     from stew.config import TrainConfig
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 
 class CERMTL(Method):

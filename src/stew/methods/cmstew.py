@@ -42,7 +42,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from stew import metrics, progress
 from stew.data.dataset import UNLABELLED
 from stew.data.preprocess import Standardizer, predict_windows
 from stew.data.splits import held_out_folds
@@ -53,11 +52,13 @@ from stew.models.decoders import BiGRUDecoder
 from stew.models.encoders import MLP
 from stew.models.student import SingleModalityModel, StudentSpec
 from stew.objectives import dcca_loss, masked_mae
+from stew.scoring import metrics
+from stew.util import progress
 
 if TYPE_CHECKING:
     from stew.config import TrainConfig
     from stew.data.dataset import Dataset
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 ABLATIONS = {"-LFA": {"alpha": 0.0}, "-Decoder": {"beta": 0.0}}
 
@@ -199,7 +200,7 @@ def teacher_dirs(cfg: TrainConfig, work: Path) -> dict[str, list[Path]]:
 
 def prepare(cfg: TrainConfig, ds: Dataset, work: Path) -> TrainConfig:
     """Stage 1: train the teacher(s) unless a finished unimodal run is given; cross-fitted with K folds."""
-    from stew.training import run
+    from stew.train.core import run
 
     c = cfg.cmstew
     if c.teacher_run is not None:
@@ -273,7 +274,7 @@ def search_space(cfg: TrainConfig) -> list[TrainConfig]:
 def attach_teacher_latents(cfg: TrainConfig, bundle: Bundle, work: Path) -> None:
     """Add ``teacher:<m>`` (m_ss, on the input time axis) to every training sequence, from the teacher
     that did not see its group. Each teacher reads its inputs with its own standardisation."""
-    from stew.training import EncoderOutputs
+    from stew.train.core import EncoderOutputs
 
     dirs = teacher_dirs(cfg, work)
     k = len(next(iter(dirs.values())))
@@ -299,7 +300,7 @@ def attach_teacher_latents(cfg: TrainConfig, bundle: Bundle, work: Path) -> None
 
 
 def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> CMStEW:
-    from stew.training import student_spec
+    from stew.train.core import student_spec
 
     c = cfg.cmstew
     assert c.alpha is not None and c.beta is not None
@@ -383,7 +384,8 @@ def guarded_run(cfg: TrainConfig, ds: Dataset, out: Path | None, t0: float) -> d
     below ``cmstew.guard_p``; the decision, the scores and the p-value are recorded. Each fold's CM-StEW
     run cross-fits its own teachers, so no teacher has seen the fold a student is scored on.
     """
-    from stew import training
+    from stew.train import core as training
+
 
     k = cfg.cmstew.guard_folds
     say = progress.sayer(cfg.progress)

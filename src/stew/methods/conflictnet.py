@@ -30,7 +30,7 @@ from stew.objectives import pcc_loss
 
 if TYPE_CHECKING:
     from stew.config import TrainConfig
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 ABLATIONS = ("paranet", "+ap", "+attn", "conflictnet", "+gap")
 DECAY = 0.6  # Keras's legacy per-update decay (spec §3.3)
@@ -57,7 +57,7 @@ class ConflictNetMethod(Method):
     @torch.no_grad()
     def after_fit(self, bundle: Bundle) -> None:
         """The spec's min-max rescaling (§0.7), fitted on validation predictions instead of test ones."""
-        from stew.training import predict_sequences
+        from stew.train.core import predict_sequences
 
         self.student.out_scale.fill_(1.0)
         self.student.out_shift.fill_(0.0)

@@ -39,7 +39,7 @@ from stew.objectives import crossmodal_triplet_loss, labels_to_classes, quantile
 
 if TYPE_CHECKING:
     from stew.config import EmoBedConfig, TrainConfig
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 # Which terms each mode switches on: (auxiliary prediction loss, triplet loss). The L2 penalty is in
 # every mode: the paper regularises all its networks with it (spec §1.4), not only full EmoBed's.
@@ -121,7 +121,7 @@ class EmoBed(Method):
 
 
 def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> EmoBed:
-    from stew.training import student_spec
+    from stew.train.core import student_spec
 
     e = cfg.emobed
     use_aux, use_triplet = MODES[cfg.method]

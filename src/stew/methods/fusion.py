@@ -32,7 +32,7 @@ from stew.models.fusion import FusionSpec
 
 if TYPE_CHECKING:
     from stew.config import TrainConfig
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 # Spec §4.2: the time-step Conv1d of the IEMOCAP inputs (audio 1000 -> 500 steps, video 32 -> 25),
 # whose lengths the AMH release fixes; a smaller (synthetic) release keeps the same ratios.

@@ -38,7 +38,7 @@ from stew.models.heads import HeadSpec
 from stew.models.student import SingleModalityModel, StudentSpec
 
 if TYPE_CHECKING:
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 DEFAULT_GRID = {
     "ridge": [10.0**e for e in range(-1, 6)],  # alpha

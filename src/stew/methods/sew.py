@@ -30,7 +30,7 @@ from stew.objectives import dcca_loss, masked_mse
 
 if TYPE_CHECKING:
     from stew.config import TrainConfig
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 ABLATIONS = {
     "-SD2": {"beta": 0.0}, "-CCA": {"gamma": 0.0}, "-SD1": {"alpha": 0.0}, "-(CCA&SD1)": {"alpha": 0.0, "gamma": 0.0},

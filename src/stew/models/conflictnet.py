@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from stew.models.specs import Ablation, ConflictNetSpec, RawAudioSpec  # noqa: F401 - re-exported (old import path)
+from stew.models.specs import Ablation, ConflictNetSpec, RawAudioSpec  # noqa: F401 - re-exported (old import path
 
 # Attention scores materialise a [B, T, T, units] tensor; above this many elements they are computed in
 # blocks of query rows, recomputed in backward (ParaNET+Attn at 832 steps and batch 32 would hold ~2.8 GB).

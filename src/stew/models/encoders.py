@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stew.models.specs import EncoderKind, EncoderSpec  # noqa: F401 - re-exported (old import path)
+from stew.models.specs import EncoderKind, EncoderSpec  # noqa: F401 - re-exported (old import path
 
 
 class BiGRU(nn.Module):

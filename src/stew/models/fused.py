@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from stew.models.fusion import FusionModel
-from stew.models.specs import FusedSpec, Impute  # noqa: F401 - re-exported (old import path)
+from stew.models.specs import FusedSpec, Impute  # noqa: F401 - re-exported (old import path
 from stew.models.student import activate
 
 

@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stew.models.encoders import BiGRU
-from stew.models.specs import FusionKind, FusionSpec  # noqa: F401 - re-exported (old import path)
+from stew.models.specs import FusionKind, FusionSpec  # noqa: F401 - re-exported (old import path
 
 
 def statistical_pooling(v: torch.Tensor) -> torch.Tensor:

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from stew import metrics
 from stew.config import first_error
 from stew.errors import DataError
-from stew.protocols import Column, MissingColumn, MissingTableSpec, Protocol, Row, TableSpec, fill_col
-from stew.store import RunStore
+from stew.experiments.protocols import Column, MissingColumn, MissingTableSpec, Protocol, Row, TableSpec, fill_col
+from stew.experiments.store import RunStore
+from stew.scoring import metrics
 
 
 def collect(store: RunStore) -> dict[str, dict[int, dict[str, Any]]]:
@@ -40,7 +40,7 @@ def collect(store: RunStore) -> dict[str, dict[int, dict[str, Any]]]:
                 if key in by_key:
                     out.setdefault(group, {})[int(seed)] = by_key[key]
         return out
-    from stew.reproduce import select
+    from stew.experiments.reproduce import select
 
     grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in by_key.values():

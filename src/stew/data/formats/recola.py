@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stew.atomic import atomic_dir
 from stew.data.dataset import Dataset, Sequence
 from stew.data.validate import check_dim, check_finite, check_labels, require_file
 from stew.errors import DataError
+from stew.util.atomic import atomic_dir
 
 FORMAT = "avec2016-recola"
 MODALITY_DIRS = {

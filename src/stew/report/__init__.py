@@ -40,11 +40,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from stew import results
-from stew.atomic import check_output_file, write_text_atomic
 from stew.errors import DataError
-from stew.protocols import Column, Protocol, available
-from stew.results import Cell, MissingTableResult, TableResult
+from stew.experiments import results
+from stew.experiments.protocols import Column, Protocol, available
+from stew.experiments.results import Cell, MissingTableResult, TableResult
+from stew.util.atomic import check_output_file, write_text_atomic
 
 Collected = dict[str, dict[int, dict[str, Any]]]  # group -> seed -> store row (results.collect)
 
@@ -618,7 +618,7 @@ def _group_split(rep: Report, group: str) -> str:
 def conflict_section(rep: Report, *, lime_samples: int = 300) -> str:
     """Per group, the §3.6 analysis plot of its first seed on the headline split, the category counts, and a
     LIME explanation of the full ConflictNET group's highest-predicted clip."""
-    from stew.explain import CATEGORIES, analysis_figure, run_predictions
+    from stew.eval.explain import CATEGORIES, analysis_figure, run_predictions
 
     labels = _group_labels(rep)
     figures, count_rows, notes = [], [], []
@@ -689,7 +689,7 @@ LIME_SEED = 0
 def _lime_html(rep: Report, labels: dict[str, str], group: str, seed: int, run_dir: Path, split: str,
                rows: pd.DataFrame, target: str, *, lime_samples: int) -> str:
     """LIME over the clip with the highest predicted ``target`` on ``split``, cached in RUN/explain-report/."""
-    from stew.explain import audio_file_for
+    from stew.eval.explain import audio_file_for
 
     i = int(rows[f"pred_{target}"].to_numpy(np.float64).argmax())
     seq = str(rows["sequence"].iloc[i])
@@ -753,7 +753,7 @@ def _cached_explanation(cache: Path, key: dict[str, Any]) -> tuple[dict[str, Any
 def _explain(run_dir: Path, audio: Path, cache: Path, key: dict[str, Any],
              lime_samples: int) -> tuple[tuple[dict[str, Any], bytes], str]:
     """Run explain_model into ``cache`` (or a temporary folder when the run folder is read-only)."""
-    from stew.explain import explain_model
+    from stew.eval.explain import explain_model
 
     def read(folder: Path) -> tuple[dict[str, Any], bytes]:
         return json.loads((folder / "explanation.json").read_text()), (folder / "explanation.png").read_bytes()

@@ -24,11 +24,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from stew import metrics
 from stew.config import TrainConfig
-from stew.progress import Runs
-from stew.rank import RankResult, rank_modalities, render_ranking
-from stew.training import public, run
+from stew.experiments.rank import RankResult, rank_modalities, render_ranking
+from stew.scoring import metrics
+from stew.train.core import public, run
+from stew.util.progress import Runs
 
 DEFAULT_GAP = {"ccc": 0.05, "ccc_mean": 0.05, "f1_weighted": 5.0, "acc": 5.0}
 

@@ -26,7 +26,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from stew import metrics, progress
 from stew.config import EMOBED_MODES, TrainConfig
 from stew.data.dataset import UNLABELLED, Dataset
 from stew.data.io import load_dataset
@@ -47,6 +46,8 @@ from stew.methods.base import Method
 from stew.models.encoders import EncoderSpec
 from stew.models.heads import HeadSpec
 from stew.models.student import StudentSpec, masked_mean
+from stew.scoring import metrics
+from stew.util import progress
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -672,7 +673,7 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> dict:
     chains = None
     if cfg.postprocess:
         # The AVEC chain is searched on validation only, then applied unchanged to test.
-        from stew.postprocess import apply_chains, fit_chains
+        from stew.scoring.postprocess import apply_chains, fit_chains
 
         cols = bundle.target_cols
         chains, report = fit_chains(

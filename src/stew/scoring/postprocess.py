@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from scipy.ndimage import median_filter
 
-from stew.metrics import ccc
+from stew.scoring.metrics import ccc
 
 __all__ = ["Chain", "apply_chains", "fit_chain", "fit_chains", "grid"]
 

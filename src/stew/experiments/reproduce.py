@@ -33,13 +33,13 @@ from typing import Any
 
 from rich.console import Console
 
-from stew.atomic import check_writable_parent
 from stew.config import TrainConfig
 from stew.errors import DataError
-from stew.progress import Runs
-from stew.protocols import Protocol
-from stew.store import RunStore, data_fingerprint, run_key
-from stew.tune import redact
+from stew.experiments.protocols import Protocol
+from stew.experiments.store import RunStore, data_fingerprint, run_key
+from stew.experiments.tune import redact
+from stew.util.atomic import check_writable_parent
+from stew.util.progress import Runs
 
 JOB_FILE = "stew-job.json"
 
@@ -93,7 +93,7 @@ class Plan:
         cfg = self.protocol.config(group, self.data, seed, self.out / "runs" / group / f"seed{seed}", self.overrides)
         params = self.tuned.get(group)
         if params:
-            from stew.tune import apply_params
+            from stew.experiments.tune import apply_params
 
             cfg = apply_params(cfg, params)
         return cfg
@@ -257,7 +257,7 @@ def execute(cfg_json: str, key: str, missing: tuple[str, ...] = ()) -> dict[str,
 
 
 def _train(cfg: TrainConfig, key: str) -> dict[str, Any]:
-    from stew.training import run
+    from stew.train.core import run
 
     out = Path(cfg.out)
     job_file = out / JOB_FILE
@@ -282,8 +282,8 @@ def _train(cfg: TrainConfig, key: str) -> dict[str, Any]:
 def missing_scores(cfg: TrainConfig, missing: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """entry -> the run's scores per modality subset (stew.missing), computed only where the run
     folder lacks that entry's ``missing-*.json`` (a resumed reproduce reads them back)."""
-    from stew.missing import evaluate_imputations, missing_file, read_missing
-    from stew.protocols import parse_imputation
+    from stew.eval.missing import evaluate_imputations, missing_file, read_missing
+    from stew.experiments.protocols import parse_imputation
 
     out = Path(cfg.out)
     found: dict[str, dict[str, Any]] = {}
@@ -482,9 +482,9 @@ def check_missing(protocol: Protocol, group: str, missing: list[str], cfg: Train
 
 def synthesize(protocol: Protocol, folder: Path, console: Console) -> Path:
     """The protocol's synthetic dataset, written once (atomically) and reused by later invocations."""
-    from stew.data.native import write_native
-    from stew.data.recola import write_recola_layout
-    from stew.data.synthetic import synth_mosi, synth_recola
+    from stew.data.formats.native import write_native
+    from stew.data.formats.recola import write_recola_layout
+    from stew.data.synth.affect import synth_mosi, synth_recola
 
     syn = protocol.synthetic
     if syn is None:
@@ -492,14 +492,14 @@ def synthesize(protocol: Protocol, folder: Path, console: Console) -> Path:
     if folder.is_dir() and any(folder.iterdir()):
         return folder
     if syn.kind == "conflict":
-        from stew.data.synthetic_conflict import write_synthetic_conflict
+        from stew.data.synth.conflict import write_synthetic_conflict
 
         write_synthetic_conflict(folder, clips=syn.clips, clip_s=syn.clip_s, seed=syn.seed)
         console.print(f"synthesised a conflict corpus ({syn.clips} clips of {syn.clip_s:g} s, seed {syn.seed}) "
                       f"-> {folder}")
         return folder
     if syn.kind == "iemocap":
-        from stew.data.synthetic_iemocap import write_synthetic_iemocap
+        from stew.data.synth.iemocap import write_synthetic_iemocap
 
         write_synthetic_iemocap(folder, utterances=syn.utterances, seed=syn.seed)
         console.print(f"synthesised IEMOCAP in the AMH fold layout ({syn.utterances} utterances, seed {syn.seed}) "
@@ -522,7 +522,7 @@ def check_data(protocol: Protocol, data: Path, only: list[str] | None = None) ->
 
     With folds, fold 1 stands for all of them (the folds of one release share modalities and targets).
     """
-    from stew.data.iemocap import is_iemocap
+    from stew.data.formats.iemocap import is_iemocap
     from stew.data.io import load_dataset
 
     if protocol.folds and not is_iemocap(Path(data)):  # the only layout with folds (load_dataset's fold)
@@ -551,7 +551,7 @@ def tuned_params(protocol: Protocol, storage: str | None) -> dict[str, dict[str,
     """Group -> best parameters of the study the group names (only with a storage URL)."""
     if storage is None:
         return {}
-    from stew.tune import best_params
+    from stew.experiments.tune import best_params
 
     out = {}
     for group, (overrides, spec) in protocol.expand_groups().items():

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from stew.atomic import write_text_atomic
 from stew.config import TrainConfig
 from stew.data.io import load_dataset
 from stew.data.splits import carve_validation
 from stew.deploy import load_model
 from stew.errors import DataError
+from stew.experiments.protocols import modality_subsets
 from stew.models.fused import FusedModel
-from stew.protocols import modality_subsets
+from stew.util.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from stew.data.dataset import Dataset
-    from stew.training import Bundle
+    from stew.train.core import Bundle
 
 
 def subsets(modalities: list[str]) -> list[tuple[str, ...]]:
@@ -54,7 +54,7 @@ def evaluate_imputations(
     None takes the model's own setting. Each result is written as its ``missing-*.json`` (and
     ``missing.json``, which ends as the last one's).
     """
-    from stew.training import make_bundle, resolve
+    from stew.train.core import make_bundle, resolve
 
     run_dir = Path(run_dir)
     record = _read_run(run_dir)
@@ -88,7 +88,7 @@ def evaluate_imputations(
 def score_subsets(model: FusedModel, bundle: Bundle) -> dict:
     """``{"a+b": {"val": metrics, "test": metrics}, ...}`` for every non-empty subset of the model's
     modalities present (the others absent, filled as ``model.spec.impute`` says)."""
-    from stew.training import predict_sequences, score
+    from stew.train.core import predict_sequences, score
 
     result: dict = {}
     mods = model.spec.modalities

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stew import progress
-from stew.atomic import write_atomic, write_text_atomic
 from stew.data.validate import require_file
 from stew.errors import DataError
+from stew.util import progress
+from stew.util.atomic import write_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -379,7 +379,7 @@ def analysis_run(run_dir: Path, out_dir: Path, split: str = "test", *, target: s
     :func:`analysis_plot`) and the sequence ids in each category (``clips``), e.g. to pick clips for LIME
     as the thesis did.
     """
-    from stew.atomic import check_output_folder
+    from stew.util.atomic import check_output_folder
 
     out_dir = Path(out_dir)
     check_output_folder(out_dir, replaceable={"analysis.png", "analysis.json"})
@@ -408,7 +408,7 @@ def audio_file_for(data_dir: Path, sequence: str) -> Path | None:
     """
     import pandas as pd
 
-    from stew.data.audio import AUDIO_SUFFIXES, LABELS, SSPNET_LABELS
+    from stew.data.formats.audio import AUDIO_SUFFIXES, LABELS, SSPNET_LABELS
 
     root = Path(data_dir)
     if (root / LABELS).is_file():
@@ -437,11 +437,11 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
     """
     import torch
 
-    from stew.atomic import check_output_folder
-    from stew.data.audio import prepare_clip, read_audio
+    from stew.data.formats.audio import prepare_clip, read_audio
     from stew.deploy import load_model
     from stew.errors import DataError
     from stew.models.conflictnet import RawAudioModel
+    from stew.util.atomic import check_output_folder
 
     check_output_folder(Path(out_dir), replaceable={"explanation.json", "explanation.png"})
     model, meta = load_model(Path(model_dir))

@@ -29,11 +29,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from stew import metrics
 from stew.config import TrainConfig
-from stew.data.native import is_native, write_native
-from stew.data.synthetic import synth_recola
-from stew.progress import Runs
+from stew.data.formats.native import is_native, write_native
+from stew.data.synth.affect import synth_recola
+from stew.scoring import metrics
+from stew.util.progress import Runs
 
 DATA = {"n_speakers": 12, "minutes": 2.0}  # 4 training, 4 validation and 4 test speakers
 SEEDS = [0, 1]
@@ -46,8 +46,8 @@ DEMO = {
 
 def run_demo(out: Path, seed: int, console: Console) -> None:
     from stew.deploy import export, predict_dataset
-    from stew.rank import rank_modalities, render_ranking
-    from stew.training import run
+    from stew.experiments.rank import rank_modalities, render_ranking
+    from stew.train.core import run
 
     t0 = time.time()
     data = out / "data"

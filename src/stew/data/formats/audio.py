@@ -52,10 +52,10 @@ import pandas as pd
 import soundfile as sf
 import soxr
 
-from stew import progress
 from stew.data.dataset import Dataset, Sequence
 from stew.data.validate import entry_exists, read_text, read_yaml, require_file
 from stew.errors import DataError
+from stew.util import progress
 
 __all__ = [
     "AUDIO_SUFFIXES", "LABELS", "SILENCE_RMS", "fit_length", "is_audio_folder", "is_sspnet", "labels_to_original",

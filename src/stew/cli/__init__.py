@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup, TyperOption
 
-from stew import progress
 from stew.errors import DataError
-from stew.tables import FormatConsole, TableFormat, WideConsole, console_for
+from stew.util import progress
+from stew.util.tables import FormatConsole, TableFormat, WideConsole, console_for
 
 _display_type_rich = TyperOption.display_type_rich
 
@@ -165,8 +165,8 @@ def data_synth(
     epoch of a unimodal model on it needs about 5 GB of memory; --speakers 9 --minutes 1 makes a small
     one (the demo's size).
     """
-    from stew.data.native import write_native
-    from stew.data.synthetic import RATE_HZ, synth_mosi, synth_recola
+    from stew.data.formats.native import write_native
+    from stew.data.synth.affect import RATE_HZ, synth_mosi, synth_recola
 
     # The generators' own checks raise ValueError (a library contract); here they are options, so the
     # same conditions are one-line errors, checked before anything is written.
@@ -178,13 +178,13 @@ def data_synth(
         raise DataError(f"--minutes {minutes:g} gives fewer than 2 frames at {RATE_HZ:g} Hz")
     _check_out_folder(out)
     if kind == Kind.conflict:
-        from stew.data.synthetic_conflict import write_synthetic_conflict
+        from stew.data.synth.conflict import write_synthetic_conflict
 
         write_synthetic_conflict(out, clips=clips, seed=seed, clip_s=clip_s)
         console.print(f"wrote a synthetic conflict corpus: {clips} clips of {clip_s:g} s at 8 kHz -> {out}")
         return
     if kind == Kind.iemocap:
-        from stew.data.synthetic_iemocap import write_synthetic_iemocap
+        from stew.data.synth.iemocap import write_synthetic_iemocap
 
         write_synthetic_iemocap(out, utterances=utterances, seed=seed, full_shapes=full_shapes)
         console.print(f"wrote synthetic IEMOCAP: {utterances} utterances, 5 folds (AMH layout) -> {out}")
@@ -290,7 +290,7 @@ def train(
     config: ConfigOpt = None,
 ) -> None:
     """Train one model; write RUN/metrics.json, RUN/predictions.csv and RUN/model/."""
-    from stew.training import run
+    from stew.train.core import run
 
     if resume and overwrite:
         raise DataError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
@@ -337,7 +337,7 @@ def evaluate(
     fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Re-score a run; with --missing, write RUN/missing.json and print the missing-modality table."""
-    from stew.missing import evaluate_missing, missing_table
+    from stew.eval.missing import evaluate_missing, missing_table
 
     if not missing:
         raise DataError("nothing to evaluate: give --missing (the only evaluation so far)")
@@ -400,7 +400,7 @@ def explain(
     split: Annotated[str, typer.Option(help="--analysis: the split to plot")] = "test",
 ) -> None:
     """Which 3 s segments of a clip drive the model's prediction (LIME); --analysis: a run's true vs predicted."""
-    from stew.explain import analysis_run, explain_model
+    from stew.eval.explain import analysis_run, explain_model
 
     if out is None:
         raise DataError("--out is required (the folder for the explanation)")
@@ -445,7 +445,7 @@ def rank(
     fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Train every modality's unimodal (or linear) model over seeds and print the ranking (validation decides)."""
-    from stew.rank import rank_modalities, render_ranking
+    from stew.experiments.rank import rank_modalities, render_ranking
 
     cfg = _train_config(config, data=data, method=method, arch=arch, target=target, max_epochs=max_epochs,
                         overwrite=overwrite or None)
@@ -477,7 +477,7 @@ def transfer_cmd(
     fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Rank the modalities, run every clear stronger-to-weaker pair, compare with the weaker unimodal."""
-    from stew.transfer import transfer
+    from stew.experiments.transfer import transfer
 
     if method != "cmstew":
         raise DataError("stew transfer supports --method cmstew")
@@ -598,7 +598,7 @@ def demo(
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1)] = 0,
 ) -> None:
     """Synthesise RECOLA-like data, rank the modalities, train the baselines (a few minutes on 2 cores)."""
-    from stew.demo import run_demo
+    from stew.experiments.demo import run_demo
 
     run_demo(out, seed, console)
 
@@ -648,7 +648,7 @@ def compare_cmd(
     fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Significance of A against B: run for run (Fisher r-to-z / two-proportion z) and over seeds (t-test)."""
-    from stew.compare import compare, render, write_json
+    from stew.eval.compare import compare, render, write_json
 
     runs_a, runs_b = _split_vs(runs)
     res = compare(runs_a, runs_b, split=split, metric=metric, tail=tail.value)
@@ -690,7 +690,7 @@ def reproduce_cmd(
     fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Run a whole paper table: every run over seeds, resumable; prints the tables (see stew report)."""
-    from stew.protocols import available, load_protocol
+    from stew.experiments.protocols import available, load_protocol
 
     if list_:
         for name in available():
@@ -701,8 +701,8 @@ def reproduce_cmd(
         raise DataError("give a protocol (stew reproduce --list shows them)")
     if out is None:
         raise DataError("--out is required (the output folder; re-run with the same --out to resume)")
-    from stew import results
-    from stew.reproduce import parse_overrides, reproduce, sigterm_as_interrupt
+    from stew.experiments import results
+    from stew.experiments.reproduce import parse_overrides, reproduce, sigterm_as_interrupt
 
     p = load_protocol(protocol)
     sigterm_as_interrupt()
@@ -758,8 +758,8 @@ def tune(
     """Search hyper-parameters on validation (Optuna TPE); write OUT/best.json."""
     import optuna
 
-    from stew.tune import render_summary
-    from stew.tune import tune as do_tune
+    from stew.experiments.tune import render_summary
+    from stew.experiments.tune import tune as do_tune
 
     if timeout is not None and not timeout > 0:
         raise DataError(f"--timeout must be a positive number of seconds, not {timeout:g}")

@@ -31,7 +31,7 @@ import soundfile as sf
 import yaml
 from scipy.signal import lfilter
 
-from stew.atomic import atomic_dir
+from stew.util.atomic import atomic_dir
 
 __all__ = [
     "CONFLICT_KINDS", "DEFAULT_CLIPS", "DISTRACTOR_KINDS", "GENERATOR_VERSION", "Clip", "synth_conflict_clip",

@@ -12,12 +12,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from stew import metrics
 from stew.config import TrainConfig
 from stew.data.io import load_dataset
 from stew.errors import DataError
-from stew.progress import Runs
-from stew.training import run
+from stew.scoring import metrics
+from stew.train.core import run
+from stew.util.progress import Runs
 
 
 @dataclass

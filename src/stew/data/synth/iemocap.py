@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-from stew.atomic import atomic_dir
-from stew.data.iemocap import CLASS_COUNTS, CLASSES, EMBEDDING, N_FOLDS, array_path, fold_name
+from stew.data.formats.iemocap import CLASS_COUNTS, CLASSES, EMBEDDING, N_FOLDS, array_path, fold_name
+from stew.util.atomic import atomic_dir
 
 __all__ = ["FULL", "MIN_UTTERANCES", "SMALL", "Shapes", "class_counts", "write_synthetic_iemocap"]
 

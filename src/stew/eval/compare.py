@@ -29,9 +29,9 @@ from typing import Any, cast
 from rich.console import Console
 from rich.table import Table
 
-from stew import metrics
-from stew.atomic import write_text_atomic
 from stew.errors import DataError
+from stew.scoring import metrics
+from stew.util.atomic import write_text_atomic
 
 TAILS = ("two", "greater", "less", "one")
 ALPHA = 0.05  # significance level of every row's direction (the papers' threshold)

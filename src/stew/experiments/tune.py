@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from stew.atomic import check_writable_parent, write_text_atomic
 from stew.config import TrainConfig, first_error
 from stew.errors import DataError
+from stew.util.atomic import check_writable_parent, write_text_atomic
 
 if TYPE_CHECKING:
     import optuna
@@ -212,7 +212,7 @@ def _readonly_sqlite(url: str) -> str:
     """
     from sqlalchemy.engine import make_url
 
-    from stew.store import readonly_uri
+    from stew.experiments.store import readonly_uri
 
     u = make_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.query.get("uri"):
@@ -347,8 +347,8 @@ def worker_id() -> str:
 def _check(cfg: TrainConfig, ds: Dataset) -> str:
     """Resolve the configuration against the data before any trial runs; return the selection key."""
     from stew.methods import required_modalities
-    from stew.metrics import selection_metric
-    from stew.training import fuse_inputs, resolve, target_names
+    from stew.scoring.metrics import selection_metric
+    from stew.train.core import fuse_inputs, resolve, target_names
 
     c, d = fuse_inputs(cfg, ds)
     c = resolve(c, d)
@@ -389,7 +389,7 @@ def tune(
     Trial N trains ``run(cfg + its parameters)`` into ``out/trials/<study>/trial<N>``.
     """
     from stew.data.io import load_dataset
-    from stew.training import run
+    from stew.train.core import run
 
     if not _STUDY_NAME.match(study):
         raise DataError(f"--study {study!r}: use letters, digits, '.', '_' and '-' (it names a folder)")

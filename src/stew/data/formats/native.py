@@ -46,10 +46,10 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stew.atomic import atomic_dir
 from stew.data.dataset import SPLITS, Dataset, Sequence
 from stew.data.validate import check_dim, check_finite, check_labels, check_unique, read_yaml, require_file
 from stew.errors import DataError
+from stew.util.atomic import atomic_dir
 
 MANIFEST = "manifest.yaml"
 FORMAT_VERSION = 1
