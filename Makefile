@@ -10,7 +10,9 @@ BIN    := $(VENV)/bin
 demo: install
 	$(BIN)/stew demo
 
+# The layer contracts first (seconds): an import that breaks them fails the tests.
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -n 2 -p no:cacheprovider
 
 install: $(VENV)/.installed
@@ -30,6 +32,7 @@ serve-venv: pyproject.toml requirements.lock requirements-serve.txt
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 bench: install
 	$(BIN)/python benchmarks/bench_dcca.py

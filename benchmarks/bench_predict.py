@@ -36,7 +36,7 @@ from stew.config import TrainConfig
 from stew.data.formats.native import write_native
 from stew.data.synth.affect import synth_recola
 from stew.deploy import OnnxModel, export, load_model, predict_dataset
-from stew.train.core import run
+from stew.training.run import run
 
 
 def main() -> None:

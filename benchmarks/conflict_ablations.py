@@ -33,7 +33,7 @@ def _one(raw: dict) -> dict:
     import torch
 
     from stew.config import TrainConfig
-    from stew.train.core import run
+    from stew.training.run import run
 
     torch.set_num_threads(raw.pop("_threads"))
     cfg = TrainConfig.model_validate(raw)

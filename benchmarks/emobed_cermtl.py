@@ -81,7 +81,7 @@ def jobs(part: str, data: Path, out: Path) -> list[dict]:
 
 def run_job(cfg: dict) -> tuple[str, float]:
     from stew.config import TrainConfig
-    from stew.train.core import run
+    from stew.training.run import run
 
     t0 = time.time()
     run(TrainConfig.model_validate(cfg))

@@ -32,7 +32,7 @@ from stew.scoring import metrics
 def _member(job: tuple[str, int, int, int, int, str, str]) -> str:
     from stew.data.io import load_dataset
     from stew.data.splits import grouped_folds, held_out_folds
-    from stew.train.core import run
+    from stew.training.run import run
 
     weak, seed, fold, member, k, data, out = job
     if not (Path(out) / "metrics.json").is_file():

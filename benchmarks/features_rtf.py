@@ -34,7 +34,8 @@ import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from stew.data import features as F  # noqa: E402
-from stew.data.features import ExtractorSettings, extract_file, extract_folder, predict_audio  # noqa: E402
+from stew.data.features import ExtractorSettings, extract_file, extract_folder  # noqa: E402
+from stew.deploy.audio import predict_audio  # noqa: E402
 
 SR = 16000
 
@@ -75,7 +76,7 @@ def fresh(code: str) -> float:
 def train_tiny_model(tmp: Path) -> Path:
     """A small eGeMAPS model (6 labelled 12 s clips, 2 epochs): only its input pipeline matters here."""
     from stew.config import TrainConfig
-    from stew.train.core import run
+    from stew.training.run import run
 
     root = tmp / "train-clips"
     root.mkdir()
@@ -151,7 +152,7 @@ def main() -> None:
         add("predict_audio egemaps model, in process", wall_p, seconds, cpu_p)
         cold_x = min(fresh(f"from stew.data.features import ExtractorSettings as S, extract_file as e; "
                            f"e({str(long)!r}, S(set='egemaps'))") for _ in range(args.repeats))
-        cold_p = min(fresh(f"from stew.data.features import predict_audio as p; "
+        cold_p = min(fresh(f"from stew.deploy.audio import predict_audio as p; "
                            f"p({str(model)!r}, {str(long)!r}, {str(tmp / 'q.csv')!r}, cache=False, progress=False)")
                      for _ in range(args.repeats))
         add("fresh process: extract_file egemaps", cold_x, seconds)

@@ -63,7 +63,7 @@ def _one(job: tuple[str, dict, int, int, int]) -> dict:
     from stew.config import TrainConfig
     from stew.data.io import load_dataset
     from stew.eval.missing import score_subsets, write_missing
-    from stew.train.core import run
+    from stew.training.run import run
 
     raw, fold, k = job[1], job[2], job[3]
     cfg = TrainConfig.model_validate(raw)
@@ -74,7 +74,7 @@ def _one(job: tuple[str, dict, int, int, int]) -> dict:
     ds = held_out_folds(load_dataset(cfg.data), k)[fold]
     r = run(cfg, ds)
     record = {"test": r["test"], "val": r["val"], "wall_s": r["wall_s"], "missing": {}}
-    model, bundle = r["_method"].student, r["_bundle"]
+    model, bundle = r.model.student, r.bundle
     if len(model.spec.modalities) == 3:
         imputations = [("zero", None)] + ([("knn", k) for k in KNN] if model.spec.bank_size else [])
         for impute, kk in imputations:

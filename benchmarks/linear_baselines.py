@@ -46,7 +46,7 @@ def held_out_folds(ds: Dataset, k: int) -> list[Dataset]:
 
 def _one(job: tuple[dict, int, int]) -> dict:
     """Train fold ``fold`` of ``k`` with one config in a worker, or read its finished metrics.json back."""
-    from stew.train.core import run
+    from stew.training.run import run
 
     raw, fold, k = job
     cfg = TrainConfig.model_validate(raw)
@@ -109,7 +109,7 @@ def mosi(args: argparse.Namespace) -> None:
 def recola(args: argparse.Namespace) -> None:
     from stew.data.formats.native import write_native
     from stew.data.synth.affect import synth_recola
-    from stew.train.core import run
+    from stew.training.run import run
 
     data = args.out / "data"
     if not (data / "manifest.yaml").is_file():

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from stew.config import TrainConfig
-from stew.train.core import run
+from stew.training.run import run
 
 SETTINGS = {"arch": "mlp", "d_model": 32, "clf_hidden": 64, "lr": 2e-3, "max_epochs": 2, "patience": 2,
             "label_delay_s": 2.4, "threads": 1, "progress": False, "overwrite": True}

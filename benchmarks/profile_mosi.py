@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from stew.config import TrainConfig, load_config
-from stew.train import core as training
+from stew.training import loop
+from stew.training import run as training
 
 
 def config(name: str, seed: int, out: Path, base: Path) -> TrainConfig:
@@ -48,7 +49,7 @@ def main() -> None:
     a = ap.parse_args()
 
     fit_s: list[float] = []
-    real_fit = training.fit
+    real_fit = loop.fit
 
     def timed_fit(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         t = time.perf_counter()
@@ -57,7 +58,7 @@ def main() -> None:
         finally:
             fit_s.append(time.perf_counter() - t)
 
-    training.fit = timed_fit  # type: ignore[assignment]
+    training.fit = timed_fit  # type: ignore[assignment]  # run.py's name for the loop's fit
     for name in a.runs.split(","):
         cfg = config(name, a.seed, a.out, a.config)
         fit_s.clear()

@@ -118,7 +118,7 @@ RECOLA_BASE = {"d_model": 32, "clf_hidden": 64, "lr": 0.002, "max_epochs": 8, "p
 def _one_recola(job: tuple[str, str, int, str, str]) -> dict:
     from stew.config import TrainConfig
     from stew.data.io import load_dataset
-    from stew.train.core import run
+    from stew.training.run import run
 
     name, target, seed, data, out = job
     weak, strong = RECOLA_PAIRS[target]
@@ -153,7 +153,7 @@ def _one(job: tuple[str, str, int, int, str, str]) -> dict:
     from stew.data.dataset import UNLABELLED
     from stew.data.io import load_dataset
     from stew.data.splits import carve_validation
-    from stew.train.core import run
+    from stew.training.run import run
 
     name, weak, seed, fold, data, out = job
     done = Path(out) / "metrics.json"

@@ -12,17 +12,14 @@ import pytest
 import soundfile as sf
 
 from stew.data.formats.audio import (
-    fit_length,
     is_audio_folder,
     is_sspnet,
     labels_to_original,
-    prepare_clip,
-    read_audio,
     read_audio_folder,
     read_labels,
     read_sspnet,
-    rms_normalise,
 )
+from stew.data.formats.waveform import fit_length, prepare_clip, read_audio, rms_normalise
 from stew.data.splits import carve_validation
 from stew.data.synth.conflict import CONFLICT_KINDS, DISTRACTOR_KINDS, write_synthetic_conflict
 from stew.errors import DataError

@@ -321,14 +321,14 @@ def test_cli_bad_option(tmp_path: Path, args: list[str], match: str) -> None:
 def test_cmstew_equal_teacher_fails_before_stage_one(utt_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Even past the config check (a TrainConfig built without validation), the run stops before CM-StEW's
     stage 1 trains a teacher."""
-    import stew.methods as methods
     from stew.config import TrainConfig
-    from stew.train.core import run
+    from stew.training import stages
+    from stew.training.run import run
 
     def no_stage_one(*a, **k):
         raise AssertionError("stage 1 started")
 
-    monkeypatch.setattr(methods, "prepare", no_stage_one)
+    monkeypatch.setattr(stages, "train_teachers", no_stage_one)
     cfg = TrainConfig.model_construct(**{**TrainConfig(data=utt_dir).model_dump(), **FAST, "method": "cmstew",
                                          "modality": "audio", "teacher": "audio", "out": tmp_path / "run"})
     with pytest.raises(DataError, match="must differ"):

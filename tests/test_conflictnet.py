@@ -11,7 +11,7 @@ from stew.deploy import load_model, predict_dataset
 from stew.errors import DataError
 from stew.methods.conflictnet import DECAY, ConflictNetMethod
 from stew.models.conflictnet import ConflictNetSpec, RawAudioSpec
-from stew.train.core import run
+from stew.training.run import run
 from tests.conftest import tiny_clips, tiny_waves
 
 FAST = {"max_epochs": 2, "batch_size": 6, "progress": False}

@@ -23,7 +23,8 @@ from stew.methods.emobed import EmoBed
 from stew.models.encoders import EncoderSpec, FeatureImageCNN
 from stew.objectives import crossmodal_triplet_loss, l2_penalty
 from stew.scoring import metrics
-from stew.train.core import fuse_inputs, run
+from stew.training.resolve import fuse_inputs
+from stew.training.run import run
 from tests.conftest import FAST, tiny_frames, tiny_utterances
 
 EMO = {"emobed": {"units": 8}}
@@ -115,7 +116,7 @@ def _cermtl_batch(cfg: TrainConfig, ds: Dataset):
     """A resolved config, its bundle and a training batch (with the feature images' context)."""
     from stew.data.preprocess import context_of
     from stew.methods import build_method, required_modalities
-    from stew.train.core import make_bundle, resolve
+    from stew.training.resolve import make_bundle, resolve
 
     cfg = resolve(cfg, ds)
     bundle = make_bundle(cfg, ds, required_modalities(cfg))
@@ -141,8 +142,8 @@ def test_cermtl_multitask_keys_weights_and_export(tmp_path):
     assert r["config"]["loss"] == "ccc"  # CER-MTL's default loss
     assert r["method"]["task_weights"] == [0.5, 0.5]
     # The trained multi-task objective is the uniform mean of the two tasks' 1 - CCC (spec §2.3-2.4).
-    method = r["_method"].eval()
-    wds = WindowDataset.for_training(r["_bundle"].train, r["_bundle"].win, r["_bundle"].hop, method.student.context)
+    method = r.model.eval()
+    wds = WindowDataset.for_training(r.bundle.train, r.bundle.win, r.bundle.hop, method.student.context)
     batch = wds.collate(wds.spans[:8])
     loss, parts = method.training_loss(batch)
     ref = _reference_task_losses(method, batch, "ccc")
@@ -229,7 +230,7 @@ def test_emobed_modes_switch_the_right_terms(method, alpha, beta, l2, tmp_path):
 
 @pytest.mark.parametrize("method,lr", [("emobed", 1e-3), ("triplet", 1e-3), ("cermtl", 5e-5), ("unimodal", 1e-5)])
 def test_paper_learning_rates_are_the_defaults(method, lr):
-    from stew.train.core import resolve
+    from stew.training.resolve import resolve
 
     teacher = "a" if method in ("emobed", "triplet") else None
     assert resolve(TrainConfig(data="x", method=method, modality="b", teacher=teacher), tiny_frames()).lr == lr
@@ -242,7 +243,7 @@ def test_emobed_paper_defaults_unpaired_batches_and_l2_in_every_network(method):
     every trainable parameter's gradient."""
     from stew.config import EmoBedConfig
     from stew.methods import build_method, required_modalities
-    from stew.train.core import make_bundle, resolve
+    from stew.training.resolve import make_bundle, resolve
 
     assert EmoBedConfig().pairing == "unpaired" and EmoBedConfig().l2 == 1e-4
     ds = tiny_frames()
@@ -276,7 +277,7 @@ def test_emobed_paper_defaults_unpaired_batches_and_l2_in_every_network(method):
 
 def test_cermtl_has_no_label_delay_by_default():
     """CER-MTL's paper shifts no labels: it does not inherit CM-StEW's 2.8 s (an explicit value still wins)."""
-    from stew.train.core import make_bundle, resolve
+    from stew.training.resolve import make_bundle, resolve
 
     ds = tiny_frames()
     cfg = resolve(TrainConfig(data="x", **CER, modality="a"), ds)
@@ -299,7 +300,7 @@ def test_emobed_keeps_only_the_target_path(tmp_path):
 def test_emobed_with_the_auxiliary_terms_off_is_the_classic_monomodal_system():
     """alpha = beta = 0: the same network and the same loss as ``--method unimodal --arch gru`` (spec §1.1)."""
     from stew.methods import build_method, required_modalities
-    from stew.train.core import make_bundle, resolve
+    from stew.training.resolve import make_bundle, resolve
 
     ds = tiny_frames()
     off = {"emobed": {"units": 8, "alpha": 0.0, "beta": 0.0}}
@@ -331,7 +332,7 @@ def test_emobed_binary_triplet_uses_class_labels(monkeypatch):
     (sign, 0 and 1 both >= 0) would put every step in one class: no anchor has a negative, so the triplet
     term would be an exact 0 and the method would silently be the classic system."""
     from stew.methods import build_method, emobed, required_modalities
-    from stew.train.core import make_bundle, resolve
+    from stew.training.resolve import make_bundle, resolve
 
     seen = []
 
@@ -382,7 +383,7 @@ def test_unpaired_batches_draw_auxiliary_windows_independently():
     cfg = TrainConfig(data="x", **FAST, emobed={"units": 8, "pairing": "unpaired"}, method="emobed",
                       modality="b", teacher="a")
     from stew.methods import build_method, required_modalities
-    from stew.train.core import make_bundle, resolve
+    from stew.training.resolve import make_bundle, resolve
 
     cfg = resolve(cfg, ds)
     bundle = make_bundle(cfg, ds, required_modalities(cfg))

@@ -21,9 +21,9 @@ from stew.data.features import (
     default_cache_dir,
     extract_file,
     extract_folder,
-    predict_audio,
 )
 from stew.data.io import load_dataset
+from stew.deploy.audio import predict_audio
 from stew.errors import DataError
 
 SR = 16000
@@ -318,7 +318,7 @@ def test_an_unusable_output_is_refused_before_extraction(tmp_path: Path, counted
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny model trained on extracted eGeMAPS functionals: (audio folder, model folder)."""
-    from stew.train.core import run
+    from stew.training.run import run
 
     tmp = tmp_path_factory.mktemp("predict")
     root = write_folder(tmp / "clips", n=9, seconds=3.0)

@@ -12,12 +12,14 @@ import torch
 import yaml
 
 from stew.config import TrainConfig
+from stew.data.dataset import modality_subsets as subsets
 from stew.data.formats.native import write_native
 from stew.data.preprocess import WindowDataset
 from stew.deploy import load_model, predict_dataset
-from stew.eval.missing import evaluate_missing, subsets
+from stew.eval.missing import evaluate_missing
 from stew.methods.fusion import ModDropWindows, fusion_pairs, training_vectors
-from stew.train.core import make_bundle, resolve, run
+from stew.training.resolve import make_bundle, resolve
+from stew.training.run import run
 from tests.conftest import FAST, tiny_clips, tiny_utterances
 from tests.test_cli import invoke, one_line_error
 

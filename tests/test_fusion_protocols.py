@@ -85,7 +85,7 @@ def test_bad_fusion_protocols_fail_with_one_message(mutate, message):
 def test_shipped_fusion_protocols_build_every_group(tmp_path):
     from stew.data.io import load_dataset
     from stew.methods import build_method
-    from stew.train.core import make_bundle, resolve
+    from stew.training.resolve import make_bundle, resolve
 
     iem = load_protocol("iemocap-fusion")
     assert (iem.folds, iem.seeds, len(iem.group_names()), len(iem.run_seeds())) == (5, 10, 28, 50)

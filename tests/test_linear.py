@@ -16,7 +16,7 @@ from stew.config import TrainConfig
 from stew.data.dataset import Dataset, Sequence
 from stew.data.formats.native import write_native
 from stew.deploy import export, predict_dataset
-from stew.train.core import run
+from stew.training.run import run
 from tests.conftest import tiny_frames, tiny_utterances
 
 RATE = 25.0
@@ -72,7 +72,7 @@ def test_search_covers_the_grid_and_keeps_its_best() -> None:
 def test_weights_are_sklearns_ridge_on_present_steps() -> None:
     ds = tiny_frames()
     r = run(cfg(modality="b", linear={"grid": [3.0], "offsets_s": [0.0]}), ds)
-    bundle, student = r["_bundle"], r["_method"].student
+    bundle, student = r.bundle, r.model.student
     x = np.concatenate([s.x["b"].numpy()[s.present["b"].numpy()] for s in bundle.train])
     y = np.concatenate([s.source.targets[s.present["b"].numpy()] for s in bundle.train])
     ref = Ridge(alpha=3.0).fit(x, y)
@@ -85,12 +85,12 @@ def test_weights_are_sklearns_ridge_on_present_steps() -> None:
 def test_logistic_regression_with_balanced_classes_matches_sklearn() -> None:
     r = run(cfg(modality="audio", val_groups=4, linear={"grid": [0.5]}), tiny_utterances())
     assert r["method"]["estimator"] == "logistic" and r["method"]["class_weight"] == "balanced"
-    bundle = r["_bundle"]
+    bundle = r.bundle
     x = np.concatenate([s.x["audio"].numpy() for s in bundle.train])
     y = np.concatenate([s.source.targets[:, 0] for s in bundle.train]).astype(int)
     ref = LogisticRegression(C=0.5, class_weight="balanced", max_iter=5000).fit(x, y)
     xt = np.concatenate([s.x["audio"].numpy() for s in bundle.test])
-    frames = r["_frames"][1]  # test
+    frames = r.frames[1]  # test
     np.testing.assert_allclose(frames["prob"].to_numpy(), ref.predict_proba(xt)[:, 1], atol=1e-5)
     unweighted = run(cfg(modality="audio", val_groups=4, linear={"grid": [0.5], "class_weight": "none"}),
                      tiny_utterances())
@@ -110,12 +110,12 @@ def test_multiclass_softmax_equals_predict_proba() -> None:
                              targets=y[:, None].astype(np.float32), step_ids=[f"{sid}_{k}" for k in range(n)]))
     ds = Dataset(name="mc", task="multiclass", targets=["emotion"], modalities={"m": 3}, sequences=seqs, n_classes=3)
     r = run(cfg(modality="m", val_groups=4, linear={"grid": [1.0]}), ds)
-    bundle = r["_bundle"]
+    bundle = r.bundle
     x = np.concatenate([s.x["m"].numpy() for s in bundle.train])
     y = np.concatenate([s.source.targets[:, 0] for s in bundle.train]).astype(int)
     ref = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(x, y)
     xt = np.concatenate([s.x["m"].numpy() for s in bundle.test])
-    probs = r["_frames"][1][[f"prob_{c}" for c in range(3)]].to_numpy()
+    probs = r.frames[1][[f"prob_{c}" for c in range(3)]].to_numpy()
     np.testing.assert_allclose(probs, ref.predict_proba(xt), atol=1e-5)
     assert r["test"]["acc"] > 70
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stew.config import TrainConfig
-from stew.train.core import run
+from stew.training.run import run
 from stew.util.progress import clock
 from tests.conftest import FAST, tiny_frames
 

@@ -23,6 +23,7 @@ from stew.errors import DataError
 from stew.experiments import results
 from stew.experiments.protocols import load_protocol
 from stew.experiments.reproduce import reproduce
+from stew.report import document, projections, runs
 from tests.conftest import FAST, tiny_frames, tiny_utterances
 from tests.test_cli import one_line_error
 
@@ -173,34 +174,34 @@ def test_linear_cka_properties():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6))
     q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
-    assert report.linear_cka(x, x @ q) == pytest.approx(1.0, abs=1e-10)  # rotation
-    assert report.linear_cka(x, 3.7 * x + 5.0) == pytest.approx(1.0, abs=1e-10)  # isotropic scaling, shift
+    assert projections.linear_cka(x, x @ q) == pytest.approx(1.0, abs=1e-10)  # rotation
+    assert projections.linear_cka(x, 3.7 * x + 5.0) == pytest.approx(1.0, abs=1e-10)  # isotropic scaling, shift
     y = rng.normal(size=(500, 4))
-    assert report.linear_cka(x, y) == pytest.approx(report.linear_cka(y, x))  # symmetric, any widths
-    assert 0.0 <= report.linear_cka(x, y) < 0.1  # unrelated
-    assert report.linear_cka(x, np.c_[x[:, :3], y[:, :2]]) > report.linear_cka(x, y)  # partly shared
+    assert projections.linear_cka(x, y) == pytest.approx(projections.linear_cka(y, x))  # symmetric, any widths
+    assert 0.0 <= projections.linear_cka(x, y) < 0.1  # unrelated
+    assert projections.linear_cka(x, np.c_[x[:, :3], y[:, :2]]) > projections.linear_cka(x, y)  # partly shared
     # Not invariant to anisotropic scaling (what separates it from CCA).
-    assert report.linear_cka(x, x * np.array([10.0, 1, 1, 1, 1, 0.1])) < 1 - 1e-3
+    assert projections.linear_cka(x, x * np.array([10.0, 1, 1, 1, 1, 0.1])) < 1 - 1e-3
     with pytest.raises(ValueError):
-        report.linear_cka(x, y[:10])
+        projections.linear_cka(x, y[:10])
 
 
 def test_pair_latents_intersects_steps():
     a = {"latent": np.arange(8.0).reshape(4, 2), "sequence": np.array([0, 0, 1, 1]), "step": np.array([0, 1, 0, 5])}
     b = {"latent": 10 + np.arange(6.0).reshape(3, 2), "sequence": np.array([1, 0, 2]), "step": np.array([5, 1, 0])}
-    xa, xb = report.pair_latents(a, b)
+    xa, xb = projections.pair_latents(a, b)
     assert xa.tolist() == [[2, 3], [6, 7]] and xb.tolist() == [[12, 13], [10, 11]]
-    same, also = report.pair_latents(a, a)
+    same, also = projections.pair_latents(a, a)
     assert same is a["latent"] and also is a["latent"]
 
 
 def test_projections_are_2d_and_deterministic():
     x = np.random.default_rng(1).normal(size=(60, 5))
-    z = report.pca_2d(x)
-    assert z.shape == (60, 2) and np.allclose(z, report.pca_2d(x))
+    z = projections.pca_2d(x)
+    assert z.shape == (60, 2) and np.allclose(z, projections.pca_2d(x))
     assert np.var(z[:, 0]) >= np.var(z[:, 1])
-    assert report.pca_2d(x, x[:7]).shape == (7, 2)
-    assert report.tsne_2d(x).shape == (60, 2)
+    assert projections.pca_2d(x, x[:7]).shape == (7, 2)
+    assert projections.tsne_2d(x).shape == (60, 2)
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -344,7 +345,7 @@ def test_not_a_reproduce_folder(tmp_path):
     one_line_error(runner.invoke(app, ["report", str(tmp_path)]))
     assert not (tmp_path / "r.html").exists()
     with pytest.raises(DataError):
-        report.load_report(tmp_path / "nope")
+        runs.load_report(tmp_path / "nope")
 
 
 def test_written_atomically(frames_out, tmp_path, monkeypatch):
@@ -354,7 +355,7 @@ def test_written_atomically(frames_out, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("halfway")
 
-    monkeypatch.setattr(report, "build_html", boom)
+    monkeypatch.setattr(document, "build_html", boom)
     with pytest.raises(RuntimeError):
         report.write_report(frames_out, dest)
     assert dest.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.html"]

@@ -12,7 +12,8 @@ import pytest
 
 from stew.errors import DataError
 from stew.eval.explain import CATEGORIES, analysis_run
-from stew.report import LIME_CACHE, write_report
+from stew.report import write_report
+from stew.report.lime import LIME_CACHE
 from tests.test_cli import invoke
 
 GROUPS = ("conflictnet-+ap", "conflictnet-conflictnet")

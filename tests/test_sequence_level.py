@@ -13,7 +13,7 @@ from stew.data.formats.native import read_native, write_native
 from stew.data.preprocess import Standardizer, WindowDataset, prepare
 from stew.deploy import predict_dataset
 from stew.errors import DataError
-from stew.train.core import run
+from stew.training.run import run
 from tests.conftest import FAST, tiny_clips, tiny_frames
 
 

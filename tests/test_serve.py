@@ -274,7 +274,7 @@ def audio_models(tmp_path_factory) -> dict[str, Path]:
 def test_audio_upload_equals_stew_predict_audio(audio_models, tmp_path):
     """An uploaded file gives what `stew predict --audio` gives on it: the raw waveform read as the model's
     clips were, or its openSMILE features."""
-    from stew.data.features import predict_audio
+    from stew.deploy.audio import predict_audio
 
     settings = ServeSettings()
     with TestClient(create_app(audio_models, settings), raise_server_exceptions=False) as client:

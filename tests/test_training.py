@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from stew.config import TrainConfig
 from stew.data.formats.native import read_native, write_native
-from stew.train.core import run
+from stew.training.run import run
 from tests.conftest import FAST, tiny_frames
 
 
@@ -46,7 +46,8 @@ def test_every_arch_trains(frames_dir, tmp_path, arch):
 
     from stew.data.splits import carve_validation
     from stew.methods import build_method, required_modalities
-    from stew.train.core import make_bundle, predict_sequences, resolve, score
+    from stew.training.evaluate import predict_sequences, score
+    from stew.training.resolve import make_bundle, resolve
 
     easy = {"modality": "a", "arch": arch, "max_epochs": 8, "patience": 8, "label_delay_s": 0.0,
             "emobed": {"units": 8}}
@@ -75,8 +76,8 @@ def test_deterministic_for_a_seed(utt_dir):
     a = run(cfg(utt_dir, modality="audio", seed=1))
     b = run(cfg(utt_dir, modality="audio", seed=1))
     assert a["val"] == b["val"] and a["test"] == b["test"]
-    for k, v in a["_method"].state_dict().items():
-        assert np.array_equal(v.numpy(), b["_method"].state_dict()[k].numpy())
+    for k, v in a.model.state_dict().items():
+        assert np.array_equal(v.numpy(), b.model.state_dict()[k].numpy())
 
 
 def test_test_labels_never_influence_training_or_selection(tmp_path):
@@ -102,8 +103,7 @@ def test_resume_continues_from_last_checkpoint(frames_dir, tmp_path):
 
 
 def test_a_run_killed_mid_training_resumes_from_its_periodic_checkpoint(frames_dir, tmp_path, monkeypatch):
-    from stew.train import core as training
-
+    from stew.training import loop as training
 
     monkeypatch.setattr(training, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
     original = training.StewModule.on_train_epoch_end

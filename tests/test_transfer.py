@@ -10,14 +10,16 @@ from stew.config import CMStEWConfig, TrainConfig
 from stew.data.splits import carve_validation
 from stew.deploy import load_model, save_model
 from stew.errors import DataError
-from stew.methods import prepare
+from stew.methods.base import student_spec
 from stew.methods.cmstew import build as build_cmstew
-from stew.methods.cmstew import teacher_config
 from stew.methods.sew import build as build_sew
 from stew.methods.unimodal import Unimodal
 from stew.models.student import SingleModalityModel
 from stew.objectives import dcca_loss, masked_mae, masked_mse
-from stew.train.core import fit, make_bundle, resolve, run, student_spec
+from stew.training.loop import fit
+from stew.training.resolve import make_bundle, resolve
+from stew.training.run import reuse_or_run, run
+from stew.training.stages import teacher_config, train_teachers
 from tests.conftest import FAST, tiny_frames
 
 SEW_FAST = {**FAST, "max_epochs": 1}
@@ -173,7 +175,7 @@ def test_cmstew_teacher_frozen_bit_identical(frames_dir, tmp_path):
     cfg = resolve(TrainConfig(data=frames_dir, method="cmstew", modality="b", teacher="a", recipe="paper",
                               cmstew=CMStEWConfig(alpha=0.5, beta=0.5), **FAST), ds)
     ds = carve_validation(ds, 4, 0)
-    cfg = prepare(cfg, ds, tmp_path)  # stage 1: trains the teacher into tmp_path/teacher
+    cfg = train_teachers(cfg, ds, tmp_path, reuse_or_run)  # stage 1: trains the teacher into tmp_path/teacher
     weights = tmp_path / "teacher" / "model" / "model.safetensors"
     before = weights.read_bytes()
     bundle = make_bundle(cfg, ds, ["b", "a"])
@@ -213,12 +215,12 @@ def test_cmstew_ablations_and_grid(frames_dir, tmp_path):
     assert lfa["method"]["alpha"] == 0.0 and lfa["method"]["beta"] == 0.1
     dec = run(TrainConfig(data=frames_dir, method="cmstew", modality="b", teacher="a", ablation="-Decoder",
                           recipe="paper", cmstew=CMStEWConfig(alpha=0.1, teacher_run=teacher), **FAST))
-    assert dec["method"]["beta"] == 0.0 and not dec["_method"].strong_decoders
+    assert dec["method"]["beta"] == 0.0 and not dec.model.strong_decoders
     # The loss of each trained model is exactly its kept terms (spec §6.4), value and gradient:
     # -LFA has no alignment term, -Decoder no translation term, the full model both.
-    batch = _collate(r["_bundle"], eval_grid=True)
+    batch = _collate(r.bundle, eval_grid=True)
     for res, kept in ((r, ("alignment", "translation")), (lfa, ("translation",)), (dec, ("alignment",))):
-        method = res["_method"].eval()  # no dropout: the two computations must see the same network
+        method = res.model.eval()  # no dropout: the two computations must see the same network
         terms = _cmstew_terms(method, batch, load_model(teacher / "model")[0])
         assert abs(float(terms["alignment"].detach())) > 1e-2  # so keeping it by mistake would show
         weight = {"alignment": method.alpha, "translation": method.beta}

@@ -12,26 +12,21 @@ import pytest
 import torch
 import yaml
 
-import stew.train.core as training
+import stew.training.run as training
 from stew.config import CMStEWConfig, TrainConfig
 from stew.data.dataset import UNLABELLED, Dataset
 from stew.data.formats.native import write_native
 from stew.data.io import load_dataset
 from stew.data.preprocess import Standardizer
-from stew.data.splits import carve_validation
+from stew.data.splits import add_unlabelled, carve_validation
 from stew.deploy import export, load_model, predict_dataset
 from stew.errors import DataError
 from stew.methods.base import prediction_loss
-from stew.methods.cmstew import (
-    add_unlabelled,
-    apply_recipe,
-    attach_teacher_latents,
-    fold_of_groups,
-    guard_folds,
-    prepare,
-)
+from stew.methods.cmstew import apply_recipe, attach_teacher_latents, fold_of_groups
 from stew.methods.cmstew import build as build_cmstew
-from stew.train.core import make_bundle, resolve, run
+from stew.training.resolve import make_bundle, resolve
+from stew.training.run import reuse_or_run, run
+from stew.training.stages import guard_folds, train_teachers
 from tests.conftest import FAST, tiny_utterances
 from tests.test_cli import invoke, one_line_error
 
@@ -71,7 +66,7 @@ def test_cross_fitted_teacher_never_sees_its_fold(tmp_path, monkeypatch):
         return real_run(c, d)
 
     monkeypatch.setattr(training, "run", spy)
-    cfg = prepare(cfg, ds, tmp_path)
+    cfg = train_teachers(cfg, ds, tmp_path, reuse_or_run)
     fold_of = fold_of_groups(ds, 2, cfg.seed)
     assert len(seen) == 2
     for k, groups in enumerate(seen):
@@ -111,7 +106,7 @@ def test_unlabelled_steps_feed_alignment_but_not_the_prediction_loss(tmp_path):
     assert len(unl) == 8 and all(np.isnan(s.targets).all() for s in unl)
     assert not {s.group for s in unl} & set(ds.groups("val"))  # never carved into validation
     cfg = resolve(_cfg(), ds)
-    cfg = prepare(cfg, ds, tmp_path)
+    cfg = train_teachers(cfg, ds, tmp_path, reuse_or_run)
     for k in range(2):  # teachers learn from labels: no unlabelled group in their runs
         rec = json.loads((tmp_path / "teacher" / "text" / f"fold{k}" / "metrics.json").read_text())
         assert rec["method"]["name"] == "unimodal"
@@ -137,7 +132,7 @@ def test_distillation_fits_the_teachers_prediction_on_unlabelled_steps_only(tmp_
 
     ds = carve_validation(add_unlabelled(tiny_utterances(), tiny_utterances(seed=1, n_videos=8),
                                          ["audio", "text"], tmp_path), 4, 0)
-    cfg = prepare(resolve(_cfg(cmstew={"gamma": 1.0}), ds), ds, tmp_path)
+    cfg = train_teachers(resolve(_cfg(cmstew={"gamma": 1.0}), ds), ds, tmp_path, reuse_or_run)
     assert resolve(_cfg(), ds).cmstew.gamma == 1.0  # the stew recipe's default; the paper's is 0
     assert resolve(_cfg(recipe="paper"), ds).cmstew.gamma == 0.0
     bundle = make_bundle(cfg, ds, ["audio", "text"])
@@ -224,7 +219,7 @@ def test_several_teachers_one_term_each(tmp_path):
     assert history["method"]["teacher"] == "text,video"
     for t in ("text", "video"):
         assert all((tmp_path / "run" / "teacher" / t / f"fold{k}" / "metrics.json").is_file() for k in range(2))
-    batch_parts = r["_method"].training_loss(_one_batch(r["_bundle"]))[1]
+    batch_parts = r.model.training_loss(_one_batch(r.bundle))[1]
     assert {"alignment_text", "alignment_video", "translation_text", "translation_video"} <= set(batch_parts)
     with pytest.raises(DataError, match="several teachers"):
         run(TrainConfig(data="x", method="emobed", modality="audio", teacher="text,video", **QUICK), ds)

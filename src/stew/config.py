@@ -37,7 +37,7 @@ class Strict(BaseModel):
 
 
 class SEWConfig(Strict):
-    """SEW (spec §5): L = alpha*translation + beta*autoencode + gamma*(-CCA) + prediction."""
+    """SEW (docs/methods/sew.md#losses): L = alpha*translation + beta*autoencode + gamma*(-CCA) + prediction."""
 
     alpha: NonNeg = 1.0
     beta: NonNeg = 1.0
@@ -45,11 +45,11 @@ class SEWConfig(Strict):
     k: Count | None = 10
     r1: NonNeg = 1e-3
     r2: NonNeg = 1e-3
-    latent: Count | None = None  # None: 168 with video_app, else 128 (spec §5.3)
+    latent: Count | None = None  # None: 168 with video_app, else 128 (docs/methods/sew.md#layer-sizes)
 
 
 class CMStEWConfig(Strict):
-    """CM-StEW (spec §6): L = L_p + alpha*(-corr) + beta*MAE(translation)."""
+    """CM-StEW (docs/methods/cmstew.md#losses): L = L_p + alpha*(-corr) + beta*MAE(translation)."""
 
     alpha: NonNeg | None = None  # None: selected on validation from alpha_grid
     beta: NonNeg | None = None
@@ -59,11 +59,11 @@ class CMStEWConfig(Strict):
     r1: NonNeg = 1e-3
     r2: NonNeg = 1e-3
     decoder_units: Count | None = None  # [U] None: 250, or 500 when the teacher is 168/632-d video
-    # None: the spec's default, 1 for a frame-level audio student (the RECOLA valence audio model) else 2
-    # (spec §6.3); an explicit value is honoured for every student.
+    # None: the paper's default, 1 for a frame-level audio student (the RECOLA valence audio model) else 2
+    # (docs/methods/cmstew.md#decoder); an explicit value is honoured for every student.
     decoder_layers: Count | None = None
     teacher_run: Path | None = None  # reuse a unimodal run of the teacher modality as stage 1
-    # Cross-fitting (issue 13): K teachers, each trained on the training groups outside one of K grouped
+    # Cross-fitting (docs/transfer.md): K teachers, each trained on the training groups outside one of K grouped
     # folds, give the latents of that fold, so the student aligns to what a teacher knows of unseen
     # groups, not to what it memorised. None: the recipe's (paper 1, stew 5); 1: one teacher on all.
     teacher_folds: Count | None = None
@@ -75,14 +75,14 @@ class CMStEWConfig(Strict):
     # Transfer ships only when it beats unimodal on the folds' mean with a paired t-test p below this
     # [U]: without evidence of a gain, the model without a teacher dependency is the safer one to ship.
     guard_p: Annotated[float, Field(gt=0, le=1)] = 0.1
-    # [U, issue 13; not in the thesis] Weight of a distillation term: on steps without labels (the
+    # [U; not in the thesis, docs/transfer.md] Weight of a distillation term: on steps without labels (the
     # --unlabelled pairs) the student's prediction is fitted to its frozen teachers' mean prediction
     # with L_p's own loss (soft targets for binary, the argmax for multiclass). None: the recipe's.
     gamma: NonNeg | None = None
 
 
 class EmoBedConfig(Strict):
-    """EmoBed (emobed_cermtl spec §1): J = L_target + alpha*L_aux + beta*L_triplet + lambda*R(theta).
+    """EmoBed (docs/methods/emobed.md#losses): J = L_target + alpha*L_aux + beta*L_triplet + lambda*R(theta).
 
     ``--method joint`` uses alpha only, ``--method triplet`` beta only, ``--method emobed`` both; lambda
     (``l2``) applies in every mode and to the classic system (``--method unimodal --arch gru``).
@@ -90,8 +90,8 @@ class EmoBedConfig(Strict):
 
     alpha: NonNeg = 0.5  # [U] the paper's best OMG alpha; tuned on dev in the paper
     beta: NonNeg = 1.0  # the paper's best beta for every arousal system
-    # lambda: lambda/2 * ||theta||^2 (gradient lambda*theta), the paper's L2 1e-4 on all its networks (spec
-    # §1.4): every EmoBed mode and the classic system (--method unimodal --arch gru); 0 switches it off.
+    # lambda: lambda/2 * ||theta||^2 (gradient lambda*theta), the paper's L2 1e-4 on all its networks: every
+    # EmoBed mode and the classic system (--method unimodal --arch gru); 0 switches it off.
     l2: NonNeg = 1e-4
     triplet_form: Literal["difference", "hinge", "softplus"] = "hinge"  # [U] the paper writes the difference
     margin: NonNeg = 0.2  # hinge margin [U]
@@ -99,16 +99,16 @@ class EmoBedConfig(Strict):
     n_bins: int = Field(default=2, ge=2)  # quantile bins (classes = "quantile")
     # [U] steps per modality in the triplet's distance matrix (random subset)
     max_rows: Annotated[int, Field(ge=2)] | None = 512
-    # The paper draws audio and video samples at random, not time-aligned pairs (spec §1.3); "paired" uses
-    # the same windows for both modalities.
+    # The paper draws audio and video samples at random, not time-aligned pairs (docs/methods/emobed.md#pairing);
+    # "paired" uses the same windows for both modalities.
     pairing: Literal["paired", "unpaired"] = "unpaired"
-    units: Count = 120  # GRU units of the embedding nets and of the shared back-end (RECOLA, spec §1.4)
+    units: Count = 120  # GRU units of the embedding nets and of the shared back-end (the paper's RECOLA networks)
     embed_layers: Count = 2
     shared_layers: Count = 2
 
 
 class CERMTLConfig(Strict):
-    """CER-MTL (emobed_cermtl spec §2): feature images, shared CNN, a GRU + FC head per task."""
+    """CER-MTL (docs/methods/cermtl.md): feature images, shared CNN, a GRU + FC head per task."""
 
     image_steps: Count = 20  # N
     image_stride_s: Pos = 0.4  # t = 10 frames at 25 Hz (the paper's 60 fps data: t = 10 frames)
@@ -121,9 +121,9 @@ class CERMTLConfig(Strict):
 
 
 class LinearConfig(Strict):
-    """Linear baselines (AVEC 2016's "SVR + offset", spec §2.3): standardised features, one linear map per
-    step, fitted by scikit-learn. The strength and (frame-level data) the label offset are searched on
-    validation; see docs/choices.md."""
+    """Linear baselines (AVEC 2016's "SVR + offset", docs/methods/unimodal.md#linear-baselines): standardised
+    features, one linear map per step, fitted by scikit-learn. The strength and (frame-level data) the label
+    offset are searched on validation; see docs/choices.md."""
 
     model: Literal["ridge", "svr"] = "ridge"  # regression; classification always uses logistic regression
     # Regularisation searched on validation. None: ridge alpha 10^-1..10^5, SVR C 10^-5..1 (AVEC 2016's
@@ -137,7 +137,7 @@ class LinearConfig(Strict):
 
 
 class FusionConfig(Strict):
-    """Attention fusion over several modalities (spec §4): the thesis's sizes and its best model (intra
+    """Attention fusion over several modalities (docs/methods/fusion.md): the thesis's sizes and its best model (intra
     with statistical pooling, every modality of the data) by default."""
 
     kind: Literal["intra", "cross", "cross+intra"] = "intra"
@@ -156,8 +156,8 @@ class FusionConfig(Strict):
     attn_dropout: Prob = 0.1
     text_dropout: Prob = 0.25  # on the text input, training only (the authors' code)
     clf_hidden: Count = 60
-    clf_activation: Literal["none", "relu"] = "none"  # the spec: none between the two linear layers
-    # Time-step Conv1d per modality, {name: [T_in, T_out]}; None: the spec's on IEMOCAP (audio 1000->500,
+    clf_activation: Literal["none", "relu"] = "none"  # the authors' code: none between the two linear layers
+    # Time-step Conv1d per modality, {name: [T_in, T_out]}; None: the thesis's on IEMOCAP (audio 1000->500,
     # video 32->25), none elsewhere (it needs fixed-length inputs).
     step_conv: dict[str, tuple[Count, Count]] | None = None
 
@@ -181,8 +181,8 @@ class TrainConfig(Strict):
     targets: list[str] | None = None  # several targets (multi-task); None: ``target`` or all
     ablation: str | None = None
     arch: Arch = "bigru-te"
-    # CM-StEW's recipe: "stew" (default) is the best one stew knows (issue 13, docs/transfer.md); "paper"
-    # the thesis's, for reproduction. Other methods ignore it.
+    # CM-StEW's recipe: "stew" (default) is stew's own (docs/transfer.md); "paper" the thesis's, for
+    # reproduction. Other methods ignore it.
     recipe: Recipe = "stew"
     # Paired recordings without labels (a dataset folder; its labels, if any, are ignored): they feed
     # CM-StEW's alignment and translation terms only.
@@ -203,8 +203,8 @@ class TrainConfig(Strict):
     fold: Annotated[int, Field(ge=1, le=5)] | None = None  # IEMOCAP AMH folds: which of fold01..fold05 (default 1)
 
     # model
-    gru_units: Count | None = None  # None: the input dimension (spec §6.3)
-    gru_layers: Count | None = None  # None: 1 for frame-level audio and for text, else 2 (spec §6.3)
+    gru_units: Count | None = None  # None: the input dimension (docs/methods/unimodal.md#encoder)
+    gru_layers: Count | None = None  # None: 1 for frame-level audio and for text, else 2 (the CM-StEW paper)
     d_model: Count = 100
     heads: Count = 2
     ffn: Count = 400
@@ -214,7 +214,7 @@ class TrainConfig(Strict):
     clf_dropout: Prob = 0.3
 
     # optimisation
-    optimizer: Literal["adam", "sgd"] | None = None  # None: adam; sgd for SEW (spec §5.5)
+    optimizer: Literal["adam", "sgd"] | None = None  # None: adam; sgd for SEW (docs/methods/sew.md#defaults)
     lr: Pos | None = None  # None: 1e-4 utterance-level, 1e-5 frame-level (CM-StEW paper); SEW 1e-3
     momentum: Annotated[float, Field(ge=0, le=1)] = 0.7
     weight_decay: NonNeg = 0.0

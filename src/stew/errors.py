@@ -34,3 +34,10 @@ class DataError(ValueError):
         if self.column is not None:
             where.append(f"column {self.column}")
         return (": ".join([", ".join(where), self.message])) if where else self.message
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message (its type's name when it has none): the text of a one-line DataError
+    made from a foreign library's exception."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -19,6 +19,7 @@ Two label levels (``Dataset.label_level``):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -154,3 +155,8 @@ class Dataset:
 
     def __iter__(self) -> Iterator[Sequence]:
         return iter(self.sequences)
+
+
+def modality_subsets(modalities: list[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset, the full set first, then by size (largest first), in modality order."""
+    return [c for r in range(len(modalities), 0, -1) for c in itertools.combinations(modalities, r)]

@@ -1,17 +1,17 @@
-"""Audio files -> openSMILE features in stew's own format, and predictions straight from audio.
+"""Audio files -> openSMILE features in stew's own format.
 
 ``stew features extract AUDIO_DIR --set S --out DATA_DIR`` (:func:`extract_folder`) turns an audio folder
-(``labels.csv`` + audio files, see :mod:`stew.data.audio`) into a native dataset: one clip-level
+(``labels.csv`` + audio files, see :mod:`stew.data.formats.audio`) into a native dataset: one clip-level
 Sequence per file (``label_level: sequence``), one modality ``audio`` whose steps are the clip's
 feature frames, labels, splits and groups carried over from ``labels.csv``, and
 ``meta["extractor"]``: the :class:`ExtractorSettings`. A model trained on it records them in its
-``model.json``, and ``stew predict MODEL --audio FILE_OR_DIR`` (:func:`predict_audio`) extracts with
-exactly those settings.
+``model.json``, and ``stew predict MODEL --audio FILE_OR_DIR`` (:func:`stew.deploy.audio.predict_audio`)
+extracts with exactly those settings.
 
 Feature sets (openSMILE through audEERING's ``opensmile`` package):
 
-- ``egemaps``: the 88 eGeMAPS v02 functionals on a sliding window, RECOLA / AVEC 2016 style (spec
-  §1.3: 8 s windows, 40 ms step). Frame ``i`` holds the functionals of ``[i / rate, i / rate + window)``:
+- ``egemaps``: the 88 eGeMAPS v02 functionals on a sliding window, RECOLA / AVEC 2016 style (8 s
+  windows, 40 ms step). Frame ``i`` holds the functionals of ``[i / rate, i / rate + window)``:
   the window starts at the frame's time, as the AVEC organisers' extraction scripts set openSMILE
   (``frameMode = fixed``, ``frameSize = window``, ``frameStep = 1 / rate``, ``frameCenterSpecial = left``
   in ``FrameModeFunctionals.conf.inc``). openSMILE computes the LLDs once and the functionals of every
@@ -25,7 +25,7 @@ Every clip of ``D`` seconds gives ``ceil(D * rate)`` frames at ``t = i / rate``:
 grid at that rate, as the AVEC RECOLA release has one feature row per 40 ms label. Where a frame has
 no openSMILE output of its own (a functionals window running past the end of the clip, the last few
 LLD frames), the last computed frame is held; a clip shorter than the window gets the functionals of
-the whole clip at every frame. Audio is decoded by :func:`stew.data.audio.read_audio` (mono, soxr
+the whole clip at every frame. Audio is decoded by :func:`stew.data.formats.waveform.read_audio` (mono, soxr
 resampling to ``sample_rate``) and is not level-normalised: loudness and energy are features.
 
 Per-file results are cached (``.npy``, read with ``allow_pickle=False``) under a key of the file's
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import json
 import math
 import multiprocessing
 import os
@@ -45,33 +44,25 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import opensmile
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stew.data.dataset import Dataset, Sequence
-from stew.data.formats.audio import (
-    LABELS,
-    SILENCE_RMS,
-    _audio_files,
-    is_audio_folder,
-    label_scaler,
-    read_audio,
-    read_labels,
-)
+from stew.data.formats.audio import LABELS, is_audio_folder, label_scaler, read_labels
 from stew.data.formats.native import write_native
+from stew.data.formats.waveform import SILENCE_RMS, read_audio
 from stew.errors import DataError
 from stew.util import progress
-from stew.util.atomic import check_output_file, check_output_folder
+from stew.util.atomic import check_output_folder
 
-__all__ = ["SETS", "ExtractorSettings", "cache_key", "default_cache_dir", "extract_file", "extract_folder",
-           "features_of_signal", "predict_audio"]
+__all__ = ["MODALITY", "SETS", "ExtractorSettings", "cache_key", "default_cache_dir", "extract_all", "extract_file",
+           "extract_folder", "features_of_signal", "opensmile_version", "resolve_cache"]
 
 SetName = Literal["egemaps-lld", "egemaps", "compare-lld"]
 # set -> (openSMILE feature set, feature level, dimension)
@@ -81,7 +72,7 @@ SETS: dict[str, tuple[opensmile.FeatureSet, opensmile.FeatureLevel, int]] = {
     "compare-lld": (opensmile.FeatureSet.ComParE_2016, opensmile.FeatureLevel.LowLevelDescriptors, 65),
 }
 LLD_RATE_HZ = 100  # both sets' LLD configs step 10 ms
-AVEC_WINDOW_S = 8.0  # spec §1.3: functionals over an 8 s window, 40 ms step
+AVEC_WINDOW_S = 8.0  # AVEC 2016's audio features: functionals over an 8 s window, 40 ms step
 MODALITY = "audio"
 # Bumped whenever the cached arrays' layout or the framing code changes: old entries then miss.
 CACHE_FORMAT = "stew-features-cache/1"
@@ -90,7 +81,8 @@ CACHE_FORMAT = "stew-features-cache/1"
 INT16_TOP = 32767 / 32768
 
 
-def _opensmile_version() -> str:
+def opensmile_version() -> str:
+    """The installed openSMILE package's version: features from another version are not reproduced."""
     return str(opensmile.__version__)
 
 
@@ -109,7 +101,7 @@ class ExtractorSettings(BaseModel):
     rate_hz: float = Field(default=25.0, gt=0, le=LLD_RATE_HZ)
     window_s: float | None = Field(default=None, gt=0, le=600)
     sample_rate: int = Field(default=16000, ge=8000, le=192000)
-    opensmile_version: str = Field(default_factory=_opensmile_version, min_length=1)
+    opensmile_version: str = Field(default_factory=opensmile_version, min_length=1)
     framing: Literal[1] = 1
 
     @model_validator(mode="before")
@@ -236,7 +228,7 @@ def features_of_signal(x: np.ndarray, sr: int, settings: ExtractorSettings, file
 def extract_file(path: Path, settings: ExtractorSettings) -> np.ndarray:
     """Features of one audio file, ``[frames, settings.dim]`` float32 (no cache).
 
-    Decoding is :func:`stew.data.audio.read_audio`'s, so a file that is not audio, truncated, empty,
+    Decoding is :func:`stew.data.formats.waveform.read_audio`'s, so a file that is not audio, truncated, empty,
     has NaN samples, an unsupported encoding or more than two channels is its one-line DataError; an
     all-silent file is one too (openSMILE's features of digital silence are constants).
     """
@@ -301,7 +293,7 @@ def _cache_store(path: Path, y: np.ndarray) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _resolve_cache(cache_dir: Path | None, cache: bool) -> Path | None:
+def resolve_cache(cache_dir: Path | None, cache: bool) -> Path | None:
     """The cache folder to use, or None. A folder the user named must be usable; the default one is
     skipped when it cannot be made (a read-only home still extracts)."""
     if not cache:
@@ -374,7 +366,7 @@ def _progress(what: str, total: int, show: bool) -> Iterator[_FileProgress | _Qu
         yield bar
 
 
-def _extract_all(files: list[Path], names: list[str], settings: ExtractorSettings, *, workers: int,
+def extract_all(files: list[Path], names: list[str], settings: ExtractorSettings, *, workers: int,
                  cache_dir: Path | None, show: bool) -> list[np.ndarray]:
     """Features of every file, in order. The first bad file (in the given order, whatever the
     workers' timing) is one DataError; no later file is started."""
@@ -418,17 +410,17 @@ def _extract_all(files: list[Path], names: list[str], settings: ExtractorSetting
 
 
 # --------------------------------------------------------------------------------------------------
-# The dataset, and predictions from audio
+# The dataset
 
 
 def extract_folder(audio_dir: Path, settings: ExtractorSettings, out: Path, *, workers: int = 1,
                    cache_dir: Path | None = None, cache: bool = True, progress: bool = True) -> Path:
     """Extract every file of an audio folder and write a native dataset to ``out`` (atomically).
 
-    The folder needs ``labels.csv`` (a native dataset has targets; see :func:`stew.data.audio.read_labels`
+    The folder needs ``labels.csv`` (a native dataset has targets; see :func:`stew.data.formats.audio.read_labels`
     for its columns and checks): one clip-level Sequence per row, id = the ``file`` column (the path
     relative to the folder), labels mapped onto [-1, 1] when ``audio.yaml`` declares their range (as
-    :func:`stew.data.audio.read_audio_folder` does: the models' outputs live there; ``meta["label_scale"]``
+    :func:`stew.data.formats.audio.read_audio_folder` does: the models' outputs live there; ``meta["label_scale"]``
     keeps the original range), else as given,
     ``split`` and ``group`` carried over (each clip its own group without ``group``, every clip train
     without ``split``). ``cache=False`` (``--no-cache``) neither reads nor writes the cache. Any bad input
@@ -444,9 +436,9 @@ def extract_folder(audio_dir: Path, settings: ExtractorSettings, out: Path, *, w
         raise DataError(f"no {LABELS}: extraction writes a labelled dataset (file, one column per target, split "
                         "and/or group); to predict on unlabelled audio use predict --audio", file=root / LABELS)
     table = read_labels(root)
-    cdir = _resolve_cache(cache_dir, cache)
+    cdir = resolve_cache(cache_dir, cache)
     files = list(table["file"])
-    arrays = _extract_all([root / f for f in files], files, settings, workers=workers, cache_dir=cdir, show=progress)
+    arrays = extract_all([root / f for f in files], files, settings, workers=workers, cache_dir=cdir, show=progress)
     targets: list[str] = list(table.attrs["targets"])
     scale, label_scale = label_scaler(table.attrs["label_range"])
     y = scale(table[targets].to_numpy(np.float64)).astype(np.float32)
@@ -461,134 +453,3 @@ def extract_folder(audio_dir: Path, settings: ExtractorSettings, out: Path, *, w
                                           "source": "stew features extract", "label_scale": label_scale},
                  label_level="sequence")
     return write_native(ds, out)
-
-
-def _model_extractor(model_dir: Path, meta: dict) -> ExtractorSettings:
-    """The model's extractor settings, refused unless this environment reproduces them exactly and the
-    model reads what they make. ``meta`` may be model.json as read, before its schema check."""
-    where = model_dir / "model.json"
-    raw = meta.get("extractor")
-    if raw is None:
-        raise DataError("this model was trained on features stew did not extract; give --data instead", file=model_dir)
-    try:
-        settings = ExtractorSettings.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise DataError(f"extractor{'.' + loc if loc else ''}: {msg} (not settings this stew can reproduce)",
-                        file=where) from None
-    if settings.opensmile_version != _opensmile_version():
-        raise DataError(f"the model's features came from opensmile {settings.opensmile_version}, this environment has "
-                        f"{_opensmile_version()}: install opensmile=={settings.opensmile_version} to reproduce them",
-                        file=where)
-    inputs = meta.get("inputs") or str(meta.get("modality", "")).split("+")
-    if isinstance(inputs, list) and MODALITY not in inputs:
-        raise DataError(f"the model reads {'+'.join(map(str, inputs))}, not {MODALITY!r}: audio files cannot feed it",
-                        file=where)
-    dims = meta.get("dims")
-    dim = dims.get(MODALITY) if isinstance(dims, dict) else meta.get("dim")
-    if dim is not None and dim != settings.dim:
-        raise DataError(f"model.json says {MODALITY!r} has {dim} features but its extractor {settings.set} gives "
-                        f"{settings.dim}", file=where)
-    return settings
-
-
-def _peek_model_json(model_dir: Path) -> dict | None:
-    """model.json as plain JSON (no torch needed), or None when it cannot be read as an object."""
-    try:
-        raw = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
-def _load_model_meta(model_dir: Path) -> dict:
-    """model.json, schema-checked. With model.onnx the ONNX Runtime engine predicts: no torch is imported
-    (its session checks the graph); otherwise the torch model is built, which checks the weights too."""
-    from stew.deploy.meta import META, ONNX, meta_dict, read_meta
-
-    if (model_dir / ONNX).is_file():
-        return meta_dict(read_meta(model_dir / META))
-    from stew.deploy import load_model  # torch
-
-    return load_model(model_dir)[1]
-
-
-def _predict_waveforms(model_dir: Path, audio: Path, out_csv: Path | None) -> pd.DataFrame:
-    """A raw-waveform model (ConflictNET): each file read as its training clips were (sample rate, clip
-    length, RMS normalisation, from model.json), one prediction per file."""
-    from stew.data.formats.audio import prepare_clip
-    from stew.deploy import predict_dataset
-
-    meta = _load_model_meta(model_dir)
-    ext = meta["extractor"]
-    files, ids = _audio_inputs(audio)
-    m = meta["modality"]
-    seqs = []
-    for f, sid in zip(files, ids, strict=True):
-        x, n = prepare_clip(read_audio(f, int(ext["sample_rate"]))[0], ext.get("clip_samples"))
-        mask = np.arange(len(x)) < n
-        seqs.append(Sequence(id=sid, group=sid, split="test", features={m: x[:, None]}, masks={m: mask},
-                             targets=np.zeros((1, len(meta["targets"])), np.float32), step_ids=[sid]))
-    ds = Dataset(name=audio.name, task=meta["task"], targets=list(meta["targets"]), modalities={m: 1},
-                 sequences=seqs, step_rate_hz=None, meta={"unscaled": [m]}, label_level="sequence")
-    return predict_dataset(model_dir, ds, out_csv)
-
-
-def _audio_inputs(audio: Path) -> tuple[list[Path], list[str]]:
-    """The files to predict and their ids: a file (its name), or every audio file under a folder
-    (paths relative to it; hidden files and labels.csv are not read)."""
-    if not audio.exists() and not audio.is_symlink():
-        raise DataError("missing file or folder", file=audio)
-    if not audio.is_dir():
-        return [audio], [audio.name]
-    files = _audio_files(audio)
-    if not files:
-        raise DataError("no audio files in the folder (.wav, .flac, .ogg, .mp3, ...)", file=audio)
-    return files, [p.relative_to(audio).as_posix() for p in files]
-
-
-def predict_audio(model_dir: Path, audio: Path, out_csv: Path | None = None, *, workers: int = 1,
-                  cache_dir: Path | None = None, cache: bool = True, progress: bool = True) -> pd.DataFrame:
-    """Predict from audio files with a model trained on ``stew features extract`` output.
-
-    ``audio`` is one file or a folder (every audio file under it). Each file is extracted with the
-    model's recorded settings (and the same cache), then predicted as one clip by
-    :func:`stew.deploy.predict_dataset`: one row per file, ``sequence`` = the path relative to the
-    folder (the file name for a single file). A model whose features stew did not extract, or
-    that needs another openSMILE version, is refused with one DataError line before any audio is read;
-    damaged weights are found by the model's full check, which runs alongside the extraction.
-    """
-    model_dir, audio = Path(model_dir), Path(audio)
-    if out_csv is not None:
-        check_output_file(Path(out_csv))
-    meta = _peek_model_json(model_dir)
-    if meta is None:  # unreadable: load_model names the problem (missing folder, file, bad JSON)
-        meta = _load_model_meta(model_dir)
-    if isinstance(meta.get("extractor"), dict) and meta["extractor"].get("set") == "waveform":
-        return _predict_waveforms(model_dir, audio, out_csv)
-    settings = _model_extractor(model_dir, meta)
-    files, ids = _audio_inputs(audio)
-    cdir = _resolve_cache(cache_dir, cache)
-    # Importing torch and checking the model (~2 s) overlaps the extraction: openSMILE runs in C through
-    # ctypes, which releases the GIL. This keeps `predict --audio` close to the extraction's own time.
-    with ThreadPoolExecutor(max_workers=1) as background:
-        loading = background.submit(_load_model_meta, model_dir)
-        try:
-            arrays = _extract_all(files, ids, settings, workers=workers, cache_dir=cdir, show=progress)
-        except DataError:
-            loading.result()  # a broken model folder is reported first, as it would be without the overlap
-            raise
-        meta = loading.result()
-    settings = _model_extractor(model_dir, meta)  # the same checks on the schema-checked model.json
-    targets = list(meta["targets"])
-    seqs = [Sequence(id=sid, group=sid, split="test", features={MODALITY: x}, masks={MODALITY: np.ones(len(x), bool)},
-                     targets=np.zeros((1, len(targets)), np.float32), step_ids=[sid])  # placeholders, never read
-            for sid, x in zip(ids, arrays, strict=True)]
-    ds = Dataset(name=audio.name, task=meta["task"], targets=targets, modalities={MODALITY: settings.dim},
-                 sequences=seqs, n_classes=meta.get("n_classes"), step_rate_hz=None,
-                 meta={"extractor": settings.model_dump(mode="json")}, label_level="sequence")
-    from stew.deploy import predict_dataset
-
-    return predict_dataset(model_dir, ds, out_csv)

@@ -15,12 +15,14 @@ def load_dataset(path: str | Path, *, feature_set: str | None = None, fold: int 
     - CMU-MOSI utterance release: ``{train,test}_ids.csv`` with ``{audio,video,text}_{split}0.csv``;
     - IEMOCAP in the AMH fold layout: ``folds/fold01..fold05`` (``fold`` picks one; default 1);
     - an audio folder (``labels.csv`` + audio files) or the SSPNet Conflict Corpus (``conflictlevel.csv``):
-      one waveform per clip, modality ``audio`` (see :mod:`stew.data.audio`);
+      one waveform per clip, modality ``audio`` (see :mod:`stew.data.formats.audio`);
     - AVEC 2016 RECOLA: ``ratings_gold_standard/`` plus ``features_*`` folders. ``feature_set`` picks
       the arousal or valence feature set (default: arousal).
 
     ``fold`` picks one of the five folds of a layout that has them (IEMOCAP AMH); elsewhere it is an error.
     """
+    # Imported here for start-up only: stew/data/__init__.py imports this module, so every `import stew.data.*`
+    # would otherwise pay ~0.5 s for the readers' pandas, soundfile and soxr.
     from stew.data.formats import audio, iemocap, mosi, native, recola
 
     root = Path(path)

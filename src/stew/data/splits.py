@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 
-from stew.data.dataset import Dataset
+from stew.data.dataset import UNLABELLED, Dataset
 from stew.errors import DataError
 
 
@@ -65,3 +68,28 @@ def held_out_folds(ds: Dataset, k: int, seed: int) -> list[Dataset]:
         f.replace_sequences(s.with_split({"val": "test", "_val": "val"}.get(s.split, s.split)) for s in f.sequences)
         for f in grouped_folds(base, k, seed)
     ]
+
+
+def add_unlabelled(ds: Dataset, extra: Dataset, modalities: list[str], where: Path) -> Dataset:
+    """``ds`` plus every sequence of ``extra`` as an unlabelled training pair (its labels are ignored)."""
+    for m in modalities:
+        if m not in extra.modalities:
+            raise DataError(f"--unlabelled data lack modality {m!r} (they have {list(extra.modalities)})", file=where)
+        if extra.modalities[m] != ds.modalities[m]:
+            raise DataError(f"--unlabelled {m} features are {extra.modalities[m]}-d, the training data's "
+                            f"{ds.modalities[m]}-d", file=where)
+    if extra.label_level != ds.label_level or (extra.step_rate_hz or 0) != (ds.step_rate_hz or 0):
+        raise DataError("--unlabelled data must have the training data's step rate and label level", file=where)
+    extra = extra.select_modalities(modalities)
+    own = {s.group for s in ds.sequences}
+    n_targets = len(ds.targets)
+    unlabelled = []
+    for s in extra.sequences:
+        group = f"unlabelled/{s.group}" if s.group in own else s.group  # never merged with a labelled group
+        features = {**{m: np.zeros((len(s), d), np.float32) for m, d in ds.modalities.items()}, **s.features}
+        masks = {**{m: np.zeros(len(s), bool) for m in ds.modalities}, **s.masks}
+        unlabelled.append(replace(s, id=f"unlabelled/{s.id}", group=group, split=UNLABELLED, features=features,
+                                  masks=masks, targets=np.full((len(s), n_targets), np.nan, np.float32)))
+    if not unlabelled:
+        raise DataError("--unlabelled data hold no sequences", file=where)
+    return ds.replace_sequences([*ds.sequences, *unlabelled])

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stew.config import first_error
 from stew.errors import DataError
 from stew.models.specs import FusedSpec, RawAudioSpec, StudentSpec
 
@@ -31,18 +32,21 @@ class _Stats(BaseModel):
     std: list[float]
 
 
-class _LabelScale(BaseModel):
+class LabelScale(BaseModel):
+    """The labels' own range when a reader mapped them onto another (``model.json`` ``label_scale``)."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     original: tuple[float, float]
     scaled: tuple[float, float] = (-1.0, 1.0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> _LabelScale:
+    def _ordered(self) -> LabelScale:
         if not (self.original[0] < self.original[1] and self.scaled[0] < self.scaled[1]):
             raise ValueError("label_scale ranges must be [low, high] with low < high")
         return self
 
     def to_original(self, y: np.ndarray) -> np.ndarray:
+        """Values on the scaled range mapped back onto the original one."""
         (lo, hi), (a, b) = self.original, self.scaled
         return (np.asarray(y, dtype=np.float64) - a) / (b - a) * (hi - lo) + lo
 
@@ -72,7 +76,7 @@ class ModelMeta(BaseModel):
     extractor: dict[str, Any] | None = None
     # The labels' own range when the reader mapped them onto [-1, 1] (audio folders: conflict / 10):
     # `stew predict` then also writes each prediction in those units.
-    label_scale: _LabelScale | None = None
+    label_scale: LabelScale | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -95,6 +99,7 @@ class ModelMeta(BaseModel):
         if self.inputs is not None and "+".join(self.inputs) != m:
             raise ValueError(f"inputs {self.inputs} do not make up modality {m!r}")
         if self.postprocess:
+            # Imported only for a model with a chain: scipy costs ~0.8 s at start-up of `stew predict` / `serve`.
             from stew.scoring.postprocess import Chain
 
             if self.task != "regression" or not set(self.postprocess) <= set(self.targets):
@@ -136,7 +141,7 @@ def _check_stats(m: str, st: _Stats, dim: int) -> None:
         raise ValueError(f"standardizer {m!r} must have finite means and positive finite stds")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; any failure (not UTF-8, not JSON, truncated, not an object) is a DataError."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -153,9 +158,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_meta(path: Path) -> ModelMeta:
     """``model.json`` validated against :class:`ModelMeta` (one-line DataError naming the key)."""
-    from stew.config import first_error
-
-    raw = _read_json(path)
+    raw = read_json(path)
     if raw.get("format") != FORMAT:
         raise DataError(f"unknown model format {raw.get('format')!r} (this stew reads {FORMAT!r})", file=path)
     try:
@@ -170,9 +173,3 @@ def meta_dict(meta: ModelMeta) -> dict:
     raw = json.loads(meta.model_dump_json())
     raw["inputs"] = raw["inputs"] or meta.modality.split("+")
     return raw
-
-
-def _first_line(e: Exception) -> str:
-    """The first line of ``e``'s message (its type's name when it has none): a one-line DataError's text."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

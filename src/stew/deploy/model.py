@@ -4,7 +4,7 @@ A model folder holds ``model.json`` (architecture, fitted standardisation, label
 targets and provenance; :mod:`stew.deploy.meta`), ``model.safetensors`` (the student's encoder and
 head, or a fusion model and its KNN memory bank) and, for the models ONNX can express,
 ``model.onnx`` (:mod:`stew.deploy.onnx`). It loads without the training config and without
-executing code.
+executing code. :func:`stew.deploy.predict.predict_dataset` imports this module only for the torch engine.
 """
 
 from __future__ import annotations
@@ -21,18 +21,10 @@ from safetensors.torch import load_file, save_file
 
 from stew.data.dataset import Dataset, Sequence
 from stew.data.preprocess import Standardizer, predict_windows, prepare
-from stew.deploy.meta import (
-    FORMAT,
-    META,
-    MODEL_FILES,
-    ONNX,
-    WEIGHTS,
-    _first_line,
-    _read_json,
-    meta_dict,
-    read_meta,
-)
-from stew.errors import DataError
+from stew.deploy.inputs import input_modalities, model_inputs
+from stew.deploy.meta import FORMAT, META, MODEL_FILES, ONNX, WEIGHTS, meta_dict, read_json, read_meta
+from stew.deploy.onnx import fused_to_onnx, to_onnx
+from stew.errors import DataError, first_line
 from stew.models.conflictnet import RawAudioModel, RawAudioSpec
 from stew.models.fused import FusedModel, FusedSpec
 from stew.models.student import SingleModalityModel, StudentSpec
@@ -40,12 +32,13 @@ from stew.util.atomic import atomic_dir, check_output_folder, follow_umask
 
 if TYPE_CHECKING:
     from stew.config import TrainConfig
-    from stew.train.core import Bundle
+    from stew.data.bundle import Bundle
 
 ExportFormat = Literal["onnx", "safetensors", "both"]
 
 
 def build_student(spec: StudentSpec | FusedSpec | RawAudioSpec) -> SingleModalityModel | FusedModel | RawAudioModel:
+    """The (untrained) model a spec declares."""
     if isinstance(spec, FusedSpec):
         return FusedModel(spec)
     return RawAudioModel(spec) if isinstance(spec, RawAudioSpec) else SingleModalityModel(spec)
@@ -55,6 +48,8 @@ def save_model(
     student: SingleModalityModel | FusedModel, bundle: Bundle, cfg: TrainConfig, out: Path,
     postprocess: dict | None = None,
 ) -> Path:
+    """Write a trained ``student`` as a model folder at ``out`` (atomically): its weights and ``model.json``
+    with the run's standardisation, label delay, windows, targets, extractor and ``postprocess`` chains."""
     fused = isinstance(student, FusedModel)
     parts = student.spec.modalities if fused else [student.spec.modality]
     m = "+".join(parts) if fused else student.spec.modality
@@ -133,22 +128,20 @@ def export(
             spec = FusedSpec.model_validate({**meta["student"], "impute": impute or model.spec.impute,
                                              "k": k or model.spec.k})
         except ValidationError as e:
-            raise DataError(_first_line(e).removeprefix("Value error, "), file=run_dir) from None
+            raise DataError(first_line(e).removeprefix("Value error, "), file=run_dir) from None
         meta["student"] = json.loads(spec.model_dump_json())
     why_not = onnx_exportable(model)
     if fmt == "onnx" and why_not:
         raise DataError(f"--format onnx: {why_not}; use --format safetensors", file=run_dir)
     run_metrics = run_dir / "metrics.json"
     if run_metrics.is_file():
-        val = _read_json(run_metrics).get("val", {})
+        val = read_json(run_metrics).get("val", {})
         if not isinstance(val, dict):
             raise DataError("'val' must be a mapping of metric -> value", file=run_dir / "metrics.json")
         meta["provenance"]["run"] = str(run_dir.resolve())
         meta["provenance"]["validation"] = val
     graph = None
     if fmt != "safetensors" and not why_not:
-        from stew.deploy.onnx import fused_to_onnx, to_onnx
-
         graph = fused_to_onnx(model) if isinstance(model, FusedModel) else to_onnx(model)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()} if fmt != "onnx" else None
     _write_atomically(out, tensors, meta, graph)
@@ -159,7 +152,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types (and OSError) for any malformed file
-        text = _first_line(e)
+        text = first_line(e)
         try:
             with open(path, "rb") as f:
                 magic = f.read(2)
@@ -180,7 +173,7 @@ def _check_weights(spec: StudentSpec | FusedSpec | RawAudioSpec, tensors: dict[s
         with torch.device("meta"):
             ref = build_student(spec).state_dict()
     except Exception as e:  # the spec passed its schema but torch rejects it (e.g. a negative size)
-        raise DataError(f"cannot build the model it declares: {_first_line(e)}", file=path.parent / META) from None
+        raise DataError(f"cannot build the model it declares: {first_line(e)}", file=path.parent / META) from None
     missing = [k for k in ref if k not in tensors]
     unexpected = [k for k in tensors if k not in ref]
     if missing or unexpected:
@@ -218,28 +211,16 @@ def load_model(path: Path) -> tuple[SingleModalityModel | FusedModel | RawAudioM
     return model, meta_dict(meta)
 
 
-
-
 def predict_torch(
-    model_dir: Path, data: Path | Dataset, where: Path | None, threads: int | None = None
+    model_dir: Path, data: Path | Dataset, threads: int | None = None
 ) -> tuple[list[np.ndarray], list[Sequence], dict | None, dict]:
-    """The torch engine of :func:`stew.deploy.runtime.predict_dataset`: activated predictions per
+    """The torch engine of :func:`stew.deploy.predict.predict_dataset`: activated predictions per
     sequence, the sequences, a fusion model's modalities per sequence (else None) and the metadata."""
-    from stew.data.io import load_dataset
-    from stew.deploy.runtime import check_label_level, select_input, with_absent_modalities
-
     if threads:
         torch.set_num_threads(threads)
     model, meta = load_model(model_dir)
-    ds = data if isinstance(data, Dataset) else load_dataset(data)
-    used = None
-    if isinstance(model, FusedModel):
-        check_label_level(model.spec, ds, where)
-        ds, used = with_absent_modalities(ds, meta["dims"], where)
-        modalities = list(meta["dims"])
-    else:
-        ds = select_input(meta, ds, where)
-        modalities = [meta["modality"]]
+    ds, used = model_inputs(model.spec, meta, data)
+    modalities = input_modalities(model.spec, meta)
     prepared = _prepare_unlabelled(ds.sequences, modalities, Standardizer.from_json(meta["standardizer"]))
     preds = predict_windows(model, prepared, meta["window_steps"], meta["label_delay_steps"])
     return preds, ds.sequences, used, meta

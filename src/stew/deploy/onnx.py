@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stew.deploy.runtime import input_names
-from stew.errors import DataError
+from stew.deploy.runtime import input_names, session_options
+from stew.errors import DataError, first_line
 from stew.models.conflictnet import RawAudioModel, RawAudioSpec
 from stew.models.encoders import BiGRUTransformer
 from stew.models.fused import FusedModel
@@ -187,9 +187,7 @@ def to_onnx(model: SingleModalityModel | RawAudioModel) -> bytes:
                               "y": {0: "batch", 1: "out_steps"}},
             )
     except Exception as e:  # the exporter raises many types; one line names the failure
-        from stew.deploy.meta import _first_line
-
-        raise DataError(f"cannot export this model to ONNX: {_first_line(e)}") from None
+        raise DataError(f"cannot export this model to ONNX: {first_line(e)}") from None
     graph = buf.getvalue()
     return _verified(graph, max_difference(model, graph))
 
@@ -206,9 +204,7 @@ def _verified(graph: bytes, err: float) -> bytes:
 def max_difference(model: SingleModalityModel | RawAudioModel, graph: bytes,
                    batches: tuple[list[int], ...] = ([1], [7, 2, 5], [40, 13])) -> float:
     """The largest |torch - ONNX Runtime| over the real steps of random padded batches."""
-    import onnxruntime as ort
-
-    from stew.deploy.runtime import session_options
+    import onnxruntime as ort  # only an export runs a graph: loading a model for training skips its 0.2 s
 
     session = ort.InferenceSession(graph, session_options(1), providers=["CPUExecutionProvider"])
     wrapper = Deployable(model).eval()
@@ -356,9 +352,7 @@ def fused_to_onnx(model: FusedModel) -> bytes:
             torch.onnx.export(wrapper, tuple(args), buf, dynamo=False, opset_version=OPSET, input_names=names,
                               output_names=["y"], dynamic_axes=dyn)
     except Exception as e:  # the exporter raises many types; one line names the failure
-        from stew.deploy.meta import _first_line
-
-        raise DataError(f"cannot export this fusion model to ONNX: {_first_line(e)}") from None
+        raise DataError(f"cannot export this fusion model to ONNX: {first_line(e)}") from None
     graph = buf.getvalue()
     return _verified(graph, fused_max_difference(model, graph))
 
@@ -366,9 +360,8 @@ def fused_to_onnx(model: FusedModel) -> bytes:
 @torch.no_grad()
 def fused_max_difference(model: FusedModel, graph: bytes,
                          batches: tuple[list[int], ...] = ([1], [7, 2, 5], [40, 13, 9])) -> float:
-    import onnxruntime as ort
-
-    from stew.deploy.runtime import session_options
+    """:func:`max_difference` of a fusion model, on batches with absent modalities and gaps."""
+    import onnxruntime as ort  # as in max_difference
 
     session = ort.InferenceSession(graph, session_options(1), providers=["CPUExecutionProvider"])
     names = input_names(model.spec)

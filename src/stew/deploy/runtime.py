@@ -1,33 +1,26 @@
-"""The torch-free inference path: a model folder's ``model.onnx`` in ONNX Runtime.
+"""The ONNX Runtime engine: a model folder's ``model.onnx`` in one session, without torch.
 
-This module and everything it imports at module level use numpy, pandas, pydantic and onnxruntime
-only: ``stew predict`` on an ONNX model and ``stew serve`` run on a machine without torch
-(tests/test_onnx.py guards the imports). The windows, standardisation, label delay, stitching,
-post-processing and CSV columns are the torch engine's (:func:`stew.data.preprocess.predict_windows`),
-rebuilt on numpy arrays from the same ``model.json``: both engines write the same CSV to 1e-5.
-
-:func:`predict_dataset` is also the torch engine's entry point: it picks the engine and imports
-:mod:`stew.deploy.model` (torch) only when the torch engine runs.
+This module and everything it imports use numpy, pydantic and onnxruntime only: ``stew
+predict`` on an ONNX model and ``stew serve`` run on a machine without torch (tests/test_onnx.py guards
+the imports). The windows, standardisation, label delay and stitching are the torch engine's
+(:func:`stew.data.preprocess.predict_windows`), rebuilt on numpy arrays from the same ``model.json``:
+both engines write the same CSV to 1e-5 (:func:`stew.deploy.predict.predict_dataset` picks the engine).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from stew.data.dataset import Dataset, Sequence
+from stew.data.dataset import Sequence
 from stew.data.windows import Standardizer, eval_windows, unshift_predictions
-from stew.deploy.meta import META, ONNX, WEIGHTS, _first_line, _LabelScale, meta_dict, read_meta
-from stew.errors import DataError
+from stew.deploy.inputs import input_modalities
+from stew.deploy.meta import META, ONNX, meta_dict, read_meta
+from stew.errors import DataError, first_line
 from stew.models.specs import FusedSpec, RawAudioSpec, StudentSpec
-from stew.util.atomic import check_output_file, write_atomic
 
-Engine = Literal["auto", "onnx", "torch"]
 # Evaluation windows per ONNX Runtime call: a 5-minute recording at 25 Hz is 100 windows of 3 s, one call.
 # Bounded so that a large dataset never builds one giant padded batch.
 BATCH_WINDOWS = 256
@@ -36,7 +29,7 @@ BATCH_WINDOWS = 256
 def session_options(threads: int) -> Any:
     """ONNX Runtime options with explicit thread counts: ``threads`` for one operator, 1 between operators
     (a sequential graph), no spinning threads burning a shared core, every graph optimisation on."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # here, not at the top: the torch engine and torch-side imports skip its 0.2 s
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -64,16 +57,16 @@ class OnnxModel:
         meta = read_meta(path / META)
         if not (path / ONNX).is_file():
             raise DataError("missing file (export with --format onnx or both)", file=path / ONNX)
-        import onnxruntime as ort
+        import onnxruntime as ort  # here, not at the top: see session_options
 
         try:
             self.session = ort.InferenceSession(str(path / ONNX), session_options(threads),
                                                 providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types for a malformed or foreign graph
-            raise DataError(f"not a readable ONNX model: {_first_line(e)}", file=path / ONNX) from None
+            raise DataError(f"not a readable ONNX model: {first_line(e)}", file=path / ONNX) from None
         self.path, self.spec, self.meta = path, meta.student, meta_dict(meta)
         self.fused = isinstance(self.spec, FusedSpec)
-        self.modalities = list(self.meta["dims"]) if self.fused else [self.meta["modality"]]
+        self.modalities = input_modalities(self.spec, self.meta)
         want = input_names(self.spec)
         dims = {m: self.meta["dims"][m] for m in self.modalities} if self.fused else {self.meta["modality"]: meta.dim}
         got = {i.name: i.shape[-1] for i in self.session.get_inputs()}
@@ -166,152 +159,3 @@ def predict_arrays(model: OnnxModel, xs: list[dict[str, np.ndarray]], present: l
         if f is None or np.isnan(f).any():
             raise DataError(f"sequence {i}: some steps were never predicted (NaN outputs)")
     return [unshift_predictions(f, meta["label_delay_steps"]) for f in full]
-
-
-def choose_engine(model_dir: Path, engine: Engine) -> Literal["onnx", "torch"]:
-    """``auto``: ONNX Runtime when the folder has ``model.onnx``, torch otherwise."""
-    if engine != "auto":
-        return engine
-    return "onnx" if (Path(model_dir) / ONNX).is_file() else "torch"
-
-
-def predict_dataset(
-    model_dir: Path, data: Path | Dataset, out_csv: Path | None = None, engine: Engine = "auto",
-    threads: int | None = None,
-) -> pd.DataFrame:
-    """Predict every step of every sequence in ``data`` (all splits) with an exported model.
-
-    ``engine``: ``onnx`` (ONNX Runtime, no torch imported), ``torch``, or ``auto`` (onnx when the folder
-    has ``model.onnx``). ``threads``: intra-op threads (None: ONNX Runtime 1, torch its default).
-    """
-    from stew.data.io import load_dataset
-
-    if out_csv is not None:  # refuse an unusable --out before the model and data are read
-        check_output_file(Path(out_csv))
-    model_dir = Path(model_dir)
-    where = None if isinstance(data, Dataset) else data
-    used = None
-    if choose_engine(model_dir, engine) == "onnx":
-        model = OnnxModel(model_dir, threads or 1)
-        meta = model.meta
-        ds = data if isinstance(data, Dataset) else load_dataset(data)
-        if model.fused:
-            check_label_level(model.spec, ds, where)
-            ds, used = with_absent_modalities(ds, meta["dims"], where)
-        else:
-            ds = select_input(meta, ds, where)
-        seqs = ds.sequences
-        preds = model.predict_sequences(seqs)
-    else:
-        if not (model_dir / WEIGHTS).is_file() and (model_dir / ONNX).is_file():
-            raise DataError("missing file (an ONNX-only model folder: use --engine onnx)", file=model_dir / WEIGHTS)
-        try:
-            from stew.deploy.model import predict_torch
-        except ImportError as e:  # a torch-free install (requirements-serve.txt)
-            raise DataError(f"the torch engine needs {e.name}, which is not installed; "
-                            "export with --format both and use --engine onnx") from None
-
-        preds, seqs, used, meta = predict_torch(model_dir, data, where, threads)
-    result = predictions_frame(meta, preds, seqs, used)
-    if out_csv is not None:
-        write_atomic(Path(out_csv), lambda tmp: result.to_csv(tmp, index=False))
-    return result
-
-
-def select_input(meta: dict, ds: Dataset, where: Path | None) -> Dataset:
-    """The dataset with the single-modality model's input modality (an early-fused one rebuilt from its
-    parts), its dimension checked."""
-    m = meta["modality"]
-    if m not in ds.modalities:  # an early-fused model: rebuild its input from the parts
-        inputs = meta["inputs"]
-        missing = [p for p in inputs if p not in ds.modalities]
-        if missing:
-            raise DataError(
-                f"the model needs modality {', '.join(map(repr, missing))}; the data has {list(ds.modalities)}",
-                file=where,
-            )
-        ds = ds.fuse(inputs)
-    if ds.modalities[m] != meta["dim"]:
-        raise DataError(
-            f"dimension mismatch for {m!r}: the data has {ds.modalities[m]} features, the model expects {meta['dim']}",
-            file=where,
-        )
-    return ds
-
-
-def check_label_level(spec: FusedSpec, ds: Dataset, where: Path | None) -> None:
-    """A fusion model predicts per sequence or per step; the data must be labelled the same way."""
-    if spec.fusion.pool_time != (ds.label_level == "sequence"):
-        want = "one label per sequence" if spec.fusion.pool_time else "one label per step"
-        raise DataError(f"the model predicts {want}; these data have label_level {ds.label_level!r}", file=where)
-
-
-def with_absent_modalities(ds: Dataset, dims: dict[str, int], where: Path | None) -> tuple[Dataset, dict]:
-    """A fusion model's inputs from whatever subset of them the data hold; the others become absent
-    (one masked step of zeros per sequence, or masked steps on the labels' grid). Returns the dataset
-    and, per sequence, the modalities it really had."""
-    have = [m for m in dims if m in ds.modalities]
-    if not have:
-        raise DataError(f"the model reads {list(dims)}; the data have none of them ({list(ds.modalities)})", file=where)
-    for m in have:
-        if ds.modalities[m] != dims[m]:
-            raise DataError(f"dimension mismatch for {m!r}: the data has {ds.modalities[m]} features, the model "
-                            f"expects {dims[m]}", file=where)
-    seqs, used = [], {}
-    for s in ds.sequences:
-        n = 1 if ds.label_level == "sequence" else len(s)
-        features = {m: s.features[m] if m in have else np.zeros((n, d), np.float32) for m, d in dims.items()}
-        masks = {m: s.masks[m] if m in have else np.zeros(n, bool) for m in dims}
-        seqs.append(replace(s, features=features, masks=masks))
-        used[s.id] = [m for m in dims if bool(masks[m].any())]
-    return replace(ds, modalities=dict(dims), sequences=seqs), used
-
-
-def postprocess(meta: dict, preds: list[np.ndarray]) -> list[np.ndarray]:
-    """The AVEC post-processing chain chosen on validation (``model.json`` ``postprocess``), if any."""
-    if not meta["postprocess"]:
-        return preds
-    from stew.scoring.postprocess import Chain, apply_chains
-
-    chains = {t: Chain.from_json(c) for t, c in meta["postprocess"].items()}
-    return apply_chains(chains, preds, meta["targets"])
-
-
-def predictions_frame(meta: dict, preds: list[np.ndarray], seqs: list[Sequence], used: dict | None) -> pd.DataFrame:
-    """The predictions CSV: one row per label step, post-processing applied, columns by task."""
-    preds = postprocess(meta, preds)
-    scale = _LabelScale.model_validate(meta["label_scale"]) if meta["label_scale"] else None
-    frames = []
-    for p, s in zip(preds, seqs, strict=True):
-        df = pd.DataFrame({"split": s.split, "sequence": s.id, "step": np.arange(len(s)), "step_id": s.step_ids})
-        if used is not None:  # which of a fusion model's inputs this sequence had (the rest were absent)
-            df["modalities"] = "+".join(used[s.id]) or "none"
-        for name, col in output_columns(meta, p, scale).items():
-            df[name] = col
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
-
-
-def output_columns(meta: dict, p: np.ndarray, scale: _LabelScale | None = None) -> dict[str, np.ndarray]:
-    """Prediction columns of activated outputs p [T, n_out]: pred_<target> (and _original), prob/pred."""
-    cols: dict[str, np.ndarray] = {}
-    if meta["task"] == "regression":
-        for j, t in enumerate(meta["targets"]):
-            cols[f"pred_{t}"] = p[:, j]
-            if scale is not None:  # the same prediction in the labels' own units (e.g. conflict in [-10, 10])
-                cols[f"pred_{t}_original"] = scale.to_original(p[:, j])
-    elif meta["task"] == "binary":
-        cols["prob"], cols["pred"] = p[:, 0], (p[:, 0] >= 0.5).astype(int)
-    else:
-        cols["pred"] = p.argmax(1)
-        for c in range(p.shape[1]):
-            cols[f"prob_{c}"] = p[:, c]
-    return cols
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

@@ -37,8 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stew import __version__
-from stew.deploy.meta import _LabelScale
-from stew.deploy.runtime import OnnxModel, output_columns, postprocess, predict_arrays
+from stew.deploy.meta import LabelScale
+from stew.deploy.predict import output_columns, postprocess
+from stew.deploy.runtime import OnnxModel, predict_arrays
 from stew.errors import DataError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -165,16 +166,18 @@ class Service:
             path.write_bytes(body)
             try:
                 if ext.get("set") == "waveform":
-                    from stew.data.formats.audio import prepare_clip, read_audio
+                    # Imported on the first upload: a server of feature models never pays for the decoders.
+                    from stew.data.formats.waveform import prepare_clip, read_audio
 
                     wave, n = prepare_clip(read_audio(path, int(ext["sample_rate"]))[0], ext.get("clip_samples"))
                     x, present = wave[:, None].astype(np.float32), np.arange(len(wave)) < n
                 else:
-                    try:
-                        from stew.data.features import _model_extractor, extract_file
-                    except ImportError as e:  # a torch-free install has no openSMILE
+                    try:  # on the first upload: openSMILE costs ~0.7 s, and a torch-free install has none
+                        from stew.data.features import extract_file
+                        from stew.deploy.audio import model_extractor
+                    except ImportError as e:
                         raise BadRequest(501, f"audio needs {e.name}, not in this install: send features") from None
-                    x = extract_file(path, _model_extractor(model.path, model.meta))
+                    x = extract_file(path, model_extractor(model.path, model.meta))
                     present = np.ones(len(x), bool)
             except DataError as e:  # not audio, truncated, silent, too short: the reader's one line, minus the path
                 raise BadRequest(422, str(e).replace(f"{path}: ", "").replace(str(path), "the upload")) from None
@@ -195,7 +198,7 @@ class Service:
             raise BadRequest(422, "the model's outputs are not finite for these features (values far outside "
                                   "the training range?)")
         p = postprocess(meta, [p])[0]
-        scale = _LabelScale.model_validate(meta["label_scale"]) if meta["label_scale"] else None
+        scale = LabelScale.model_validate(meta["label_scale"]) if meta["label_scale"] else None
         cols = output_columns(meta, p, None)
         out: dict[str, Any] = {"model": name, "recording_id": recording_id, "task": meta["task"], "steps": n}
         if meta["task"] == "regression":

@@ -36,6 +36,7 @@ from stew.data.validate import require_file
 from stew.errors import DataError
 from stew.util import progress
 from stew.util.atomic import write_atomic, write_text_atomic
+from stew.util.figures import figure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -214,14 +215,6 @@ def explain_clip(
     )
 
 
-def _figure(width: float, height: float) -> tuple[Any, Any]:
-    # A bare Figure renders with Agg on savefig and never touches pyplot's global backend state.
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    return fig, fig.subplots()
-
-
 def _save_png(fig: Any, out: Path) -> None:
     write_atomic(out, lambda tmp: fig.savefig(tmp, format="png"))
 
@@ -243,7 +236,8 @@ def write_explanation(expl: Explanation, wave: np.ndarray, sr: int, out_dir: Pat
     nperseg = max(16, min(len(x), 2 ** int(round(math.log2(max(sr * 0.032, 16))))))  # ~32 ms windows
     f, t, z = stft(x, fs=sr, nperseg=nperseg, noverlap=nperseg // 2, boundary=None, padded=False)
     db = 20 * np.log10(np.maximum(np.abs(z), 1e-10))  # floor: a silent clip gives a flat image, not -inf
-    fig, ax = _figure(10, 4)
+    fig, axes = figure(10, 4)
+    ax = axes[0, 0]
     # Grey image so the red/blue spans stand out; an 80 dB range keeps near-empty bins from washing it out.
     img = ax.imshow(db, origin="lower", aspect="auto", cmap="gray_r", vmin=float(db.max()) - 80, vmax=float(db.max()),
                     extent=(0.0, len(x) / sr, float(f[0]), float(f[-1])))
@@ -297,7 +291,8 @@ def analysis_figure(y_true: np.ndarray, y_pred: np.ndarray, epsilon: float = 0.5
     counts["total"] = int(cats.size)
 
     lim = max(1.0, float(np.abs(np.concatenate([y, p])).max(initial=0.0))) * 1.05
-    fig, ax = _figure(6, 6.8)
+    fig, axes = figure(6, 6.8)
+    ax = axes[0, 0]
     ax.fill_between([0, lim], -lim, 0, color="yellow", alpha=0.25, lw=0)
     ax.fill_between([-lim, 0], 0, lim, color="yellow", alpha=0.25, lw=0)
     ax.axhline(0, color="grey", lw=0.8)
@@ -408,7 +403,8 @@ def audio_file_for(data_dir: Path, sequence: str) -> Path | None:
     """
     import pandas as pd
 
-    from stew.data.formats.audio import AUDIO_SUFFIXES, LABELS, SSPNET_LABELS
+    from stew.data.formats.audio import LABELS, SSPNET_LABELS
+    from stew.data.formats.waveform import AUDIO_SUFFIXES
 
     root = Path(data_dir)
     if (root / LABELS).is_file():
@@ -437,7 +433,7 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
     """
     import torch
 
-    from stew.data.formats.audio import prepare_clip, read_audio
+    from stew.data.formats.waveform import prepare_clip, read_audio
     from stew.deploy import load_model
     from stew.errors import DataError
     from stew.models.conflictnet import RawAudioModel

@@ -18,22 +18,17 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from stew.config import TrainConfig
+from stew.data.dataset import modality_subsets
 from stew.data.io import load_dataset
 from stew.data.splits import carve_validation
 from stew.deploy import load_model
 from stew.errors import DataError
-from stew.experiments.protocols import modality_subsets
 from stew.models.fused import FusedModel
 from stew.util.atomic import write_text_atomic
 
 if TYPE_CHECKING:
+    from stew.data.bundle import Bundle
     from stew.data.dataset import Dataset
-    from stew.train.core import Bundle
-
-
-def subsets(modalities: list[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset, the full set first, then by size (largest first), in modality order."""
-    return modality_subsets(modalities)
 
 
 def evaluate_missing(
@@ -54,7 +49,7 @@ def evaluate_imputations(
     None takes the model's own setting. Each result is written as its ``missing-*.json`` (and
     ``missing.json``, which ends as the last one's).
     """
-    from stew.train.core import make_bundle, resolve
+    from stew.training.resolve import make_bundle, resolve
 
     run_dir = Path(run_dir)
     record = _read_run(run_dir)
@@ -88,12 +83,12 @@ def evaluate_imputations(
 def score_subsets(model: FusedModel, bundle: Bundle) -> dict:
     """``{"a+b": {"val": metrics, "test": metrics}, ...}`` for every non-empty subset of the model's
     modalities present (the others absent, filled as ``model.spec.impute`` says)."""
-    from stew.train.core import predict_sequences, score
+    from stew.training.evaluate import predict_sequences, score
 
     result: dict = {}
     mods = model.spec.modalities
     try:
-        for present in subsets(mods):
+        for present in modality_subsets(mods):
             model.absent = frozenset(mods) - set(present)
             result["+".join(present)] = {sp: score(predict_sequences(model, seqs, bundle), seqs, bundle)
                                          for sp in ("val", "test") if (seqs := getattr(bundle, sp))}

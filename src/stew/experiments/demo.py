@@ -47,7 +47,7 @@ DEMO = {
 def run_demo(out: Path, seed: int, console: Console) -> None:
     from stew.deploy import export, predict_dataset
     from stew.experiments.rank import rank_modalities, render_ranking
-    from stew.train.core import run
+    from stew.training.run import run
 
     t0 = time.time()
     data = out / "data"

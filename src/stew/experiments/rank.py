@@ -16,7 +16,7 @@ from stew.config import TrainConfig
 from stew.data.io import load_dataset
 from stew.errors import DataError
 from stew.scoring import metrics
-from stew.train.core import run
+from stew.training.run import run
 from stew.util.progress import Runs
 
 
@@ -68,7 +68,7 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
                 "out": (out / (t or "label") / m / f"seed{s}") if out else None,
             })
             r = run(cfg, data[t])
-            key = metrics.selection_metric(r["_bundle"].task, r["_bundle"].targets)
+            key = metrics.selection_metric(r.bundle.task, r.bundle.targets)
             res = res or RankResult(metric=key)
             tk = t or "label"
             res.val.setdefault(tk, {}).setdefault(m, []).append(r["val"][key])

@@ -33,6 +33,7 @@ from typing import Any
 
 from rich.console import Console
 
+from stew import methods
 from stew.config import TrainConfig
 from stew.errors import DataError
 from stew.experiments.protocols import Protocol
@@ -78,15 +79,13 @@ class Plan:
         tuned: dict[str, dict[str, Any]] | None = None, overrides: dict[str, Any] | None = None,
         only: list[str] | None = None,
     ) -> None:
-        from stew.methods import search_space
-
         self.protocol, self.data, self.out, self.seeds, self.store = protocol, Path(data), Path(out), seeds, store
         self.fingerprint = data_fingerprint(self.data)
         self.groups = select_groups(protocol.expand_groups(), only)
         self.tuned, self.overrides = tuned or {}, overrides or {}
         self._resolved: dict[tuple[str, int], list[Job]] = {}
         # Grid candidates are fixed by the configuration alone (not by results), so the total is known now.
-        self.grid = {g: search_space(self._config(g, seeds[0])) for g in self.groups}
+        self.grid = {g: self._candidates(g, seeds[0]) for g in self.groups}
         self.total = sum(len(seeds) - 1 + len(self.grid[g]) for g in self.groups)
 
     def _config(self, group: str, seed: int) -> TrainConfig:
@@ -97,6 +96,10 @@ class Plan:
 
             cfg = apply_params(cfg, params)
         return cfg
+
+    def _candidates(self, group: str, seed: int) -> list[TrainConfig]:
+        cfg = self._config(group, seed)
+        return methods.get(cfg.method).candidates(cfg)
 
     def finished(self, group: str, seed: int) -> dict[str, Any] | None:
         """The store row that stands for (group, seed): the selected candidate on the first seed."""
@@ -257,7 +260,7 @@ def execute(cfg_json: str, key: str, missing: tuple[str, ...] = ()) -> dict[str,
 
 
 def _train(cfg: TrainConfig, key: str) -> dict[str, Any]:
-    from stew.train.core import run
+    from stew.training.run import run
 
     out = Path(cfg.out)
     job_file = out / JOB_FILE

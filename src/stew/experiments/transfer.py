@@ -27,7 +27,7 @@ from rich.table import Table
 from stew.config import TrainConfig
 from stew.experiments.rank import RankResult, rank_modalities, render_ranking
 from stew.scoring import metrics
-from stew.train.core import public, run
+from stew.training.run import run
 from stew.util.progress import Runs
 
 DEFAULT_GAP = {"ccc": 0.05, "ccc_mean": 0.05, "f1_weighted": 5.0, "acc": 5.0}
@@ -102,7 +102,7 @@ def run_over_seeds(
         finished = cfg.out / "metrics.json" if cfg.out is not None else None
         # Only the public record is kept: every run's model and prepared data would pile up in memory.
         results.append(json.loads(finished.read_text()) if reuse and finished and finished.exists()
-                       else public(run(cfg)))
+                       else run(cfg).metrics)
         if done is not None:
             done()
     return results

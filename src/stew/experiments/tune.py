@@ -22,14 +22,15 @@ import socket
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from stew import methods
 from stew.config import TrainConfig, first_error
 from stew.errors import DataError
+from stew.methods.base import Dim
 from stew.util.atomic import check_writable_parent, write_text_atomic
 
 if TYPE_CHECKING:
@@ -42,88 +43,8 @@ if TYPE_CHECKING:
 # Search spaces
 
 
-@dataclass(frozen=True)
-class Dim:
-    """One search dimension: the TrainConfig field it sets and the values searched.
-
-    ``kind``: ``log`` (log-uniform float in [low, high]), ``linear`` (uniform float on a ``step`` grid)
-    or ``categorical`` (one of ``choices``).
-    """
-
-    path: str
-    kind: Literal["log", "linear", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
-    choices: tuple[float, ...] = ()
-    source: str = ""
-
-    def suggest(self, trial: optuna.Trial) -> float:
-        if self.kind == "categorical":
-            return trial.suggest_categorical(self.path, list(self.choices))
-        assert self.low is not None and self.high is not None
-        if self.kind == "log":
-            return trial.suggest_float(self.path, self.low, self.high, log=True)
-        # Rounded so that 0.1-steps are stored as 0.3, not 0.30000000000000004.
-        return round(trial.suggest_float(self.path, self.low, self.high, step=self.step), 10)
-
-
-_DROPOUT = Dim("dropout", "categorical", choices=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
-               source="CM-StEW paper: tuned per model from {0.2, ..., 0.7}")
-_SEW_GRID = (1e-3, 1e-2, 0.1, 1.0, 10.0)
-_SEW = "SEW paper: searched over {1e-3, 1e-2, 0.1, 1, 10}"
-_CMSTEW = "CM-StEW paper: grid search over [0.001, 1]; log-uniform here"
-_EMOBED = "[U] EmoBed paper: swept on dev, best values 0.3-1.2; 0 = off. Grid 0, 0.1, ..., 2"
-
-
-def _lr(low: float, high: float, why: str) -> Dim:
-    return Dim("lr", "log", low, high, source=f"[U] one decade around {why}")
-
-
-_LR_ADAM = _lr(1e-6, 1e-3, "the CM-StEW paper's 1e-5 (frame-level) and 1e-4 (utterance-level)")
-_LR_1E3 = _lr(1e-4, 1e-2, "the paper's 1e-3")
-
-SPACES: dict[str, dict[str, Dim]] = {
-    "unimodal": {"dropout": _DROPOUT, "lr": _LR_ADAM},
-    "cmstew": {
-        "alpha": Dim("cmstew.alpha", "log", 1e-3, 1.0, source=_CMSTEW),
-        "beta": Dim("cmstew.beta", "log", 1e-3, 1.0, source=_CMSTEW),
-        "dropout": _DROPOUT,
-        "lr": _LR_ADAM,
-    },
-    # SEW's MLP encoders and GRU regressor have no dropout (the paper mentions none).
-    "sew": {
-        "alpha": Dim("sew.alpha", "categorical", choices=_SEW_GRID, source=_SEW),
-        "beta": Dim("sew.beta", "categorical", choices=_SEW_GRID, source=_SEW),
-        "gamma": Dim("sew.gamma", "categorical", choices=_SEW_GRID, source=_SEW),
-        "lr": _LR_1E3,
-    },
-    "emobed": {
-        "alpha": Dim("emobed.alpha", "linear", 0.0, 2.0, 0.1, source=_EMOBED),
-        "beta": Dim("emobed.beta", "linear", 0.0, 2.0, 0.1, source=_EMOBED),
-        "dropout": _DROPOUT,
-        "lr": _LR_1E3,
-    },
-    "joint": {"alpha": Dim("emobed.alpha", "linear", 0.0, 2.0, 0.1, source=_EMOBED), "dropout": _DROPOUT,
-              "lr": _LR_1E3},
-    "triplet": {"beta": Dim("emobed.beta", "linear", 0.0, 2.0, 0.1, source=_EMOBED), "dropout": _DROPOUT,
-                "lr": _LR_1E3},
-    # CER-MTL's CNN and GRU heads have no dropout (the paper mentions none).
-    "cermtl": {"lr": _lr(5e-6, 5e-4, "the paper's 5e-5")},
-}
-
-
-def _ablated(method: str, ablation: str | None) -> set[str]:
-    """Names an ablation fixes to 0 (searching them would change nothing)."""
-    if not ablation or method not in ("sew", "cmstew"):
-        return set()  # an ablation of another method is refused when the config is resolved
-    if method == "sew":
-        from stew.methods.sew import ABLATIONS
-    else:
-        from stew.methods.cmstew import ABLATIONS
-    if ablation not in ABLATIONS:
-        raise DataError(f"unknown {method} ablation {ablation!r}; choose from {list(ABLATIONS)}")
-    return set(ABLATIONS[ablation])
+# What each method searches is its own (stew.methods, each file's MethodDef.tuning).
+SPACES: dict[str, dict[str, Dim]] = {name: d.tuning for name, d in methods.REGISTRY.items() if d.tuning}
 
 
 def search_space(method: str, params: Iterable[str] | None = None, *, ablation: str | None = None) -> dict[str, Dim]:
@@ -133,7 +54,9 @@ def search_space(method: str, params: Iterable[str] | None = None, *, ablation: 
     """
     if method not in SPACES:
         raise DataError(f"unknown method {method!r}; choose from {list(SPACES)}")
-    space, off = SPACES[method], _ablated(method, ablation)
+    definition = methods.get(method)
+    definition.check_ablation(ablation)
+    space, off = SPACES[method], set(definition.ablations.get(ablation or "", {}))
     if params is None:
         return {k: d for k, d in space.items() if k not in off}
     names = list(dict.fromkeys(p.strip() for p in params if p.strip()))
@@ -347,8 +270,9 @@ def worker_id() -> str:
 def _check(cfg: TrainConfig, ds: Dataset) -> str:
     """Resolve the configuration against the data before any trial runs; return the selection key."""
     from stew.methods import required_modalities
+    from stew.methods.base import target_names
     from stew.scoring.metrics import selection_metric
-    from stew.train.core import fuse_inputs, resolve, target_names
+    from stew.training.resolve import fuse_inputs, resolve
 
     c, d = fuse_inputs(cfg, ds)
     c = resolve(c, d)
@@ -356,27 +280,16 @@ def _check(cfg: TrainConfig, ds: Dataset) -> str:
     return selection_metric(d.task, target_names(c, d))
 
 
-def fixed_weights(cfg: TrainConfig) -> dict[str, float]:
-    """CM-StEW's alpha and beta as every trial sets them when they are not searched: the config's value,
-    or 1.0 where the config leaves it open (None would open ``run``'s internal validation grid)."""
-    if cfg.method != "cmstew":
-        return {}
-    c = cfg.cmstew
-    return {"cmstew.alpha": 1.0 if c.alpha is None else c.alpha, "cmstew.beta": 1.0 if c.beta is None else c.beta}
-
-
 def trial_base(cfg: TrainConfig) -> TrainConfig:
     """Per-trial settings: 1 CPU thread unless ``threads`` is set, no progress bar unless asked for, and
-    CM-StEW's weights fixed (:func:`fixed_weights`); the searched parameters are applied on top."""
-    upd: dict[str, Any] = dict(fixed_weights(cfg))
+    what the method fixes for a trial (CM-StEW: its weights and the paper recipe's single fit); the
+    searched parameters are applied on top."""
+    trial_settings = methods.get(cfg.method).trial_settings
+    upd: dict[str, Any] = trial_settings(cfg) if trial_settings is not None else {}
     if cfg.threads is None:
         upd["threads"] = 1
     if "progress" not in cfg.model_fields_set:
         upd["progress"] = False
-    if cfg.method == "cmstew" and "recipe" not in cfg.model_fields_set:
-        # A trial is one validation score: the paper recipe's single fit (the stew recipe's guard would
-        # cross-validate every trial); the tuned values feed a protocol run, which is the paper's recipe too.
-        upd["recipe"] = "paper"
     return apply_params(cfg, upd)
 
 
@@ -389,7 +302,8 @@ def tune(
     Trial N trains ``run(cfg + its parameters)`` into ``out/trials/<study>/trial<N>``.
     """
     from stew.data.io import load_dataset
-    from stew.train.core import run
+    from stew.training.run import run
+    from stew.training.stages import teacher_config
 
     if not _STUDY_NAME.match(study):
         raise DataError(f"--study {study!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
@@ -412,14 +326,15 @@ def tune(
     trials_dir = out / "trials" / study
     trials_dir.mkdir(parents=True, exist_ok=True)
     base = trial_base(cfg)
-    fixed = {p: v for p, v in fixed_weights(cfg).items() if p not in describe["params"]}
+    definition = methods.get(cfg.method)
+    # The weights every trial fixes (the config's, or 1.0), recorded beside the searched ones.
+    settings = definition.trial_settings(cfg) if definition.trial_settings is not None else {}
+    fixed = {p: v for p, v in settings.items() if "." in p and p not in describe["params"]}
 
     # CM-StEW's stage 1 does not depend on alpha and beta: when only they are searched, one teacher
     # per worker serves every trial. Searching dropout or lr retrains it per trial, as run() would.
-    if (cfg.method == "cmstew" and cfg.cmstew.teacher_run is None and cfg.cv is None
+    if (definition.stage1_teachers and cfg.cmstew.teacher_run is None and cfg.cv is None
             and all(d.path.startswith("cmstew.") for d in space.values())):
-        from stew.methods.cmstew import teacher_config
-
         stage1 = trials_dir / f"stage1-{re.sub(r'[^A-Za-z0-9._-]', '_', worker_id())}"
         shutil.rmtree(stage1, ignore_errors=True)  # this worker's own, from an earlier call
         run(teacher_config(base, stage1), ds)

@@ -16,20 +16,17 @@ with uniform alpha_m = 1/M unless ``cermtl.task_weights`` is given (§2.3-2.4). 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from stew.config import TrainConfig
+from stew.data.bundle import Bundle
 from stew.data.preprocess import steps_for
 from stew.errors import DataError
-from stew.methods.base import Method, prediction_loss
+from stew.methods.base import Method, MethodDef, lr_dim, prediction_loss
 from stew.models.encoders import EncoderSpec
 from stew.models.heads import HeadSpec
 from stew.models.student import SingleModalityModel, StudentSpec
-
-if TYPE_CHECKING:
-    from stew.config import TrainConfig
-    from stew.train.core import Bundle
 
 
 class CERMTL(Method):
@@ -83,3 +80,11 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> CERMTL:
     if len(weights) != m:
         raise DataError(f"cermtl.task_weights has {len(weights)} values for {m} targets {bundle.targets}")
     return CERMTL(student_spec(cfg, bundle), cfg.loss, weights)
+
+
+# Adam at 5e-5, no label shift, the CCC loss for regression (the paper's best); its CNN and GRU heads
+# have no dropout, so only lr is tuned.
+METHOD = MethodDef(
+    name="cermtl", build=build, step_pairing=True, lr=5e-5, label_delay_s=0.0, regression_loss="ccc",
+    tuning={"lr": lr_dim(5e-6, 5e-4, "the paper's 5e-5")},
+)

@@ -18,19 +18,18 @@ so test and deployment use one fixed affine map (PCC is unchanged by it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from stew.config import TrainConfig
+from stew.data.bundle import Bundle
+from stew.data.preprocess import predict_windows
 from stew.errors import DataError
-from stew.methods.base import Method
+from stew.methods.base import Method, MethodDef
 from stew.models.conflictnet import ConflictNetSpec, RawAudioModel, RawAudioSpec
 from stew.objectives import pcc_loss
-
-if TYPE_CHECKING:
-    from stew.config import TrainConfig
-    from stew.train.core import Bundle
 
 ABLATIONS = ("paranet", "+ap", "+attn", "conflictnet", "+gap")
 DECAY = 0.6  # Keras's legacy per-update decay (spec §3.3)
@@ -57,11 +56,9 @@ class ConflictNetMethod(Method):
     @torch.no_grad()
     def after_fit(self, bundle: Bundle) -> None:
         """The spec's min-max rescaling (§0.7), fitted on validation predictions instead of test ones."""
-        from stew.train.core import predict_sequences
-
         self.student.out_scale.fill_(1.0)
         self.student.out_shift.fill_(0.0)
-        pred = np.concatenate(predict_sequences(self, bundle.val, bundle))
+        pred = np.concatenate(predict_windows(self, bundle.val, bundle.eval_win, bundle.k_delay))
         y = np.concatenate([s.source.targets[:, bundle.target_cols] for s in bundle.train])
         lo, hi = pred.min(0), pred.max(0)
         scale = np.where(hi > lo, (y.max(0) - y.min(0)) / np.where(hi > lo, hi - lo, 1.0), 1.0)
@@ -75,7 +72,7 @@ class ConflictNetMethod(Method):
                 "rescale": {"scale": self.student.out_scale.tolist(), "shift": self.student.out_shift.tolist()}}
 
 
-def build(cfg: TrainConfig, bundle: Bundle) -> ConflictNetMethod:
+def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> ConflictNetMethod:
     ds = bundle.ds
     m = cfg.modality
     if ds.task != "regression" or ds.label_level != "sequence" or ds.modalities[m] != 1:
@@ -90,3 +87,7 @@ def build(cfg: TrainConfig, bundle: Bundle) -> ConflictNetMethod:
     except ValueError as e:
         raise DataError(f"clips of {samples} samples: {str(e).splitlines()[0]}") from None
     return ConflictNetMethod(RawAudioSpec(modality=m, targets=bundle.targets, net=net))
+
+
+# Early stopping after 10 epochs without a better validation PCC; lr 1e-2 with Keras's decay per update.
+METHOD = MethodDef(name="conflictnet", build=build, ablations={a: {} for a in ABLATIONS}, lr=1e-2, patience=10)

@@ -20,19 +20,18 @@ frames: attention runs across the steps, and SP and the classifier run at every 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import torch
 
+from stew.config import TrainConfig
+from stew.data.bundle import Bundle
+from stew.data.dataset import Dataset
 from stew.data.preprocess import WindowDataset
 from stew.errors import DataError
-from stew.methods.base import Method, prediction_loss
+from stew.methods.base import Method, MethodDef, prediction_loss
 from stew.models.fused import FusedModel, FusedSpec
 from stew.models.fusion import FusionSpec
-
-if TYPE_CHECKING:
-    from stew.config import TrainConfig
-    from stew.train.core import Bundle
 
 # Spec §4.2: the time-step Conv1d of the IEMOCAP inputs (audio 1000 -> 500 steps, video 32 -> 25),
 # whose lengths the AMH release fixes; a smaller (synthetic) release keeps the same ratios.
@@ -164,7 +163,7 @@ def fusion_modalities(cfg: TrainConfig, modalities: dict[str, int]) -> list[str]
     return names
 
 
-def build(cfg: TrainConfig, bundle: Bundle) -> Fusion:
+def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Fusion:
     ds = bundle.ds
     f = cfg.fusion
     mods = bundle.modalities
@@ -200,3 +199,14 @@ def _bank_size(bundle: Bundle, mods: list[str], sequence_level: bool) -> int:
     if sequence_level:
         return sum(all(bool(s.present[m].any()) for m in mods) for s in bundle.train)
     return sum(int(torch.stack([s.present[m] for m in mods]).all(0).sum()) for s in bundle.train)
+
+
+def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
+    if cfg.modality is not None or cfg.teacher is not None:
+        raise DataError("--method fusion reads --modalities (default: all of the data's), not --modality or --teacher")
+    modalities = fusion_modalities(cfg, ds.modalities)
+    return cfg.model_copy(update={"fusion": cfg.fusion.model_copy(update={"modalities": modalities})})
+
+
+# Adam at 1e-3, early stopping after 10 epochs without a better validation score (docs/methods/fusion.md).
+METHOD = MethodDef(name="fusion", build=build, fuses=True, lr=1e-3, patience=10, resolve=resolve)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,15 +30,14 @@ from sklearn.svm import LinearSVR
 from threadpoolctl import threadpool_limits
 
 from stew.config import LinearConfig, TrainConfig
+from stew.data.bundle import Bundle
+from stew.data.dataset import Dataset
 from stew.data.preprocess import shift_labels, unshift_predictions
 from stew.errors import DataError
-from stew.methods.base import Method
+from stew.methods.base import Method, MethodDef
 from stew.models.encoders import EncoderSpec
 from stew.models.heads import HeadSpec
 from stew.models.student import SingleModalityModel, StudentSpec
-
-if TYPE_CHECKING:
-    from stew.train.core import Bundle
 
 DEFAULT_GRID = {
     "ridge": [10.0**e for e in range(-1, 6)],  # alpha
@@ -232,5 +231,15 @@ def _strongest_first(estimator: str, grid: list[float]) -> list[float]:
     return sorted(grid, reverse=estimator == "ridge")
 
 
-def build(cfg: TrainConfig, bundle: Bundle) -> Linear:
+def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Linear:
     return Linear(cfg, bundle)
+
+
+def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
+    if cfg.loss in ("ccc", "pcc"):
+        raise DataError(f"--loss {cfg.loss} does not apply to --method linear (least squares, hinge or logistic)")
+    return cfg
+
+
+# No label delay: linear searches its label offset on validation instead.
+METHOD = MethodDef(name="linear", build=build, label_delay_s=None, resolve=resolve)

@@ -17,20 +17,16 @@ S_D2 (beta = 0), CCA (gamma = 0), S_D1 (alpha = 0), or CCA and S_D1 together.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from stew.errors import DataError
-from stew.methods.base import Method, prediction_loss
+from stew.config import TrainConfig
+from stew.data.bundle import Bundle
+from stew.methods.base import LR_1E3, Dim, Method, MethodDef, prediction_loss
 from stew.models.encoders import MLP, EncoderSpec
 from stew.models.heads import HeadSpec
 from stew.models.student import SingleModalityModel, StudentSpec
 from stew.objectives import dcca_loss, masked_mse
-
-if TYPE_CHECKING:
-    from stew.config import TrainConfig
-    from stew.train.core import Bundle
 
 ABLATIONS = {
     "-SD2": {"beta": 0.0}, "-CCA": {"gamma": 0.0}, "-SD1": {"alpha": 0.0}, "-(CCA&SD1)": {"alpha": 0.0, "gamma": 0.0},
@@ -114,8 +110,7 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> SEW:
     s = cfg.sew
     weights = {"alpha": s.alpha, "beta": s.beta, "gamma": s.gamma}
     if cfg.ablation:
-        if cfg.ablation not in ABLATIONS:
-            raise DataError(f"unknown SEW ablation {cfg.ablation!r}; choose from {list(ABLATIONS)}")
+        METHOD.check_ablation(cfg.ablation)
         weights |= ABLATIONS[cfg.ablation]
     weak, strong = cfg.modality, cfg.teacher
     dims = bundle.ds.modalities
@@ -131,3 +126,20 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> SEW:
         student, strong, dims[strong], layer_sizes(strong, dims[strong], latent), cfg.loss,
         k=s.k, r1=s.r1, r2=s.r2, **weights,
     )
+
+
+_GRID = (1e-3, 1e-2, 0.1, 1.0, 10.0)
+_SOURCE = "SEW paper: searched over {1e-3, 1e-2, 0.1, 1, 10}"
+
+# SGD at 1e-3 on single frames, scored on 3 s windows; labels shifted by 2.4 s. Its MLP encoders and GRU
+# regressor have no dropout, so none is tuned.
+METHOD = MethodDef(
+    name="sew", build=build, teacher="stronger", ablations=ABLATIONS, step_pairing=True, lr=1e-3, optimizer="sgd",
+    label_delay_s=2.4, per_step=True,
+    tuning={
+        "alpha": Dim("sew.alpha", "categorical", choices=_GRID, source=_SOURCE),
+        "beta": Dim("sew.beta", "categorical", choices=_GRID, source=_SOURCE),
+        "gamma": Dim("sew.gamma", "categorical", choices=_GRID, source=_SOURCE),
+        "lr": LR_1E3,
+    },
+)

@@ -9,9 +9,13 @@ network it trains with the L2 penalty lambda/2 ||theta||^2 (``emobed.l2``, emobe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from stew.methods.base import Method, prediction_loss
+from stew.config import TrainConfig
+from stew.data.bundle import Bundle
+from stew.methods.base import DROPOUT, LR_ADAM, Method, MethodDef, prediction_loss, student_spec
 from stew.models.student import SingleModalityModel, StudentSpec
 
 
@@ -29,3 +33,12 @@ class Unimodal(Method):
 
     def extra_record(self) -> dict:
         return {"l2": self.l2} if self.l2 else {}
+
+
+def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Unimodal:
+    # EmoBed's classic system (--arch gru) gets the paper's L2 penalty like every EmoBed network.
+    l2 = cfg.emobed.l2 if cfg.arch == "gru" else 0.0
+    return Unimodal(student_spec(cfg, bundle.ds, cfg.modality), cfg.loss, l2=l2)
+
+
+METHOD = MethodDef(name="unimodal", build=build, tuning={"dropout": DROPOUT, "lr": LR_ADAM})

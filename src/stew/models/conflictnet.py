@@ -1,12 +1,13 @@
-"""ConflictNET and its ParaNET ablations: end-to-end conflict-intensity regression from raw 8 kHz speech (spec §3).
+"""ConflictNET and its ParaNET ablations: end-to-end conflict-intensity regression from raw 8 kHz speech
+(docs/methods/conflictnet.md).
 
 One clip in, one prediction out: x [B, T, 1] (raw mono waveform), mask [B, T] (True = real sample) ->
-pre-activation [B, 1, n_out]. The spec's activation is linear, so :meth:`ConflictNet.activate` is the
+pre-activation [B, 1, n_out]. The paper's output is linear, so :meth:`ConflictNet.activate` is the
 identity by default.
 
-Layers (spec §3.2; the Keras code settles sizes and order):
+Layers (docs/methods/conflictnet.md#architecture; the Keras code settles sizes and order):
 3 x [Conv1D valid + ReLU -> BatchNorm -> MaxPool] -> AveragePool(4) -> LSTM(128, sequences) ->
-additive self-attention (eq. 3.2) -> LSTM(64, last step) -> Dense(n_out). The ablations drop the
+additive self-attention (thesis eq. 3.2) -> LSTM(64, last step) -> Dense(n_out). The ablations drop the
 average pooling ("AP") and/or the attention, or add a masked temporal mean ("GAP") over LSTM-2's outputs.
 
 Parameters are Keras's: one bias per LSTM gate (PyTorch's ``nn.LSTM`` has two), BatchNorm running
@@ -136,7 +137,8 @@ class KerasLSTM(nn.Module):
 
 
 class AdditiveSelfAttention(nn.Module):
-    """Global additive self-attention, spec eq. 3.2 (keras-self-attention ``SeqSelfAttention``, additive, tanh).
+    """Global additive self-attention (docs/methods/conflictnet.md#attention; keras-self-attention
+    ``SeqSelfAttention``, additive, tanh).
 
     g(t, t') = tanh(W_t h_t + W_x h_t' + b_h); e(t, t') = tanh(w_a . g(t, t') + b_a);
     a(t, .) = softmax over real t' of e(t, .); l_t = sum_t' a(t, t') h_t'. Padded query steps give 0,
@@ -195,7 +197,8 @@ class AdditiveSelfAttention(nn.Module):
 
 
 class ConflictNet(nn.Module):
-    """ConflictNET / ParaNET (spec §3.2): x [B, T, 1] raw waveform, mask [B, T] -> pre-activation [B, 1, n_out]."""
+    """ConflictNET / ParaNET (docs/methods/conflictnet.md#architecture): x [B, T, 1] raw waveform, mask [B, T]
+    -> pre-activation [B, 1, n_out]."""
 
     def __init__(self, spec: ConflictNetSpec) -> None:
         super().__init__()
@@ -227,7 +230,7 @@ class ConflictNet(nn.Module):
 
     @property
     def activation(self) -> str:
-        """The output activation the spec prescribes: "identity" (linear, spec §3.1) unless configured."""
+        """The output activation: "identity" (linear, as in the paper) unless configured."""
         return self.spec.activation
 
     def activate(self, out: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ from stew.models.encoders import BiGRU
 
 
 class BiGRUDecoder(nn.Module):
-    """CM-StEW's S_D (spec §6.3): a Bi-GRU over the weak latent, then a time-distributed Dense(d_out)."""
+    """CM-StEW's S_D (docs/methods/cmstew.md#decoder): a Bi-GRU over the weak latent, then a time-distributed
+    Dense(d_out)."""
 
     def __init__(self, d_in: int, units: int, layers: int, d_out: int, dropout: float = 0.0) -> None:
         super().__init__()

@@ -2,11 +2,13 @@
 
 - ``identity``: the features themselves (the "Classifier only" baseline).
 - ``bigru``: a bidirectional GRU (packed, so padding never leaks into the backward direction).
-- ``bigru-te``: the CM-StEW encoder of spec §6.3: Bi-GRU, time-distributed Dense(d_model), sinusoidal
-  positions, post-norm transformer encoder layers with key-padding masks.
-- ``mlp``: a per-step MLP with tanh between layers (SEW's encoders, spec §5.3).
-- ``gru``: a stacked unidirectional GRU (EmoBed's modality-specific embedding nets, spec §1.4).
-- ``feature-image``: CER-MTL's framing and shared CNN (spec §2.2-2.3), see :class:`FeatureImageCNN`.
+- ``bigru-te``: the CM-StEW encoder (docs/methods/unimodal.md#encoder): Bi-GRU, time-distributed
+  Dense(d_model), sinusoidal positions, post-norm transformer encoder layers with key-padding masks.
+- ``mlp``: a per-step MLP with tanh between layers (SEW's encoders, docs/methods/sew.md#layer-sizes).
+- ``gru``: a stacked unidirectional GRU (EmoBed's modality-specific embedding nets,
+  docs/methods/emobed.md#architecture).
+- ``feature-image``: CER-MTL's framing and shared CNN (docs/methods/cermtl.md#feature-image), see
+  :class:`FeatureImageCNN`.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def on_valid_rows(fn: nn.Module, h: torch.Tensor, mask: torch.Tensor | None) -> 
 
 
 class BiGRUTransformer(nn.Module):
-    """Bi-GRU, Dense(d_model), sinusoidal positions, post-norm transformer encoder layers (spec §6.3).
+    """Bi-GRU, Dense(d_model), sinusoidal positions, post-norm transformer encoder layers
+    (docs/methods/unimodal.md#encoder).
 
     The layers are ``nn.TransformerEncoderLayer`` modules (their parameters and state-dict names), but
     the forward pass is written out so that everything except the attention itself runs on the valid
@@ -120,7 +123,7 @@ def _post_norm_layer(
 
 
 class MLP(nn.Module):
-    """Linear layers with tanh between them and a linear output (spec §5.3)."""
+    """Linear layers with tanh between them and a linear output (docs/methods/sew.md#layer-sizes)."""
 
     def __init__(self, d_in: int, sizes: list[int]) -> None:
         super().__init__()
@@ -147,7 +150,7 @@ class GRU(nn.Module):
 
 
 class FeatureImageCNN(nn.Module):
-    """CER-MTL's feature image and shared CNN meta-feature extractor (emobed_cermtl spec §2.2-2.3).
+    """CER-MTL's feature image and shared CNN meta-feature extractor (docs/methods/cermtl.md#architecture).
 
     For step l the image stacks the N feature vectors at l + t*j, j = -(N-1)//2 .. N//2 (t = stride),
     a P x N image; a Conv1d over its N columns (P input channels, ``filters`` outputs, valid padding),
@@ -159,7 +162,7 @@ class FeatureImageCNN(nn.Module):
     the same numbers as convolving every image (tests/test_emobed_cermtl.py::
     test_feature_image_cnn_equals_convolving_every_image), about N times fewer FLOPs.
 
-    Input: x [B, L + T + R, P] with L, R = ``spec.context`` steps of surrounding context (the window
+    Input: x [B, L + T + R, P] with L, R = ``EncoderSpec.context`` steps of surrounding context (the window
     loader supplies them, clamped at the recording's edges), or x [B, T, P] (edges replicated here).
     Output: [B, T, pooled_steps * filters].
     """

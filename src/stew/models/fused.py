@@ -1,5 +1,5 @@
 """The deployable fusion model: attention fusion over several modalities that keeps working when some
-are missing (spec §4.2, §4.5).
+are missing (docs/methods/fusion.md#missing-modalities).
 
 It wraps :class:`stew.models.fusion.FusionModel` with what deployment needs: the task's activation,
 the batch layout of stew's trainer, and what to do with an absent modality:
@@ -10,8 +10,8 @@ the batch layout of stew's trainer, and what to do with an absent modality:
   the training mean, not "absent". docs/choices.md has the reasoning.
 - ``knn``: the absent modality's vector is the mean of its K nearest training neighbours' vectors
   (Euclidean, on the present modalities' vectors concatenated), from a memory bank of the training
-  samples' per-modality vectors saved with the weights (spec §4.5, Moon et al.). Intra models only:
-  their vectors are per modality.
+  samples' per-modality vectors saved with the weights (docs/methods/fusion.md#knn-imputation). Intra
+  models only: their vectors are per modality.
 
 A modality is absent for a sample when its mask is all False (sequence-level data) or, on step-level
 data, at the steps where its mask is False.

@@ -1,16 +1,17 @@
-"""Intra- (self-) and cross-attention fusion of spec §4.2 (IEMOCAP, 7 classes), as one configurable model.
+"""Intra- (self-) and cross-attention fusion (IEMOCAP, 7 classes; docs/methods/fusion.md#architecture), as one
+configurable model.
 
 Pipeline per modality m: optional time-step Conv1d -> 1-layer bi-GRU (``e_m``), then
 - ``intra``: one ``nn.MultiheadAttention`` per modality, MHA_m(e_m, e_m, e_m);
 - ``cross``: one per source->target pair, MHA(query = e_target, key = value = e_source), target length;
 - ``cross+intra``: both sets over the same (shared) encoders; each set is pooled on its own and the two
-  pooled vectors are concatenated (480-d with the spec's sizes).
-No residual, FFN or LayerNorm (spec). Each MHA output is averaged over time (``pool_time``), giving one
-vector per module; statistical pooling (SP) stacks the M vectors and concatenates their element-wise
-mean and std across M; a two-layer classifier (no activation between, as in the spec and the code)
-gives pre-softmax outputs.
+  pooled vectors are concatenated (480-d with the thesis's sizes).
+No residual, FFN or LayerNorm (as in the thesis). Each MHA output is averaged over time (``pool_time``),
+giving one vector per module; statistical pooling (SP) stacks the M vectors and concatenates their
+element-wise mean and std across M; a two-layer classifier (no activation between, as in the thesis and
+the authors' code) gives pre-softmax outputs.
 
-Choices where the spec is silent or where stew's data differ from the authors' fixed-size tensors:
+Choices where the sources are silent or where stew's data differ from the authors' fixed-size tensors:
 
 - **Masks** (the authors mask nothing). Features at masked steps are zeroed first, so their values
   never matter. The bi-GRU is packed to each sample's extent (last real step + 1): trailing padding is
@@ -20,16 +21,17 @@ Choices where the spec is silent or where stew's data differ from the authors' f
 - **Absent modality** (a sample whose mask is all False): every MHA output that reads it, as query or
   as key/value, is defined as zeros, and so is its temporal-mean vector. Internally the keys of such a
   sample are left unmasked (a softmax over no keys is NaN) and the result is multiplied by 0, so the
-  forward and backward passes stay finite. To reproduce the spec's §4.5 protocol (zero *input* that
-  still flows through conv bias and GRU) pass zeros with a True mask instead.
+  forward and backward passes stay finite. To reproduce the thesis's missing-modality protocol (zero
+  *input* that still flows through conv bias and GRU) pass zeros with a True mask instead.
 - **Time-step conv**: the input is zeroed at masked steps and zero-padded / truncated to T_in; all
   T_out output steps are real, unless the whole modality is absent (then none are).
-- **M == 1** (unimodal intra, spec [U]): SP keeps its 4u-d layout with the *biased* std, i.e. sigma = 0,
-  so the unimodal model is the tri-modal one with components removed (same classifier shapes). For
-  M >= 2 the std is unbiased (``torch.std`` default, as in the code).
-- **Pair names** are ``f"{source}2{target}"`` with full modality names, e.g. ``video2text`` (spec V2T).
+- **M == 1** (unimodal intra; the thesis is silent): SP keeps its 4u-d layout with the *biased* std,
+  i.e. sigma = 0, so the unimodal model is the tri-modal one with components removed (same classifier
+  shapes). For M >= 2 the std is unbiased (``torch.std`` default, as in the code).
+- **Pair names** are ``f"{source}2{target}"`` with full modality names, e.g. ``video2text`` (the thesis's
+  V2T).
   Default pairs (``pairs=None``) are grouped by target in modality order, sources in modality order:
-  for (text, video, audio) that is V2T, A2T, T2V, A2V, T2A, V2A, the spec's order.
+  for (text, video, audio) that is V2T, A2T, T2V, A2V, T2A, V2A, the thesis's order.
 - **Unused modalities**: with a ``pairs`` subset, modalities in no pair get no encoder and need no input.
 - **pool_time False** (step-level labels, e.g. MOSI utterances of a video): all modalities share the
   step grid; there is no temporal mean, the vector of a module at step t is its MHA output at step t
@@ -51,7 +53,7 @@ def statistical_pooling(v: torch.Tensor) -> torch.Tensor:
     """[..., M, d] -> [..., 2d]: element-wise [mean, std] across the M vectors.
 
     Unbiased std for M >= 2 (as ``torch.std_mean`` in the authors' code); for M == 1 the biased std,
-    i.e. zeros, since the unbiased one is undefined (spec [U]).
+    i.e. zeros, since the unbiased one is undefined (the thesis is silent; docs/methods/fusion.md#choices).
     """
     if v.shape[-2] == 1:
         mean = v[..., 0, :]
@@ -61,7 +63,8 @@ def statistical_pooling(v: torch.Tensor) -> torch.Tensor:
 
 
 class FusionModel(nn.Module):
-    """Intra/cross-attention fusion (spec §4.2) built from a :class:`FusionSpec`; see the module docstring."""
+    """Intra/cross-attention fusion (docs/methods/fusion.md#architecture) built from a :class:`FusionSpec`; see
+    the module docstring."""
 
     def __init__(self, spec: FusionSpec) -> None:
         super().__init__()
@@ -142,7 +145,7 @@ class FusionModel(nn.Module):
         return h.sum(1, keepdim=True) / count
 
     def vectors(self, x: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The per-module vectors at the input of SP, keyed by ``spec.vector_names``."""
+        """The per-module vectors at the input of SP, keyed by ``FusionSpec.vector_names``."""
         enc, enc_masks = self.encode(x, masks)
         out = {}
         for m in self.spec.intra_names:

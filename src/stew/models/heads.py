@@ -10,7 +10,7 @@ from stew.models.specs import HeadSpec
 
 
 class Classifier(nn.Module):
-    """Dense(300, ReLU) + Dropout(0.3) + Dense(n_out), applied per time step (spec §6.3)."""
+    """Dense(300, ReLU) + Dropout(0.3) + Dense(n_out), applied per time step (docs/methods/unimodal.md#classifier)."""
 
     def __init__(self, d_in: int, n_out: int, hidden: int = 300, dropout: float = 0.3) -> None:
         super().__init__()
@@ -23,7 +23,8 @@ class Classifier(nn.Module):
 class SingleStepGRU(nn.Module):
     """SEW's regressor R: stacked GRU layers run on each step as a length-1 sequence, then a linear layer.
 
-    A GRU over one step is a gated feed-forward layer: there is no context across steps (spec §5.3).
+    A GRU over one step is a gated feed-forward layer: there is no context across steps
+    (docs/methods/sew.md#regressor-r).
     """
 
     def __init__(self, d_in: int, n_out: int, units: int = 120, layers: int = 4) -> None:
@@ -38,7 +39,8 @@ class SingleStepGRU(nn.Module):
 
 
 class GRUHead(nn.Module):
-    """EmoBed's shared back-end f: stacked GRU layers over the embeddings, then a linear output (spec §1.1)."""
+    """EmoBed's shared back-end f: stacked GRU layers over the embeddings, then a linear output
+    (docs/methods/emobed.md#architecture)."""
 
     def __init__(self, d_in: int, n_out: int, units: int, layers: int, dropout: float) -> None:
         super().__init__()
@@ -50,8 +52,9 @@ class GRUHead(nn.Module):
 
 
 class TaskGRUHeads(nn.Module):
-    """CER-MTL's per-task heads (spec §2.3): for each task a GRU(5) over the image's pooled columns,
-    its last state, a fully connected layer of 2 units (ReLU [U]) and a linear output node."""
+    """CER-MTL's per-task heads (docs/methods/cermtl.md#architecture): for each task a GRU(5) over the image's
+    pooled columns, its last state, a fully connected layer of 2 units (ReLU, stew's choice: the paper names
+    none) and a linear output node."""
 
     def __init__(self, d_in: int, n_out: int, seq_steps: int, units: int = 5, fc: int = 2) -> None:
         super().__init__()

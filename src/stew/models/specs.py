@@ -2,7 +2,7 @@
 
 They live apart from the ``nn.Module`` classes so that reading and validating a model folder needs no
 torch: the torch-free deployment path (``stew predict`` on an ONNX model, ``stew serve``) imports this
-module and never the model code. The model modules re-export their spec, so the old import paths
+module and never the model code. The model modules re-export these classes, so the old import paths
 (``from stew.models.student import StudentSpec``) keep working.
 """
 
@@ -24,7 +24,7 @@ class EncoderSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: EncoderKind
     d_in: int
-    gru_units: int = 0  # per direction; 0 = the input dimension (spec §6.3)
+    gru_units: int = 0  # per direction; 0 = the input dimension (docs/methods/unimodal.md#encoder)
     gru_layers: int = 2
     d_model: int = 100
     heads: int = 2
@@ -111,7 +111,7 @@ class FusionSpec(BaseModel):
     gru_units: int = 60  # per direction
     heads: int = 6
     attn_dropout: float = 0.1
-    input_dropout: dict[str, float] = {}  # training-only dropout on the input features (spec: text 0.25)
+    input_dropout: dict[str, float] = {}  # training-only dropout on the input features (authors' code: text 0.25)
     clf_hidden: int = 60
     clf_activation: Literal["none", "relu"] = "none"
     n_out: int
@@ -173,7 +173,7 @@ class FusionSpec(BaseModel):
 
     @property
     def width(self) -> int:
-        """Encoder output and attention width, 2 * gru_units (120 in the spec)."""
+        """Encoder output and attention width, 2 * gru_units (120 in the thesis)."""
         return 2 * self.gru_units
 
     @property
@@ -259,12 +259,12 @@ class ConflictNetSpec(BaseModel):
     avg_pool: int = 4  # AP: 832 -> 208 steps, under the 250 that LSTMs were found to handle well
     lstm_units: list[int] = [128, 64]
     attention_units: int = 32  # keras-self-attention's default
-    dropout: float = 0.0  # none in the thesis or code; [U] where it would go: before the dense layer
+    dropout: float = 0.0  # none in the thesis or code; stew's choice of where it would go: before the dense layer
     # Keras code: conv -> BN -> pool; the thesis text lists conv -> pool -> BN.
     block_order: Literal["conv-bn-pool", "conv-pool-bn"] = "conv-bn-pool"
     # LSTM gates: Keras 2.2.4 (the authors' pin) defaults to hard_sigmoid; sigmoid runs the fused kernel.
     gate_activation: Literal["sigmoid", "hard_sigmoid"] = "sigmoid"
-    activation: Literal["identity", "tanh"] = "identity"  # the spec's output is linear
+    activation: Literal["identity", "tanh"] = "identity"  # the paper's output is linear
     bn_momentum: float = 0.01  # PyTorch convention; Keras momentum 0.99
     bn_eps: float = 1e-3  # Keras default
     init: Literal["keras", "torch"] = "keras"

@@ -53,9 +53,30 @@ def masked_mean(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def activate(out: torch.Tensor, task: Task) -> torch.Tensor:
-    """tanh for regression in [-1, 1], sigmoid for binary, softmax for multiclass (spec §6.3)."""
+    """tanh for regression in [-1, 1], sigmoid for binary, softmax for multiclass
+    (docs/methods/unimodal.md#output-activations)."""
     if task == "regression":
         return torch.tanh(out)
     if task == "binary":
         return torch.sigmoid(out)
     return torch.softmax(out, dim=-1)
+
+
+class LatentProbe(nn.Module):
+    """A model seen through its latent: ``predict`` returns the latent vectors, so they stitch over
+    windows like predictions (the report's validation latents; CM-StEW's frozen teacher latents).
+
+    Fusion and raw-audio models name their own latent (``latents``, the vector their classifier reads);
+    a single-modality model's is its encoder output, mean-pooled for one label per sequence."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def predict(self, batch: dict) -> torch.Tensor:
+        if hasattr(self.student, "latents"):
+            return self.student.latents(batch)
+        m = self.student.spec.modality
+        if self.student.spec.pool == "mean":
+            return masked_mean(self.student.encoder(batch["x"][m], batch["present"][m]), batch["present"][m])
+        return self.student.encoder(batch["x"][m], batch["mask"])

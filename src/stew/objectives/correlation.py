@@ -1,4 +1,4 @@
-"""Correlation losses: 1 - CCC and 1 - PCC (methods spec 0.1, 0.2; CER-MTL spec 2.4).
+"""Correlation losses: 1 - CCC and 1 - PCC (docs/methods/README.md#losses; docs/methods/cermtl.md#losses).
 
 Both are computed over ALL valid steps of the batch (CER-MTL: "over the batch of ground truth and
 predictions"), separately for each output column, then averaged over columns. Moments are population

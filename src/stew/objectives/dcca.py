@@ -1,6 +1,7 @@
-r"""DCCA total correlation of two views and its loss (methods spec 5.4 and 6.4; Andrew et al., 2013).
+r"""DCCA total correlation of two views and its loss (SEW and CM-StEW alignment; Andrew et al., 2013).
 
-Definition (spec 5.4). With ``H_s``, ``H_w`` the ``n`` valid rows of the two views, centred per column,
+Definition (docs/methods/sew.md#dcca). With ``H_s``, ``H_w`` the ``n`` valid rows of the two views, centred
+per column,
 
     Sigma_s  = H_s^T H_s / (n-1) + r1 I,   Sigma_w = H_w^T H_w / (n-1) + r2 I,   Sigma_sw = H_s^T H_w / (n-1),
     T        = Sigma_s^{-1/2} Sigma_sw Sigma_w^{-1/2},
@@ -247,7 +248,7 @@ def dcca_loss(
     r1: float = 1e-3,
     r2: float = 1e-3,
 ) -> Tensor:
-    """Alignment loss ``L_a = -corr`` (spec 5.4 L3, 6.4 L_a); arguments as :func:`dcca_correlation`."""
+    """Alignment loss ``-corr`` (SEW's L_al, CM-StEW's L_a); arguments as :func:`dcca_correlation`."""
     return -dcca_correlation(h_s, h_w, mask, k=k, r1=r1, r2=r2)
 
 

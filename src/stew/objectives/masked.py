@@ -1,4 +1,4 @@
-"""Losses over padded sequences (methods spec 0.3-0.5).
+"""Losses over padded sequences (docs/methods/README.md#losses).
 
 Convention used everywhere in stew: predictions and targets are ``[B, T, k]`` tensors and ``mask`` is a
 ``[B, T]`` bool tensor that is True on valid (non-padded) steps. Padded steps contribute nothing to the
@@ -65,7 +65,7 @@ def flatten_valid(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean squared error over valid steps and feature dimensions (spec 0.5, eq. 5.11)."""
+    """Mean squared error over valid steps and feature dimensions (docs/methods/README.md#losses)."""
     _check_same_shape(pred, target)
     mask = _step_mask(mask, pred)
     diff = _zero_padded(pred, mask) - _zero_padded(target, mask)
@@ -73,7 +73,7 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def masked_mae(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean absolute error over valid steps and feature dimensions (spec 0.5, eq. 5.13)."""
+    """Mean absolute error over valid steps and feature dimensions (CM-StEW's translation loss)."""
     _check_same_shape(pred, target)
     mask = _step_mask(mask, pred)
     diff = _zero_padded(pred, mask) - _zero_padded(target, mask)
@@ -81,7 +81,7 @@ def masked_mae(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def masked_bce(logits: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
-    """Binary cross-entropy on LOGITS (spec 0.4), mean over valid steps and outputs.
+    """Binary cross-entropy on LOGITS, mean over valid steps and outputs.
 
     Uses ``binary_cross_entropy_with_logits`` (log-sum-exp form), which stays finite and accurate for
     saturated logits where ``log(sigmoid(z))`` would underflow. Targets are probabilities in [0, 1].
@@ -95,7 +95,7 @@ def masked_bce(logits: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def masked_ce(logits: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
-    """Categorical cross-entropy (spec 0.3): ``logits [B, T, C]``, class indices ``target [B, T]``.
+    """Categorical cross-entropy: ``logits [B, T, C]``, class indices ``target [B, T]``.
 
     Mean over valid steps. Padded targets may hold anything (e.g. -100 or -1): they are replaced by class
     0 before ``cross_entropy`` so they can neither raise an index error nor leak into the value.

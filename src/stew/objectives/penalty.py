@@ -1,4 +1,4 @@
-"""The L2 penalty of EmoBed's objective (emobed_cermtl spec §1.3-1.4)."""
+"""The L2 penalty of EmoBed's objective (docs/methods/emobed.md#losses)."""
 
 from __future__ import annotations
 

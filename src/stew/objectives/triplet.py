@@ -1,4 +1,5 @@
-"""EmoBed's crossmodal batch-hard triplet loss (EmoBed spec 1.2) and the label-to-class helpers it needs.
+"""EmoBed's crossmodal batch-hard triplet loss (docs/methods/emobed.md#triplet-loss) and the label-to-class
+helpers it needs.
 
 The valid embeddings of both modalities of a mini-batch go into ONE double-sized batch ``{e_A; e_V}`` and the
 full pairwise Euclidean distance matrix ``D`` is computed. For every anchor ``e`` (of either modality) the
@@ -18,9 +19,9 @@ Per-anchor term (``form``):
 
 ``margin`` is used by ``"hinge"`` only.
 
-Anchors without a positive or without a negative in the batch are skipped [spec: U]. Reduction: the MEAN over
-the kept anchors. The paper sums; the mean keeps the scale of the loss (hence the meaning of its weight beta)
-independent of the batch size and of how many steps are padded. With no anchor kept the loss is an exact 0
+Anchors without a positive or without a negative in the batch are skipped (the paper is silent). Reduction:
+the MEAN over the kept anchors. The paper sums; the mean keeps the scale of the loss (hence the meaning of its
+weight beta) independent of the batch size and of how many steps are padded. With no anchor kept the loss is an exact 0
 that is still connected to the inputs, so ``backward()`` works and gives zero gradients.
 
 Masks follow the stew convention (see ``stew.objectives.masked``): ``[B, T]`` bool, True = valid step.
@@ -112,7 +113,8 @@ def crossmodal_triplet_loss(
     max_rows: int | None = 512,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Crossmodal batch-hard triplet loss over the double batch ``{e_a; e_b}`` (EmoBed spec 1.2); a scalar.
+    """Crossmodal batch-hard triplet loss over the double batch ``{e_a; e_b}`` (docs/methods/emobed.md#triplet-loss);
+    a scalar.
 
     ``emb_a``/``emb_b``: ``[B, T, E]`` (or ``[N, E]``) embeddings of the two modalities, same ``E``; the two
     modalities may have different ``B``/``T`` (unpaired batches). ``labels_a``/``labels_b``: integer class ids

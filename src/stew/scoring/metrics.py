@@ -1,4 +1,4 @@
-"""Evaluation measures and significance tests (spec ``methods.md`` §0, ``emobed_cermtl.md`` §1.5).
+"""Evaluation measures and significance tests (docs/methods/README.md#metrics).
 
 Every function takes numpy arrays (or anything ``np.asarray`` accepts) and returns python floats.
 The implementations are deliberately plain: each is cross-checked in ``tests/test_metrics.py``
@@ -10,7 +10,7 @@ Conventions:
   a constant prediction carries no information about the ranking, and a NaN would poison the
   model selection that maximises these scores.
 - Classification measures return fractions in ``[0, 1]``; :func:`task_metrics` reports them in %.
-- The thesis (ch. 4, spec §0.6) calls overall accuracy "UWA" and mean per-class recall "WA", the
+- The thesis (ch. 4) calls overall accuracy "UWA" and mean per-class recall "WA", the
   reverse of common SER usage. This module offers them only as :func:`accuracy` (thesis UWA) and
   :func:`mean_class_recall` (thesis WA) so that no name can be read two ways.
 """
@@ -77,7 +77,7 @@ def _labels(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarra
 
 
 def ccc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    """Lin's concordance correlation coefficient over all values (spec §0.2).
+    """Lin's concordance correlation coefficient over all values (docs/methods/README.md#ccc).
 
     ``2·s_xy / (s_x² + s_y² + (μ_x − μ_y)²)`` with population (1/N) moments. Computed on the
     concatenation of all steps of a partition, this is the AVEC convention; see
@@ -95,7 +95,7 @@ def ccc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 
 
 def pcc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    """Pearson correlation (spec §0.1). Returns 0.0 when either input is constant."""
+    """Pearson correlation (docs/methods/README.md#pcc). Returns 0.0 when either input is constant."""
     t, p = _pair(y_true, y_pred)
     dt, dp = t - t.mean(), p - p.mean()
     denom = math.sqrt(float(np.dot(dt, dt)) * float(np.dot(dp, dp)))
@@ -108,7 +108,7 @@ def pcc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 def ccc_per_sequence(y_true_list: Sequence[ArrayLike], y_pred_list: Sequence[ArrayLike]) -> float:
     """Mean over recordings of the per-recording :func:`ccc` (every recording weighs the same).
 
-    The thesis does not say whether its CCC is per recording or concatenated (spec §0.2); the
+    The thesis does not say whether its CCC is per recording or concatenated; the
     concatenated :func:`ccc` is the AVEC convention and the headline number. A recording whose
     labels and predictions are both constant contributes 0.0.
     """
@@ -124,14 +124,15 @@ def sign_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 
     The classes of the SEW paper's tables: negative = ``[-1, 0]``, positive = ``(0, 1]``, so a value of
     exactly 0 is *negative*. This differs on purpose from :func:`war`/:func:`uar` (the SSPNet convention,
-    spec §0.7), where 0 is the positive class; :func:`task_metrics` reports it as ``acc_sign``.
+    docs/methods/README.md#uar-and-war), where 0 is the positive class; :func:`task_metrics` reports it as
+    ``acc_sign``.
     """
     t, p = _pair(y_true, y_pred)
     return float(np.mean((t > 0.0) == (p > 0.0)))
 
 
 def rescale_to_range(pred: ArrayLike, lo: float, hi: float) -> np.ndarray:
-    """Min-max map predictions onto ``[lo, hi]``, the training-label range (spec §0.7).
+    """Min-max map predictions onto ``[lo, hi]``, the training-label range (docs/methods/conflictnet.md#evaluation).
 
     ``[min(pred), max(pred)]`` goes to ``[lo, hi]``, as in the ConflictNET code. A constant
     prediction has no range to map and goes to the midpoint ``(lo + hi) / 2``.
@@ -148,7 +149,8 @@ def rescale_to_range(pred: ArrayLike, lo: float, hi: float) -> np.ndarray:
 
 
 def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    """Overall accuracy: the fraction of correct labels. The thesis calls this "UWA" (spec §0.6)."""
+    """Overall accuracy: the fraction of correct labels. The thesis calls this "UWA"
+    (docs/methods/README.md#accuracy-and-mean-class-recall)."""
     t, p = _labels(y_true, y_pred)
     return float(np.mean(t == p))
 
@@ -160,7 +162,8 @@ def binary_accuracy(y_true: ArrayLike, p: ArrayLike, threshold: float = 0.5) -> 
 
 
 def mean_class_recall(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    """Mean per-class recall (balanced accuracy). The thesis calls this "WA" (spec §0.6).
+    """Mean per-class recall (balanced accuracy). The thesis calls this "WA"
+    (docs/methods/README.md#accuracy-and-mean-class-recall).
 
     Averaged over the classes present in ``y_true`` (as scikit-learn's balanced accuracy).
     """
@@ -186,7 +189,8 @@ def _f1_per_class(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def f1_weighted(y_true: ArrayLike, y_pred_labels: ArrayLike) -> float:
-    """Support-weighted mean of per-class F1 (spec §0.8; scikit-learn ``average='weighted'``)."""
+    """Support-weighted mean of per-class F1 (docs/methods/README.md#weighted-f1; scikit-learn
+    ``average='weighted'``)."""
     f1, support = _f1_per_class(*_labels(y_true, y_pred_labels))
     return float(np.sum(f1 * support) / np.sum(support))
 
@@ -203,7 +207,8 @@ def _signs(y_true: ArrayLike, y_pred: ArrayLike, threshold: float) -> tuple[np.n
 
 
 def uar(y_true: ArrayLike, y_pred: ArrayLike, threshold: float = 0.0) -> float:
-    """Unweighted average recall of real-valued scores binarised at ``threshold`` (spec §0.7).
+    """Unweighted average recall of real-valued scores binarised at ``threshold``
+    (docs/methods/README.md#uar-and-war).
 
     Both labels and predictions are binarised: ``>= threshold`` is the positive ("high") class.
     If ``y_true`` holds only one class, that class's recall is returned.
@@ -212,7 +217,8 @@ def uar(y_true: ArrayLike, y_pred: ArrayLike, threshold: float = 0.0) -> float:
 
 
 def war(y_true: ArrayLike, y_pred: ArrayLike, threshold: float = 0.0) -> float:
-    """Weighted average recall, i.e. overall accuracy after binarising at ``threshold`` (spec §0.7)."""
+    """Weighted average recall, i.e. overall accuracy after binarising at ``threshold``
+    (docs/methods/README.md#uar-and-war)."""
     return accuracy(*_signs(y_true, y_pred, threshold))
 
 
@@ -232,7 +238,7 @@ def _normal_p(z: float, tail: Tail) -> float:
 
 
 def fisher_r_to_z(r1: float, n1: int, r2: float, n2: int, tail: Tail = "two") -> tuple[float, float]:
-    """z-test of two correlations from independent samples via Fisher's r-to-z (emobed_cermtl §1.5).
+    """z-test of two correlations from independent samples via Fisher's r-to-z (docs/methods/README.md#significance).
 
     ``z = (atanh r1 − atanh r2) / sqrt(1/(n1−3) + 1/(n2−3))``. ``tail``: ``"two"`` (r1 ≠ r2),
     ``"greater"`` (r1 > r2; ``"one"`` is an alias, the one-tailed test of the papers) or
@@ -324,7 +330,7 @@ def selection_metric(task: str, targets: Sequence[str]) -> str:
     """The :func:`task_metrics` key that model selection maximises on validation.
 
     Regression: ``ccc`` (one target) or ``ccc_mean`` (several); binary: ``f1_weighted``;
-    multiclass: ``acc`` (overall accuracy, the thesis's "UWA", spec §0.6).
+    multiclass: ``acc`` (overall accuracy, the thesis's "UWA").
     """
     if task == "regression":
         return "ccc" if len(targets) == 1 else "ccc_mean"
@@ -416,7 +422,7 @@ def task_metrics(
 
 
 def two_proportion_ztest(acc1: float, n1: int, acc2: float, n2: int, tail: Tail = "two") -> tuple[float, float]:
-    """z-test of two accuracies from independent samples, pooled variance (emobed_cermtl §1.5).
+    """z-test of two accuracies from independent samples, pooled variance (docs/methods/README.md#significance).
 
     ``acc1``, ``acc2`` are fractions in ``[0, 1]`` of ``n1``, ``n2`` trials.
     ``z = (acc1 − acc2) / sqrt(p̂(1 − p̂)(1/n1 + 1/n2))`` with the pooled ``p̂ = (acc1·n1 + acc2·n2) / (n1 + n2)``

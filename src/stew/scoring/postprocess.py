@@ -1,4 +1,4 @@
-"""AVEC post-processing chain for continuous predictions (spec ``emobed_cermtl.md`` §1.4).
+"""AVEC post-processing chain for continuous predictions (docs/methods/emobed.md#post-processing).
 
 The chain is applied per recording, in this order, every step optional:
 
@@ -10,7 +10,7 @@ The chain is applied per recording, in this order, every step optional:
 4. **time shift** by ``shift_frames`` = ``round(D * rate)`` frames: predictions move LATER in time,
    ``out[t] = p[t - d]``, the first ``d`` frames repeat ``p[0]`` (again per recording).
 
-Grid (spec §1.4): filter window W in 0.12..0.44 s step 0.08 s, delay D in 0.04..0.60 s step 0.04 s,
+Grid (the EmoBed paper's): filter window W in 0.12..0.44 s step 0.08 s, delay D in 0.04..0.60 s step 0.04 s,
 each converted to frames at the label rate (windows to the nearest odd count), plus "off" (1 frame,
 0 frames); centring and scaling each on or off. :func:`fit_chain` searches the full grid on the
 validation partition and keeps the chain with the highest CCC over the concatenation of all
@@ -51,7 +51,7 @@ MIN_PRED_STD = 1e-8
 #: A candidate must beat the current best by more than this to replace it (ties -> simpler chain).
 TIE_TOL = 1e-9
 
-# Spec grid in hundredths of a second (integers, so no float accumulation).
+# The paper's grid in hundredths of a second (integers, so no float accumulation).
 _WINDOWS_CS = range(12, 45, 8)  # 0.12, 0.20, 0.28, 0.36, 0.44 s
 _DELAYS_CS = range(4, 61, 4)  # 0.04 .. 0.60 s
 

@@ -60,11 +60,18 @@ def check_writable_parent(out: Path) -> None:
         raise DataError(f"cannot write: folder {anc} is not writable", file=out)
 
 
-def check_output_folder(out: Path, *, replaceable: Collection[str] | None = None) -> None:
+def check_output_folder(
+    out: Path, *, replaceable: Collection[str] | None = None, overwrite: bool | None = None
+) -> None:
     """Raise DataError unless ``out`` can become a folder without destroying anything.
 
     ``out`` may be absent or empty; with ``replaceable`` it may also hold only those names (a
     previous output of the same kind, which is replaced). Any other file in it is the user's.
+
+    ``overwrite`` is for a command that writes into ``out`` and has an --overwrite option (rank,
+    transfer): False refuses a non-empty ``out`` naming that option, True lets ``out`` hold anything
+    (the command replaces only its own files). Either way ``out`` is kept, so its parent need not be
+    writable.
     """
     out = Path(out)
     if out.is_symlink() and not out.exists():
@@ -72,15 +79,22 @@ def check_output_folder(out: Path, *, replaceable: Collection[str] | None = None
     if out.exists():
         if not out.is_dir():
             raise DataError("output exists and is not a folder", file=out)
+        if overwrite:
+            return
         try:
             names = sorted(p.name for p in out.iterdir())
         except OSError as e:
             raise DataError(f"cannot read the output folder: {e.strerror}", file=out) from None
         foreign = [n for n in names if replaceable is None or n not in replaceable]
         if foreign:
+            if overwrite is False:
+                raise DataError("output folder is not empty (an earlier result?): give --overwrite to replace it, "
+                                "or a new --out", file=out)
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             what = "is not empty" if replaceable is None else "holds files that are not stew's"
             raise DataError(f"output folder {what} ({shown}); give a new or empty folder", file=out)
+        if overwrite is False:
+            return  # written into, not renamed onto: its parent need not be writable
         if not os.access(out, os.W_OK | os.X_OK) or not os.access(out.parent, os.W_OK | os.X_OK):
             raise DataError("cannot replace the output folder: it or its parent is not writable", file=out)
     check_writable_parent(out)

@@ -106,3 +106,9 @@ class Runs:
         what = f" ({self.label}{', ' + note if note else ''})" if self.label or note else ""
         line(self.console, f"{self.what}: {self.done}/{self.total} runs done{what} · {clock(elapsed)} elapsed"
                            f" · ~{eta(elapsed, self.done - self._start, self.total - self._start)} left")
+
+
+def so_far(t0: float, done: int, total: int) -> str:
+    """``m:ss elapsed · ~m:ss left`` for a loop over ``total`` units started at ``time.monotonic()`` ``t0``."""
+    elapsed = time.monotonic() - t0
+    return f"{clock(elapsed)} elapsed · ~{eta(elapsed, done, total)} left"

@@ -1,9 +1,9 @@
 """Audio clips in: a folder of audio files with a labels table, and the SSPNet Conflict Corpus.
 
-Clip-level labels (spec §3.1): one Sequence per file, ``label_level="sequence"``, one modality
-``"audio"`` holding the waveform as ``[samples, 1]`` float32 (mask False on padding), targets ``[1, k]``.
-Every file is decoded once, here: mono (stereo averaged), resampled with soxr, cut or zero-padded to
-the clip length, RMS-normalised.
+Clip-level labels, as ConflictNET is trained: one Sequence per file, ``label_level="sequence"``, one
+modality ``"audio"`` holding the waveform as ``[samples, 1]`` float32 (mask False on padding), targets
+``[1, k]``. Every file is decoded once, by :mod:`stew.data.formats.waveform`: mono (stereo averaged),
+resampled with soxr, cut or zero-padded to the clip length, RMS-normalised.
 
 **Audio folder** (``is_audio_folder`` / ``read_audio_folder``)::
 
@@ -16,7 +16,8 @@ the clip length, RMS-normalised.
 mean val). With only ``group``, every clip is train and the trainer carves validation groups out of
 it (``stew.data.splits.carve_validation``); with only ``split``, each clip is its own group; with both,
 a group must stay in one split. ``audio.yaml`` declares the labels' range: a label outside it is an
-error, and with ``rescale`` the labels are mapped linearly onto [-1, 1] (spec §3.1: conflict/10).
+error, and with ``rescale`` the labels are mapped linearly onto [-1, 1] (conflict in [-10, 10] becomes
+conflict / 10).
 
 Errors (each a one-line DataError naming the file): a row naming a missing file, an audio file in the
 folder without a row, a duplicate row, a missing or non-numeric label, a label outside the declared
@@ -32,8 +33,8 @@ it (``smartcameras/ConflictNET`` dataLoad.py)::
     ROOT/moderators.csv           # optional: debate (xx-yy-zz), moderator (speaker number)
 
 The debate (``xx-yy-zz``) is the group. The split is, in this order: a ``split`` column of
-conflictlevel.csv; the audiodata/ subfolder; the INTERSPEECH 2013 rule (spec §1.1: moderator #50 ->
-train, #153 -> val, any other -> test) applied to a ``moderator`` column of conflictlevel.csv or to
+conflictlevel.csv; the audiodata/ subfolder; the INTERSPEECH 2013 ComParE partition (moderator
+#50 -> train, #153 -> val, any other -> test) applied to a ``moderator`` column of conflictlevel.csv or to
 moderators.csv. The corpus's participant list and diarization files are not read: their formats are
 not documented publicly, so the moderator of each debate must be given explicitly.
 """
@@ -49,17 +50,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
-import soxr
 
 from stew.data.dataset import Dataset, Sequence
+from stew.data.formats.waveform import AUDIO_SUFFIXES, SILENCE_RMS, audio_files, prepare_clip, read_audio
 from stew.data.validate import entry_exists, read_text, read_yaml, require_file
 from stew.errors import DataError
 from stew.util import progress
 
 __all__ = [
-    "AUDIO_SUFFIXES", "LABELS", "SILENCE_RMS", "fit_length", "is_audio_folder", "is_sspnet", "labels_to_original",
-    "prepare_clip", "read_audio", "read_audio_folder", "read_labels", "read_sspnet", "rms_normalise",
+    "LABELS", "is_audio_folder", "is_sspnet", "label_scaler", "labels_to_original", "read_audio_folder", "read_labels",
+    "read_sspnet",
 ]
 
 LABELS = "labels.csv"
@@ -67,85 +67,11 @@ AUDIO_YAML = "audio.yaml"
 SSPNET_LABELS = "conflictlevel.csv"
 SSPNET_MODERATORS = "moderators.csv"
 SSPNET_RANGE = (-10.0, 10.0)
-# INTERSPEECH 2013 ComParE Conflict sub-challenge partition (spec §1.1).
+# INTERSPEECH 2013 ComParE Conflict sub-challenge partition, by each debate's moderator.
 SSPNET_RULE = {"50": "train", "153": "val"}
 RESERVED = ("file", "split", "group")
 SPLIT_ALIASES = {"train": "train", "val": "val", "dev": "val", "valid": "val", "validation": "val",
                  "development": "val", "test": "test"}
-# What the "file without a label" check counts as audio (libsndfile's common containers, plus mp3).
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".snd",
-                            ".w64", ".rf64", ".caf"})
-# Below 16-bit PCM's smallest step (3e-5): normalising would only amplify rounding noise.
-SILENCE_RMS = 1e-6
-
-
-# --------------------------------------------------------------------------------------------------
-# One file
-
-
-def _sf_reason(e: Exception) -> str:
-    reason = getattr(e, "error_string", None) or str(e)
-    return " ".join(str(reason).split()).rstrip(".")
-
-
-def read_audio(path: Path, sr: int | None = None) -> tuple[np.ndarray, int]:
-    """Decode ``path`` to float32 mono samples in [-1, 1) (PCM) and its sample rate.
-
-    Stereo is averaged to mono; more channels are refused (which two to keep is the user's call).
-    With ``sr`` the samples are resampled with soxr (HQ) and ``sr`` is returned.
-    """
-    path = Path(path)
-    require_file(path)
-    if sr is not None and sr <= 0:
-        raise ValueError(f"sample rate must be positive, got {sr}")
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise DataError("cannot open as audio: not audio, a corrupt or truncated header, or an unsupported sample "
-                        f"format (libsndfile: {_sf_reason(e)})", file=path) from None
-    if info.channels > 2:
-        raise DataError(f"{info.channels} channels: expected mono or stereo audio (mix it down first)", file=path)
-    if info.frames == 0:
-        raise DataError("zero-length audio: no samples", file=path)
-    try:
-        x, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise DataError(f"cannot decode the samples ({info.subtype_info or info.subtype}: {_sf_reason(e)})",
-                        file=path) from None
-    if x.shape[0] == 0:
-        raise DataError("zero-length audio: the header promises samples but the file holds none", file=path)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        i = int(np.argwhere(bad)[0][0])
-        kind = "NaN" if np.isnan(x[i]).any() else "Inf"
-        raise DataError(f"{kind} sample at {i / rate:.3f} s (sample {i})", file=path)
-    mono = x.mean(axis=1) if x.shape[1] == 2 else x[:, 0]
-    if sr is not None and sr != rate:
-        mono = soxr.resample(mono, rate, sr, quality="HQ")
-        rate = sr
-    return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
-
-
-def rms_normalise(x: np.ndarray) -> np.ndarray:
-    """``x / sqrt(mean(x**2))``: unit RMS (target RMS 1.0, spec §3.1). An all-silent ``x`` (RMS below
-    ``SILENCE_RMS``) is returned unchanged, never divided by zero."""
-    x = np.asarray(x, dtype=np.float32)
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
-    if rms < SILENCE_RMS:
-        return x.copy()
-    return (x / rms).astype(np.float32)
-
-
-def fit_length(x: np.ndarray, samples: int) -> tuple[np.ndarray, int]:
-    """Truncate ``x`` to ``samples`` or zero-pad it at the end; also return how many samples are real."""
-    if samples <= 0:
-        raise ValueError(f"clip length must be positive, got {samples} samples")
-    x = np.asarray(x, dtype=np.float32)
-    if len(x) >= samples:
-        return x[:samples].copy(), samples
-    out = np.zeros(samples, dtype=np.float32)
-    out[: len(x)] = x
-    return out, len(x)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,16 +163,6 @@ def _safe_relative(name: str, path: Path, row: int) -> str:
     return p.as_posix()
 
 
-def _audio_files(folder: Path) -> list[Path]:
-    """Audio files (by suffix) under ``folder``, hidden files and folders skipped (editors, atomic writes)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames)
-                  if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_SUFFIXES]
-    return found
-
-
 def _check_split(values: list[str], path: Path, column: str = "split") -> list[str]:
     out = []
     for i, v in enumerate(values):
@@ -289,7 +205,7 @@ def _check_files(root: Path, table: pd.DataFrame, path: Path, scan: Path) -> Non
             raise DataError(f"missing file: listed in {path.name} (row {i + 1})", file=p)
         require_file(p)
     listed = {os.path.normpath(root / f) for f in table["file"]}
-    for p in _audio_files(scan):
+    for p in audio_files(scan):
         if os.path.normpath(p) not in listed:
             raise DataError(f"audio file without a label: no row in {path.name}", file=p)
 
@@ -355,18 +271,6 @@ def _clip_samples(sr: int, clip_s: float | None) -> int | None:
     return int(round(clip_s * sr))
 
 
-def prepare_clip(x: np.ndarray, samples: int | None) -> tuple[np.ndarray, int]:
-    """A decoded waveform as the model sees it: cut to ``samples``, RMS-normalised, zero-padded to
-    ``samples`` (None: full length, no padding). Returns the clip and how many samples are real.
-
-    The order matters: RMS is taken over the samples kept, so a long file's kept part and a short
-    clip's speech both have unit RMS (the authors' code normalises after padding; identical for
-    full-length clips). Use this wherever a file is read for a model trained on read_audio_folder.
-    """
-    x = rms_normalise(x[:samples] if samples is not None else x)
-    return fit_length(x, samples) if samples is not None else (x, len(x))
-
-
 def _decode(path: Path, sr: int, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
     """One clip as the model sees it: ``[samples, 1]`` unit-RMS waveform and its mask (False on padding)."""
     x, _ = read_audio(path, sr)
@@ -382,7 +286,7 @@ def _decode(path: Path, sr: int, samples: int | None) -> tuple[np.ndarray, np.nd
 
 def label_scaler(label_range: tuple[float, float] | None, rescale: bool = True
                  ) -> tuple[Callable[[np.ndarray], np.ndarray], dict | None]:
-    """The map of labels onto [-1, 1] from a declared range (spec §3.1: conflict / 10) and the
+    """The map of labels onto [-1, 1] from a declared range (conflict in [-10, 10]: conflict / 10) and the
     ``meta["label_scale"]`` record of it; identity and None without a range or with ``rescale`` off."""
     if not rescale or label_range is None:
         return (lambda y: y), None
@@ -430,7 +334,7 @@ def _build(root: Path, table: pd.DataFrame, *, name: str, source: str, sr: int, 
                    label_level="sequence")
 
 
-DECLARED = "declared"  # read_audio_folder: take the value from audio.yaml (else the spec's 8 kHz, 30 s)
+DECLARED = "declared"  # read_audio_folder: take the value from audio.yaml (else ConflictNET's 8 kHz, 30 s)
 
 
 def read_audio_folder(root: Path, *, sr: int | None = None, clip_s: float | None | str = DECLARED,
@@ -438,7 +342,7 @@ def read_audio_folder(root: Path, *, sr: int | None = None, clip_s: float | None
     """Read an audio folder (labels.csv + audio files): one clip-level Sequence per file.
 
     ``sr`` and ``clip_s`` default to audio.yaml's ``sample_rate`` and ``clip_s``, else 8,000 Hz and 30 s
-    (spec §3.1); ``clip_s=None`` keeps every clip's full length. With ``rescale`` and a declared label
+    (ConflictNET's clips); ``clip_s=None`` keeps every clip's full length. With ``rescale`` and a declared label
     range the targets are mapped onto [-1, 1]; ``meta["label_scale"]`` keeps the original range
     (``labels_to_original`` maps predictions back).
     """
@@ -476,7 +380,7 @@ def _debate(name: str) -> str:
 def read_sspnet(root: Path, *, sr: int = 8000, clip_s: float | None = 30.0, rescale: bool = True,
                 progress_lines: bool = False) -> Dataset:
     """Read the SSPNet Conflict Corpus (see the module docstring): target ``conflict``, [-10, 10] rescaled
-    to [-1, 1] (spec §3.1), group = debate, split by the INTERSPEECH 2013 rule unless given."""
+    to [-1, 1] (conflict / 10), group = debate, split by the INTERSPEECH 2013 rule unless given."""
     root = Path(root)
     _clip_samples(sr, clip_s)
     path = root / SSPNET_LABELS
@@ -499,7 +403,7 @@ def read_sspnet(root: Path, *, sr: int = 8000, clip_s: float | None = 30.0, resc
 
     audio_dir = root / "audiodata" if (root / "audiodata").is_dir() else root
     found: dict[str, Path] = {}
-    for p in _audio_files(audio_dir):
+    for p in audio_files(audio_dir):
         if p.stem in found:
             raise DataError(f"two audio files for clip {p.stem!r} ({found[p.stem].relative_to(root)})", file=p)
         found[p.stem] = p

@@ -1,4 +1,4 @@
-"""Reader for 7-class IEMOCAP in the AMH fold layout (Yoon et al., ICASSP 2020; spec §1.2 and §4.1).
+"""Reader for 7-class IEMOCAP in the AMH fold layout (Yoon et al., ICASSP 2020; docs/methods/fusion.md#data).
 
 The self-/cross-attention system reads the AMH preprocessed release (``.../IEMOCAP/seven_category_120``)::
 
@@ -39,7 +39,7 @@ __all__ = ["CLASSES", "CLASS_COUNTS", "FORMAT", "N_FOLDS", "PARTITIONS", "is_iem
 FORMAT = "iemocap-amh"
 N_FOLDS = 5
 # The AMH code one-hot encodes the index but never names the classes; this is the order of the class
-# table in the AMH README (and spec §1.2). The counts are all distinct, so read_iemocap checks the
+# table in the AMH README (and the thesis). The counts are all distinct, so read_iemocap checks the
 # order against them when a fold holds the whole corpus.
 CLASSES = ("angry", "excited", "happy", "sad", "frustrated", "surprise", "neutral")
 CLASS_COUNTS = (1103, 1041, 595, 1084, 1849, 107, 1708)

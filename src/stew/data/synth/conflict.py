@@ -5,8 +5,8 @@ pulse train with a pitch contour, shaped by vowel formants, led by a noise conso
 conflict level c in [-10, 10] drives the turn-taking (shorter turns, overlaps, interruptions, fewer
 pauses), the voices (louder, higher and wider pitch, pressed and brighter) and shouted turns.
 Distractors that are loud but not conflictual (laughter-like bursts, music, microphone taps) are
-most frequent in low-conflict clips, as in the thesis's case studies (spec §3.7), so energy alone
-misleads. docs/synthetic.md ("Synthetic conflict corpus") gives the model in full.
+most frequent in low-conflict clips, as in the thesis's case studies (docs/methods/conflictnet.md#explanations),
+so energy alone misleads. docs/synthetic.md ("Synthetic conflict corpus") gives the model in full.
 
 Written as the audio-folder layout that ``stew.data.audio.read_audio_folder`` reads::
 
@@ -44,7 +44,7 @@ GENERATOR_VERSION = 1
 # (docs/synthetic.md). clips=1430 gives the corpus's size.
 DEFAULT_CLIPS = 240
 LABEL_RANGE = (-10.0, 10.0)
-# INTERSPEECH 2013 partition sizes (spec §1.1, Table 2.5): 793 / 240 / 397 of 1,430 clips.
+# INTERSPEECH 2013 partition sizes (docs/methods/conflictnet.md#data): 793 / 240 / 397 of 1,430 clips.
 SPLIT_SHARES = {"train": 793 / 1430, "val": 240 / 1430, "test": 397 / 1430}
 CONFLICT_KINDS = ("overlap", "interruption", "shouting")
 DISTRACTOR_KINDS = ("laughter", "music", "tap")

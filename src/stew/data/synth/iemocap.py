@@ -62,7 +62,7 @@ _UNK_P = 0.02
 
 
 def class_counts(utterances: int) -> list[int]:
-    """The spec's class counts (7,487 utterances) scaled to ``utterances`` by largest remainder, each >= 1."""
+    """The thesis's IEMOCAP class counts (7,487 utterances) scaled to ``utterances`` by largest remainder, each >= 1."""
     exact = np.asarray(CLASS_COUNTS, float) * utterances / sum(CLASS_COUNTS)
     n = np.maximum(np.floor(exact).astype(int), 1)
     for k in np.argsort(-(exact - np.floor(exact)), kind="stable"):
@@ -241,7 +241,7 @@ def write_synthetic_iemocap(
 ) -> Path:
     """Write ``out/folds/fold01..fold05`` in the AMH layout, plus ``out/synthetic.json``; return ``out``.
 
-    ``utterances``: corpus size (the spec's class imbalance scaled down from 7,487; at least
+    ``utterances``: corpus size (the thesis's class imbalance scaled down from 7,487; at least
     MIN_UTTERANCES). ``full_shapes``: the real array sizes (1,000 x 120 audio, 32 x 2,048 video, 128 tokens
     of 300-d, 3,747 words) for timing; by default SMALL (32 x 120, 8 x 64, 24 tokens of 50-d, 400
     words): 350 utterances take about 32 MB. ``uninformative``: share of utterances with one modality

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stew.config import TrainConfig, first_error
+from stew.data.dataset import modality_subsets
 from stew.data.validate import parse_yaml
 from stew.errors import DataError
 
@@ -67,11 +68,6 @@ def parse_imputation(name: str) -> tuple[str, int | None]:
     if not re.fullmatch(IMPUTATION, name):
         raise ValueError(f"unknown imputation {name!r}: write zero or knnK (e.g. knn10)")
     return ("zero", None) if name == "zero" else ("knn", int(name[3:]))
-
-
-def modality_subsets(modalities: list[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset, the full set first, then by size (largest first), in modality order."""
-    return [c for r in range(len(modalities), 0, -1) for c in itertools.combinations(modalities, r)]
 
 
 class GroupSpec(_Strict):
