@@ -20,9 +20,10 @@ from typer.testing import CliRunner
 from stew.cli import app
 from stew.data.dataset import Dataset
 from stew.experiments import results
+from stew.experiments.plan import select
 from stew.experiments.protocols import available, load_protocol, parse_protocol
 from stew.experiments.rank import RankResult, render_ranking
-from stew.experiments.reproduce import reproduce, select
+from stew.experiments.reproduce import reproduce
 from stew.experiments.store import RunStore
 from stew.experiments.transfer import PairResult, render_transfer
 from stew.scoring import metrics

@@ -1,6 +1,6 @@
 """stew: train with every modality, deploy with one.
 
-The Python API (:mod:`stew.api`): ``stew.load_data``, ``stew.training``, ``stew.load_run``, ``stew.export``
+The Python API (:mod:`stew.api`): ``stew.load_data``, ``stew.train``, ``stew.load_run``, ``stew.export``
 and ``stew.predict``, the same names and options as the CLI's commands (README, "Python API").
 """
 

@@ -94,6 +94,7 @@ def train(
     config: ConfigOpt = None,
 ) -> None:
     """Train one model; write RUN/metrics.json, RUN/predictions.csv and RUN/model/."""
+    from stew import methods
     from stew.config import load_config
     from stew.training.run import run
 
@@ -110,7 +111,7 @@ def train(
         max_epochs=max_epochs, lr=lr,
         resume=resume, postprocess=postprocess, overwrite=overwrite or None, fold=fold, fusion=fusion_opts or None,
     ))
-    if fusion_opts and cfg.method != "fusion":
+    if fusion_opts and not methods.get(cfg.method).fuses:
         flag = {"kind": "fusion", "sp": "no-sp"}.get(next(iter(fusion_opts)), next(iter(fusion_opts)))
         raise DataError(f"--{flag.replace('_', '-')} applies to --method fusion")
     if cfg.out is None:

@@ -1,4 +1,5 @@
-"""Significance of the difference between two sets of finished runs (``stew compare``, emobed_cermtl §1.5).
+"""Significance of the difference between two sets of finished runs (``stew compare``,
+docs/methods/README.md#significance).
 
 Two kinds of test, both on one partition (``split``) of each run's ``metrics.json``:
 

@@ -1,18 +1,19 @@
-"""LIME for raw-audio regressors (spec §3.7, SoundLIME/SLIME) and the true-vs-predicted analysis plot (§3.6).
+"""LIME for raw-audio regressors (SoundLIME/SLIME) and the thesis's true-vs-predicted analysis plot
+(docs/methods/conflictnet.md#explanations).
 
 The interpretable representation is a binary vector over contiguous time segments ("super-samples"); a
 perturbation keeps the segments whose bit is 1 and zero-fills the rest. The surrogate is fitted by
 ``lime.lime_base.LimeBase`` so the ridge, its weighted R^2 and the sorting are exactly lime's:
 
-- ``feature_selection="none"``: every segment is in the explanation (spec: 10 features of 10). lime's
-  ``"auto"`` (SLIME's setting) picks ``highest_weights`` for 10 features, which selects the same full set.
-- The surrogate is LimeBase's default ``Ridge(alpha=1, fit_intercept=True)``; the spec leaves alpha open
-  and names sklearn's default, 1.0.
+- ``feature_selection="none"``: every segment is in the explanation (the thesis uses 10 features of 10).
+  lime's ``"auto"`` (SLIME's setting) picks ``highest_weights`` for 10 features, which selects the same full set.
+- The surrogate is LimeBase's default ``Ridge(alpha=1, fit_intercept=True)``; the thesis leaves alpha
+  open, and sklearn's default is 1.0.
 - LimeBase does not compute distances or the kernel: it calls ``kernel_fn(distances)``. We pass the
-  spec's eq. 3.5, ``exp(-d^2 / sigma^2)``. lime_image (which SLIME patched) uses
-  ``sqrt(exp(-d^2 / w^2)) = exp(-d^2 / (2 w^2))``, i.e. the spec's kernel with sigma = w * sqrt(2); with
+  thesis's eq. 3.5, ``exp(-d^2 / sigma^2)``. lime_image (which SLIME patched) uses
+  ``sqrt(exp(-d^2 / w^2)) = exp(-d^2 / (2 w^2))``, i.e. the thesis's kernel with sigma = w * sqrt(2); with
   cosine distances in [0, 1] and sigma = 25 both are flat to within 0.2 %, so the choice barely matters.
-- Its returned weights are sorted by |weight| descending (the spec's "sort by |coefficient|"), ties in
+- Its returned weights are sorted by |weight| descending (the thesis's "sort by |coefficient|"), ties in
   segment order, and keep their sign.
 
 No torch here: ``predict`` is any function from a batch of waveforms to one score per waveform
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
-# §3.6 category names, in the thesis's numbering (1-4).
+# The true-vs-predicted categories' names, in the thesis's numbering (1-4).
 CATEGORIES: tuple[str, ...] = (
     "same_polarity_close",  # 1: same polarity and |y - y_hat| <= epsilon
     "true_pos_pred_neg",  # 2: y >= 0, y_hat < 0
@@ -61,7 +62,7 @@ class Explanation:
     score: float  # LimeBase's weighted R^2 on the perturbations (sklearn gives 1.0 when every score is equal)
     prediction: float  # predict() on the unperturbed clip (the raw score, whatever ``target``)
     local_prediction: float  # the surrogate at the all-ones vector, on the ``target`` scale
-    target: str = "score"  # "score" (raw output) or "p_pos" ((1 + score) / 2, spec eq. 3.7)
+    target: str = "score"  # "score" (raw output) or "p_pos" ((1 + score) / 2, the thesis's eq. 3.7)
     sample_rate: int = 0
     n_samples: int = 0
     kernel_width: float = 25.0
@@ -145,7 +146,8 @@ def explain_clip(
     batch_size: int = 32,
     positive_probability: bool = False,
 ) -> Explanation:
-    """Explain ``predict(wave)`` with LIME over time segments (spec §3.7).
+    """Explain ``predict(wave)`` with LIME over time segments
+    (docs/methods/conflictnet.md#explanations).
 
     ``predict`` maps a float32 batch (batch, samples) to (batch,) or (batch, 1) scores and is called
     ``ceil(n_samples / batch_size)`` times; row 0 of the first batch is the unperturbed clip. Pass the clip
@@ -164,7 +166,7 @@ def explain_clip(
     if sr < 1:
         raise ValueError(f"sample rate must be positive, got {sr}")
     x = np.asarray(wave, dtype=np.float32)
-    if x.ndim == 2 and x.shape[1] == 1:  # the spec's (samples, 1) layout
+    if x.ndim == 2 and x.shape[1] == 1:  # the paper's (samples, 1) input layout
         x = x[:, 0]
     if x.ndim != 1:
         raise DataError(f"expected a mono waveform (samples,) or (samples, 1), got shape {np.shape(wave)}")
@@ -259,7 +261,8 @@ def write_explanation(expl: Explanation, wave: np.ndarray, sr: int, out_dir: Pat
 
 
 def analysis_categories(y_true: np.ndarray, y_pred: np.ndarray, epsilon: float = 0.5) -> np.ndarray:
-    """The §3.6 category (1-4) of each clip; 0 counts as positive, as when binarising at 0 (§0.7).
+    """The true-vs-predicted category (1-4) of each clip; 0 counts as positive, as when binarising at 0
+    (docs/methods/README.md#uar-and-war).
 
     1: same polarity, |y - y_hat| <= epsilon; 2: y >= 0 > y_hat; 3: y < 0 <= y_hat;
     4: same polarity, |y - y_hat| > epsilon.
@@ -279,7 +282,7 @@ def analysis_categories(y_true: np.ndarray, y_pred: np.ndarray, epsilon: float =
 
 def analysis_figure(y_true: np.ndarray, y_pred: np.ndarray, epsilon: float = 0.5,
                     title: str | None = None) -> tuple[Any, dict[str, int]]:
-    """The §3.6 true-vs-predicted plot as a matplotlib Figure, and the category counts.
+    """The thesis's true-vs-predicted plot as a matplotlib Figure, and the category counts.
 
     Opposite-polarity quadrants are shaded yellow, with reference lines y = x and y = x +- epsilon; points
     are coloured by category. The keys are :data:`CATEGORIES` (categories 1-4 in order) plus ``"total"``.
@@ -318,7 +321,7 @@ def analysis_figure(y_true: np.ndarray, y_pred: np.ndarray, epsilon: float = 0.5
 
 
 def analysis_plot(y_true: np.ndarray, y_pred: np.ndarray, out_png: Path, epsilon: float = 0.5) -> dict[str, int]:
-    """Write the §3.6 true-vs-predicted plot (:func:`analysis_figure`) to ``out_png`` atomically; return the
+    """Write the true-vs-predicted plot (:func:`analysis_figure`) to ``out_png`` atomically; return the
     category counts (:data:`CATEGORIES` in order, plus ``"total"``)."""
     fig, counts = analysis_figure(y_true, y_pred, epsilon)
     _save_png(fig, Path(out_png))
@@ -367,7 +370,8 @@ def _run_name(run_dir: Path) -> str:
 
 def analysis_run(run_dir: Path, out_dir: Path, split: str = "test", *, target: str | None = None,
                  epsilon: float = 0.5) -> Path:
-    """The §3.6 analysis of a finished run: ``out_dir/analysis.png`` and ``out_dir/analysis.json``; returns the PNG.
+    """The true-vs-predicted analysis of a finished run: ``out_dir/analysis.png`` and ``out_dir/analysis.json``;
+    returns the PNG.
 
     One point per row of RUN/predictions.csv on ``split`` (one per clip for clip-level runs such as
     ConflictNET's). The JSON holds the split, target, epsilon, the category ``counts`` (as
@@ -398,7 +402,7 @@ def analysis_run(run_dir: Path, out_dir: Path, split: str = "test", *, target: s
 def audio_file_for(data_dir: Path, sequence: str) -> Path | None:
     """The audio file of clip ``sequence`` in an audio folder (labels.csv) or the SSPNet layout, None if absent.
 
-    Matches the readers' ids (stew.data.audio): an audio folder's ``file`` without its suffix, an SSPNet
+    Matches the readers' ids (stew.data.formats.audio): an audio folder's ``file`` without its suffix, an SSPNet
     clip's file stem. Only the file column is read, so a folder that no longer validates still resolves.
     """
     import pandas as pd
@@ -461,8 +465,7 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
         now = time.monotonic()
         if now - last[0] >= 10 or done[0] == n_samples:
             last[0] = now
-            progress.say(f"LIME: {done[0]}/{n_samples} perturbations · {progress.clock(now - t0)} elapsed · "
-                         f"~{progress.eta(now - t0, done[0], n_samples)} left")
+            progress.say(f"LIME: {done[0]}/{n_samples} perturbations · {progress.so_far(t0, done[0], n_samples)}")
         return out
 
     expl = explain_clip(predict, wave, sr, n_samples=n_samples, seed=seed)

@@ -1,4 +1,4 @@
-"""How a fusion model degrades when sensors go dark (spec §4.5, thesis Table 4.4).
+"""How a fusion model degrades when sensors go dark (docs/methods/fusion.md#missing-modalities, thesis Table 4.4).
 
 ``evaluate_missing(run)`` re-scores a finished fusion run on validation and test with every non-empty
 subset of its modalities present and the others absent: masked out (``zero``) or imputed from the K

@@ -17,6 +17,7 @@ from stew.data.io import load_dataset
 from stew.errors import DataError
 from stew.scoring import metrics
 from stew.training.run import run
+from stew.util.atomic import write_text_atomic
 from stew.util.progress import Runs
 
 
@@ -80,7 +81,7 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
         res.test.setdefault(t, {})
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "rank.json").write_text(json.dumps(res.to_json(), indent=2))
+        write_text_atomic(out / "rank.json", json.dumps(res.to_json(), indent=2))
     return res
 
 

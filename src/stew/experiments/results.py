@@ -2,8 +2,8 @@
 
 Also its missing-modality tables (modality subset x model, mean +- std of each model's scores with
 only that subset present). Used by ``stew reproduce`` (terminal tables) and ``stew report`` (HTML).
-With the protocol's ``folds``, a "seed" is a run index (seed x fold; stew.protocols), so every mean
-and std is over all seeds x folds runs and p-values pair runs of the same seed and fold.
+With the protocol's ``folds``, a "seed" is a run index (seed x fold; stew.experiments.protocols), so
+every mean and std is over all seeds x folds runs and p-values pair runs of the same seed and fold.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from rich.table import Table
 
 from stew.config import first_error
 from stew.errors import DataError
+from stew.experiments.plan import select
 from stew.experiments.protocols import Column, MissingColumn, MissingTableSpec, Protocol, Row, TableSpec, fill_col
 from stew.experiments.store import RunStore
 from stew.scoring import metrics
@@ -40,8 +41,6 @@ def collect(store: RunStore) -> dict[str, dict[int, dict[str, Any]]]:
                 if key in by_key:
                     out.setdefault(group, {})[int(seed)] = by_key[key]
         return out
-    from stew.experiments.reproduce import select
-
     grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in by_key.values():
         grouped.setdefault((r["group"], r["seed"]), []).append(r)

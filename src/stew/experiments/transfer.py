@@ -28,6 +28,7 @@ from stew.config import TrainConfig
 from stew.experiments.rank import RankResult, rank_modalities, render_ranking
 from stew.scoring import metrics
 from stew.training.run import run
+from stew.util.atomic import write_text_atomic
 from stew.util.progress import Runs
 
 DEFAULT_GAP = {"ccc": 0.05, "ccc_mean": 0.05, "f1_weighted": 5.0, "acc": 5.0}
@@ -169,7 +170,7 @@ def transfer(
     if out is not None:
         # "unimodal"/"transfer" are validation scores, "*_test" test scores; p_value is on "split".
         rows = [{**r.__dict__, "split": r.split, "p_value": r.p_value} for r in results]
-        (out / "transfer.json").write_text(json.dumps(rows, indent=2))
+        write_text_atomic(out / "transfer.json", json.dumps(rows, indent=2))
     return results
 
 

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from stew import methods
 from stew.config import TrainConfig, first_error
-from stew.errors import DataError
+from stew.errors import DataError, first_line
 from stew.methods.base import Dim
 from stew.util.atomic import check_writable_parent, write_text_atomic
 
@@ -122,9 +122,9 @@ def _shown(url: str) -> str:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first line of what went wrong underneath SQLAlchemy (its driver's exception, ``orig``)."""
     cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
-    text = str(getattr(cause, "orig", None) or cause).strip() or type(cause).__name__
-    return text.splitlines()[0]
+    return first_line(getattr(cause, "orig", None) or cause)
 
 
 def _readonly_sqlite(url: str) -> str:

@@ -57,7 +57,7 @@ class Method(nn.Module):
         self, loss: torch.Tensor, parts: dict[str, torch.Tensor], l2: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``loss + l2 * R(theta)``, R = 1/2 ||theta||^2 over the trainable parameters (EmoBed's lambda,
-        emobed_cermtl spec §1.3-1.4); R is logged as ``parts["l2"]``. ``l2 = 0`` leaves the loss as it is."""
+        docs/methods/emobed.md#losses); R is logged as ``parts["l2"]``. ``l2 = 0`` leaves the loss as it is."""
         if l2:
             penalty = l2_penalty(self.trainable_parameters())
             loss = loss + l2 * penalty
@@ -152,6 +152,9 @@ class MethodDef:
     stage1_teachers: bool = False
     resolve: Callable[[TrainConfig, Dataset], TrainConfig] | None = None  # method-specific defaults and checks
     search_space: Callable[[TrainConfig], list[TrainConfig]] | None = None  # candidates selected on validation
+    # A grid candidate's folder name, and a configuration taking the values a chosen candidate fixed.
+    candidate_name: Callable[[TrainConfig], str] | None = None
+    adopt: Callable[[TrainConfig, TrainConfig], TrainConfig] | None = None
     tuning: dict[str, Dim] = field(default_factory=dict)  # what ``stew tune`` searches
     # Settings every ``stew tune`` trial of this method gets before the searched values are applied.
     trial_settings: Callable[[TrainConfig], dict] | None = None

@@ -1,16 +1,17 @@
 """CER-MTL: continuous emotion recognition with multi-task learning and correlation losses
-(emobed_cermtl spec §2; Köprü and Erzin).
+(docs/methods/cermtl.md; Köprü and Erzin).
 
 Each step l becomes a "feature image": the N feature vectors taken every t steps around l, a P x N
-image (§2.2). With early fusion the modalities are concatenated at the input (``--modality all`` or
-``a+b``); any single modality also works (§2.3). A shared CNN (25 filters, kernel 3, max-pool 2)
-extracts meta-features from the image, and every task has its own head: a GRU of 5 units over the
-pooled image columns, a fully connected layer of 2 units and a linear output node.
+image (docs/methods/cermtl.md#feature-image). With early fusion the modalities are concatenated at
+the input (``--modality all`` or ``a+b``); any single modality also works. A shared CNN (25 filters,
+kernel 3, max-pool 2) extracts meta-features from the image, and every task has its own head: a GRU
+of 5 units over the pooled image columns, a fully connected layer of 2 units and a linear output node.
 
     J = sum_m alpha_m * L_m,   L_m = 1 - CCC (default), 1 - PCC or MSE of task m, over the batch
 
-with uniform alpha_m = 1/M unless ``cermtl.task_weights`` is given (§2.3-2.4). Single-task learning
-(STL) is the same network with one target (``--targets arousal``), one network per task.
+with uniform alpha_m = 1/M unless ``cermtl.task_weights`` is given (docs/methods/cermtl.md#losses).
+Single-task learning (STL) is the same network with one target (``--targets arousal``), one network
+per task.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CM-StEW (SeqSEW in the thesis): sequential cross-modal knowledge transfer (spec §6).
+"""CM-StEW (SeqSEW in the thesis): sequential cross-modal knowledge transfer (docs/methods/cmstew.md).
 
 Stage 1. The stronger modality's encoder-classifier (Bi-GRU + transformer encoder + classifier) is
 trained on the labels, then frozen. Its encoder S_E turns the stronger features M_S into m_ss.
@@ -19,7 +19,7 @@ W_E, S_D and C_W only. At inference W_E + C_W are the deployable ``student``. Ab
 
 The teacher is frozen, so m_ss is computed once per training sequence before stage 2 and travels
 with the batch as the input ``teacher:<modality>``. That is what makes three extensions cheap
-(issue 13, docs/transfer.md):
+(docs/transfer.md):
 
 - cross-fitting: with ``teacher_folds`` K, the latents of the training groups in fold k come from a
   teacher trained without fold k, so the student aligns to the teacher's view of unseen groups;
@@ -118,13 +118,13 @@ class CMStEW(Method):
 
 # --------------------------------------------------------------------------------------------------
 # The recipes. "paper" is the thesis's: one Bi-GRU + TE teacher on the whole training split, a Bi-GRU +
-# TE student, alpha and beta from a grid on the validation carve. "stew" is what issue 13's
+# TE student, alpha and beta from a grid on the validation carve. "stew" is what the
 # measurements support (BENCHMARKS.md, "Making transfer pay"): cross-fitted teachers, a small per-step
 # student, fixed alpha and beta, distillation on unlabelled steps, and the negative-transfer guard.
 
 TEACHER = "teacher:"
 TEACHER_PRED = "teacher-prediction:"
-STEW_GAMMA = 1.0  # acts only on steps without labels: with --unlabelled pairs (BENCHMARKS.md)
+STEW_GAMMA = 1.0  # acts only on steps without labels: with --unlabelled pairs (BENCHMARKS.md, "Making transfer pay")
 STEW_ARCH = "mlp"
 STEW_ALPHA, STEW_BETA = 0.1, 0.1
 STEW_FOLDS = 5
@@ -228,7 +228,7 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> CMStEW:
     if c.beta:
         for strong in cfg.teachers:
             d_strong = bundle.ds.modalities[strong]
-            # spec §6.3: 250 units, 500 when translating into wide video features [U for MOSI];
+            # docs/methods/cmstew.md#decoder: 250 units, 500 when translating into wide video features [U for MOSI];
             # one layer for the RECOLA valence audio model (frame-level audio student), else two.
             # Those are defaults only: an explicit ``cmstew.decoder_layers`` wins for every student.
             units = c.decoder_units or (500 if d_strong >= 168 else 250)
@@ -243,6 +243,16 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> CMStEW:
         student, cfg.teachers, decoders, cfg.loss,
         alpha=c.alpha, beta=c.beta, k=c.k, r1=c.r1, r2=c.r2, gamma=c.gamma or 0.0,
     )
+
+
+def candidate_name(cfg: TrainConfig) -> str:
+    """A grid candidate's folder: ``alpha0.1_beta1``."""
+    return f"alpha{cfg.cmstew.alpha:g}_beta{cfg.cmstew.beta:g}"
+
+
+def adopt(cfg: TrainConfig, chosen: TrainConfig) -> TrainConfig:
+    """``cfg`` with the alpha and beta that ``chosen`` (a grid candidate) fixed, keeping its paths."""
+    return cfg.model_copy(update={"cmstew": chosen.cmstew.model_copy(update={"teacher_run": cfg.cmstew.teacher_run})})
 
 
 def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
@@ -266,6 +276,7 @@ _SOURCE = "CM-StEW paper: grid search over [0.001, 1]; log-uniform here"
 METHOD = MethodDef(
     name="cmstew", build=build, teacher="stronger", several_teachers=True, ablations=ABLATIONS, step_pairing=True,
     trains_on_unlabelled=True, stage1_teachers=True, resolve=resolve, search_space=search_space,
+    candidate_name=candidate_name, adopt=adopt,
     tuning={
         "alpha": Dim("cmstew.alpha", "log", 1e-3, 1.0, source=_SOURCE),
         "beta": Dim("cmstew.beta", "log", 1e-3, 1.0, source=_SOURCE),

@@ -1,4 +1,5 @@
-"""ConflictNET: verbal-conflict intensity regressed end to end from the raw waveform (spec §3, system A).
+"""ConflictNET: verbal-conflict intensity regressed end to end from the raw waveform
+(docs/methods/conflictnet.md).
 
 Three convolution blocks (conv, batch norm, max-pool) turn 30 s of 8 kHz speech into 832 steps of 256
 features; temporal average pooling (AP) shortens them to 208, which LSTMs handle better; an LSTM reads
@@ -9,10 +10,11 @@ clip up, and a linear unit gives the conflict level. ParaNET, the baseline, lack
 Trained as the paper: 1 - PCC per mini-batch, Adam at 0.01 with Keras's decay 0.6 per update
 (lr / (1 + 0.6 t)), batch 32, the epoch with the best validation PCC kept. Scored with PCC, and UAR
 and WAR at 0. A PCC loss leaves the outputs' offset and scale free, so before binarising, the paper
-maps predictions linearly from their [min, max] onto the training labels' [min, max] (spec §0.7);
-the authors' code takes that min and max from the *test* predictions, which reads test statistics.
-stew takes them from the validation predictions once training ends and stores the map in the model,
-so test and deployment use one fixed affine map (PCC is unchanged by it).
+maps predictions linearly from their [min, max] onto the training labels' [min, max]
+(docs/methods/conflictnet.md#evaluation); the authors' code takes that min and max from the *test*
+predictions, which reads test statistics. stew takes them from the validation predictions once
+training ends and stores the map in the model, so test and deployment use one fixed affine map (PCC
+is unchanged by it).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from stew.models.conflictnet import ConflictNetSpec, RawAudioModel, RawAudioSpec
 from stew.objectives import pcc_loss
 
 ABLATIONS = ("paranet", "+ap", "+attn", "conflictnet", "+gap")
-DECAY = 0.6  # Keras's legacy per-update decay (spec §3.3)
+DECAY = 0.6  # Keras's legacy per-update decay (docs/methods/conflictnet.md#defaults)
 
 
 class ConflictNetMethod(Method):
@@ -44,7 +46,8 @@ class ConflictNetMethod(Method):
         self.decay = decay
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # The output is linear (spec §3.1): PCC is taken on the raw outputs, not squashed by tanh.
+        # The output is linear (docs/methods/conflictnet.md#architecture): PCC is taken on the raw outputs,
+        # not squashed by tanh.
         out = self.student.outputs(batch)
         loss = pcc_loss(out, batch["y"], batch["mask"])
         return loss, {"pcc_loss": loss.detach()}
@@ -55,7 +58,8 @@ class ConflictNetMethod(Method):
 
     @torch.no_grad()
     def after_fit(self, bundle: Bundle) -> None:
-        """The spec's min-max rescaling (§0.7), fitted on validation predictions instead of test ones."""
+        """The paper's min-max rescaling (docs/methods/conflictnet.md#evaluation), fitted on validation
+        predictions instead of test ones."""
         self.student.out_scale.fill_(1.0)
         self.student.out_shift.fill_(0.0)
         pred = np.concatenate(predict_windows(self, bundle.val, bundle.eval_win, bundle.k_delay))

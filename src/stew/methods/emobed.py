@@ -1,24 +1,26 @@
-"""EmoBed: crossmodal emotion embedding (emobed_cermtl spec §1; Han, Zhang, Ren, Schuller).
+"""EmoBed: crossmodal emotion embedding (docs/methods/emobed.md; Han, Zhang, Ren, Schuller).
 
 A monomodal system trained with an auxiliary modality. Two modality-specific embedding nets map each
 modality into one common space, f_T for the target (deployed) modality and f_X for the auxiliary one,
-and a **shared** back-end f predicts from either embedding (§1.1):
+and a **shared** back-end f predicts from either embedding (docs/methods/emobed.md#joint-training):
 
     y_T = f(e_T),  e_T = f_T(x_T);      y_X = f(e_X),  e_X = f_X(x_X)
 
     J = L_T + alpha * L_X + beta * L_triplet + lambda * R(theta)
 
 - L_T, L_X: the prediction losses of both paths through the shared back-end (joint training);
-- L_triplet: the crossmodal batch-hard triplet loss over the double batch {e_T; e_X} (§1.2), which
-  pulls same-class embeddings of either modality together and pushes other classes apart;
-- R(theta) = 1/2 ||theta||^2, the L2 penalty (§1.3); the paper applies L2 1e-4 to all its networks
-  (§1.4), so every mode has it, and so does the classic system (``--method unimodal --arch gru``).
+- L_triplet: the crossmodal batch-hard triplet loss over the double batch {e_T; e_X}
+  (docs/methods/emobed.md#triplet-loss), which pulls same-class embeddings of either modality
+  together and pushes other classes apart;
+- R(theta) = 1/2 ||theta||^2, the L2 penalty (docs/methods/emobed.md#losses); the paper applies L2
+  1e-4 to all its networks, so every mode has it, and so does the classic system (``--method unimodal
+  --arch gru``).
 
 ``--method joint`` keeps alpha only, ``--method triplet`` beta only, ``--method emobed`` both.
-By default (``pairing: unpaired``, the paper's batching, §1.3) the auxiliary batch is drawn
-independently of the target batch, so corpora holding only one of the two modalities can be mixed;
-each modality's terms then count only the steps where that modality is present. ``pairing: paired``
-uses the same windows for both. The triplet loss always skips steps whose input is missing.
+By default (``pairing: unpaired``, the paper's batching, docs/methods/emobed.md#pairing) the
+auxiliary batch is drawn independently of the target batch, so corpora holding only one of the two
+modalities can be mixed; each modality's terms then count only the steps where that modality is
+present. ``pairing: paired`` uses the same windows for both. The triplet loss always skips steps whose input is missing.
 After training f_X is discarded: f_T + f are the ``student``.
 """
 
@@ -39,7 +41,8 @@ from stew.models.student import SingleModalityModel, StudentSpec
 from stew.objectives import crossmodal_triplet_loss, labels_to_classes, quantile_edges
 
 # Which terms each mode switches on: (auxiliary prediction loss, triplet loss). The L2 penalty is in
-# every mode: the paper regularises all its networks with it (spec §1.4), not only full EmoBed's.
+# every mode: the paper regularises all its networks with it, not only full EmoBed's
+# (docs/methods/emobed.md#losses).
 MODES = {"joint": (True, False), "triplet": (False, True), "emobed": (True, True)}
 
 

@@ -1,4 +1,4 @@
-"""Attention fusion robust to missing modalities (spec §4, system B; thesis ch. 4, ICASSP 2022).
+"""Attention fusion robust to missing modalities (docs/methods/fusion.md; thesis ch. 4, ICASSP 2022).
 
 Every modality is encoded by its own (time-step conv +) bi-GRU. The intra model attends within each
 modality, the cross model from each source to each target (query = target); every attention output
@@ -7,7 +7,7 @@ and std) and a two-layer classifier predicts the emotion. Unlike the rest of ste
 model reads *all* its modalities; it is made to survive losing some of them by
 
 - **ModDrop** (``fusion.moddrop``): every training sample also appears with each single modality
-  absent, i.e. M + 1 versions of the training set (spec §4.5's reading); ``fusion.moddrop_p`` instead
+  absent, i.e. M + 1 versions of the training set (docs/methods/fusion.md#moddrop); ``fusion.moddrop_p`` instead
   drops each modality of each training sample at random with probability p (never all of them);
 - **KNN imputation** (``fusion.impute: knn``): after training, a memory bank of the training samples'
   per-modality vectors at the input of statistical pooling is stored with the model, and an absent
@@ -33,7 +33,7 @@ from stew.methods.base import Method, MethodDef, prediction_loss
 from stew.models.fused import FusedModel, FusedSpec
 from stew.models.fusion import FusionSpec
 
-# Spec §4.2: the time-step Conv1d of the IEMOCAP inputs (audio 1000 -> 500 steps, video 32 -> 25),
+# docs/methods/fusion.md#encoders: the time-step Conv1d of the IEMOCAP inputs (audio 1000 -> 500 steps, video 32 -> 25),
 # whose lengths the AMH release fixes; a smaller (synthetic) release keeps the same ratios.
 IEMOCAP_STEP_RATIO = {"audio": 500 / 1000, "video": 25 / 32}
 
@@ -170,7 +170,8 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Fusion:
     sequence_level = ds.label_level == "sequence"
     step_conv = f.step_conv
     if step_conv is None:
-        # The spec's time-step conv mixes a fixed number of steps: only for data laid out that way (IEMOCAP).
+        # The thesis's time-step conv (docs/methods/fusion.md#encoders) mixes a fixed number of steps: only for
+        # data laid out that way (IEMOCAP).
         fixed = ds.meta.get("max_steps", {}) if ds.meta.get("format") == "iemocap-amh" else {}
         step_conv = {m: (fixed[m], max(1, round(fixed[m] * r))) for m, r in IEMOCAP_STEP_RATIO.items() if m in fixed}
     step_conv = {m: tuple(v) for m, v in step_conv.items() if m in mods}

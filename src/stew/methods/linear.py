@@ -1,4 +1,5 @@
-"""Linear baselines: the number every deep model must beat (AVEC 2016's "SVR + offset", spec §2.3).
+"""Linear baselines: the number every deep model must beat (AVEC 2016's "SVR + offset",
+docs/methods/unimodal.md#linear-baselines).
 
 The features, standardised on train like every method's, go through one linear map per step:
 - regression: ridge (the default: closed form, every offset in one solve) or a linear SVR (the AVEC

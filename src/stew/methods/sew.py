@@ -1,4 +1,4 @@
-"""SEW, "Stronger Enhancing Weaker" (spec §5; Rajan et al., ICASSP 2021).
+"""SEW, "Stronger Enhancing Weaker" (docs/methods/sew.md; Rajan et al., ICASSP 2021).
 
 Each step (a 40 ms frame or an utterance) is handled on its own. Four modules train jointly:
 
@@ -32,7 +32,8 @@ ABLATIONS = {
     "-SD2": {"beta": 0.0}, "-CCA": {"gamma": 0.0}, "-SD1": {"alpha": 0.0}, "-(CCA&SD1)": {"alpha": 0.0, "gamma": 0.0},
 }
 
-# Encoder and decoder sizes of spec §5.3, by RECOLA modality. The last encoder size is the latent.
+# Encoder and decoder sizes by RECOLA modality (docs/methods/sew.md#layer-sizes). The last encoder size is
+# the latent.
 SIZES = {
     "video_geo": ([512, 256, 128], [256, 512]),
     "audio": ([108, 128], [108]),
@@ -46,7 +47,8 @@ def layer_sizes(modality: str, d: int, latent: int) -> tuple[list[int], list[int
     Modalities outside RECOLA get one hidden layer halfway between input and latent [U].
     """
     enc, dec = SIZES.get(modality, ([(d + latent) // 2, latent], [(d + latent) // 2]))
-    # spec §5.3 [U]: with video-appearance in the pair the latent is 168, so the last layer widens.
+    # With video-appearance in the pair the latent is 168, so the last layer widens [U]
+    # (docs/methods/sew.md#layer-sizes).
     return [*enc[:-1], latent], list(dec)
 
 

@@ -1,10 +1,11 @@
-"""Unimodal baselines (spec §6.5, §5.3): one modality, one encoder, one head, the prediction loss.
+"""Unimodal baselines (docs/methods/unimodal.md): one modality, one encoder, one head, the prediction loss.
 
 Architectures: ``classifier`` (per-step Dense(300)+Dropout+Dense), ``bigru`` (Bi-GRU + classifier),
 ``bigru-te`` (Bi-GRU + transformer encoder + classifier, the CM-StEW encoder) and ``gru4`` (SEW's
 4-layer single-step GRU regressor). These models rank the modalities and are the teachers of
 CM-StEW. ``gru`` is EmoBed's network alone, the paper's classic monomodal system; like every EmoBed
-network it trains with the L2 penalty lambda/2 ||theta||^2 (``emobed.l2``, emobed_cermtl spec §1.4).
+network it trains with the L2 penalty lambda/2 ||theta||^2 (``emobed.l2``,
+docs/methods/emobed.md#losses).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Grid (the EmoBed paper's): filter window W in 0.12..0.44 s step 0.08 s, delay D 
 each converted to frames at the label rate (windows to the nearest odd count), plus "off" (1 frame,
 0 frames); centring and scaling each on or off. :func:`fit_chain` searches the full grid on the
 validation partition and keeps the chain with the highest CCC over the concatenation of all
-validation recordings (AVEC convention, :func:`stew.metrics.ccc`).
+validation recordings (AVEC convention, :func:`stew.scoring.metrics.ccc`).
 
 **Deviation from AVEC, on purpose.** The AVEC baseline computes the prediction mean and standard
 deviation used by centring and scaling on the partition being scored (dev, then test), i.e. it
@@ -234,7 +234,7 @@ def fit_chain(
 
     ``val_preds`` / ``val_labels``: per-recording 1-D arrays of equal lengths; ``train_labels``: the
     training labels of this target (flattened). ``score(y_true, y_pred)`` defaults to
-    :func:`stew.metrics.ccc`, computed over the concatenation of all validation recordings.
+    :func:`stew.scoring.metrics.ccc`, computed over the concatenation of all validation recordings.
 
     Returns ``(chain, report)`` with report keys ``val_ccc_raw`` (identity chain), ``val_ccc`` (chosen
     chain), ``gain`` (>= 0), ``median_s``, ``shift_s``, ``median_frames``, ``shift_frames``, ``centre``,

@@ -156,7 +156,7 @@ def _fit_grid(candidates: list[TrainConfig], ds: Dataset, work: Path) -> RunResu
     best: RunResult | None = None
     for i, c in enumerate(candidates):
         say(f"candidate {i + 1}/{n} (alpha {c.cmstew.alpha:g}, beta {c.cmstew.beta:g}) · {progress.so_far(t0, i, n)}")
-        r = _fit_one(c, ds, work / "grid" / _grid_name(c))
+        r = _fit_one(c, ds, work / "grid" / methods.get(c.method).candidate_name(c))
         key = r["selection"]["key"]
         grid.append({**r["method"], f"val_{key}": r["val"][key]})
         # Only the best so far is kept: each result holds its model and prepared data (GBs on long
@@ -168,10 +168,6 @@ def _fit_grid(candidates: list[TrainConfig], ds: Dataset, work: Path) -> RunResu
         f"beta {best['method']['beta']:g} chosen (val {key} {best['val'][key]:.4g})")
     best["selection"]["grid"] = grid
     return best
-
-
-def _grid_name(cfg: TrainConfig) -> str:
-    return f"alpha{cfg.cmstew.alpha:g}_beta{cfg.cmstew.beta:g}"
 
 
 def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> RunResult:

@@ -123,10 +123,8 @@ def guarded_run(
             "unimodal": unimodal_of(cfg)}
     folds = guard_folds(ds, k, cfg.seed, cfg.val_groups)
     if isinstance(folds, str):
-        # No held-out comparison is possible, so the measured evidence decides (BENCHMARKS.md): transfer
-        # never beat the unimodal student from labelled data alone, and with unlabelled pairs and the
-        # distillation term it never lost significantly and sometimes gained a lot (few labelled speakers,
-        # many unlabelled).
+        # No held-out comparison is possible, so the measured evidence decides (BENCHMARKS.md, "Making
+        # transfer pay"): transfer ships only with unlabelled pairs and the distillation term.
         ship = "transfer" if ds.split(UNLABELLED) and cfg.cmstew.gamma else "unimodal"
         why = ("with unlabelled pairs and distillation, where transfer has gained and never significantly lost "
                "in stew's benchmarks, CM-StEW ships" if ship == "transfer" else

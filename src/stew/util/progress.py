@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-# Where library code (``training.run``, CM-StEW's stage 1) announces its stages; the CLI points it at
+# Where library code (``stew.training.run``, CM-StEW's stage 1) announces its stages; the CLI points it at
 # its own console (see ``use``). soft_wrap: a long announcement stays one line in a log.
 _console = Console(soft_wrap=True)
 

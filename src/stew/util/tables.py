@@ -116,7 +116,7 @@ class WideConsole(Console):
 class FormatConsole(Console):
     """Tables as markdown, CSV or JSON on stdout; anything else to ``messages`` (stderr).
 
-    Never a terminal, so progress (``stew.progress.Runs``) comes as plain lines, and on stderr.
+    Never a terminal, so progress (``stew.util.progress.Runs``) comes as plain lines, and on stderr.
     """
 
     def __init__(self, fmt: TableFormat, messages: Console | None = None) -> None:

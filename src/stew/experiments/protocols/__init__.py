@@ -2,7 +2,7 @@
 
 A protocol names *groups* of runs (a method, modality, architecture or ablation, each run over seeds)
 and the *tables* that lay their results out as the paper does. ``expand`` turns it into run
-specifications for :mod:`stew.reproduce`; :mod:`stew.report` renders the tables.
+specifications for :mod:`stew.experiments.reproduce`; :mod:`stew.report` renders the tables.
 
 Group names may hold ``{field}`` placeholders filled from a ``matrix`` of TrainConfig values, so
 ``unimodal-{modality}-{arch}`` with ``matrix: {modality: [text, audio], arch: [classifier, bigru]}``
@@ -14,7 +14,7 @@ the plan and the tables key runs by that index (the "seed" of a store row), so e
 unique key and mean +- std is over all seeds x folds runs (the thesis's "50 runs").
 
 A group's ``missing`` entries (``zero``, ``knn5``, ``knn10``, ...) score every finished run with each
-modality subset present (stew.missing); ``missing_tables`` lay those scores out as subset x model.
+modality subset present (stew.eval.missing); ``missing_tables`` lay those scores out as subset x model.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Synthetic(_Strict):
     speakers: int = 9
     minutes: float = 1.0
     videos: int = 40
-    utterances: int = Field(default=350, ge=50)  # iemocap (stew.data.synthetic_iemocap.MIN_UTTERANCES)
+    utterances: int = Field(default=350, ge=50)  # iemocap (stew.data.synth.iemocap.MIN_UTTERANCES)
     clips: int = Field(default=240, ge=1)  # conflict: clips of clip_s seconds at 8 kHz
     clip_s: float = Field(default=30.0, ge=1.0)
     layout: Literal["native", "avec"] = "native"
@@ -109,7 +109,7 @@ Split = Literal["val", "test"]
 
 class TableSpec(_Strict):
     # The title names the table and its metrics, not the split: the split a table reports depends on
-    # the data (see ``split``), so stew.results appends it.
+    # the data (see ``split``), so stew.experiments.results appends it.
     title: str
     metrics: list[str]
     # auto: test when every run of the table has test scores (a labelled held-out split), else val.

@@ -1,0 +1,163 @@
+"""Where ``stew reproduce``'s runs execute: worker processes with a fixed number of torch threads each
+(or this process, with one worker), one run each, resumed from its checkpoint after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from stew.config import TrainConfig
+from stew.experiments.plan import Job
+from stew.util.atomic import write_text_atomic
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, cores() // max(1, workers))
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+@lru_cache(maxsize=4)
+def _dataset(path: str, feature_set: str | None, fold: int | None = None):
+    from stew.data.io import load_dataset
+
+    return load_dataset(path, feature_set=feature_set, fold=fold)
+
+
+def execute(cfg_json: str, key: str, missing: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Train one run (resuming from its last checkpoint) and return its metrics.json and wall time.
+
+    A folder left by a different run (another key) is cleared first, so a stale checkpoint is never
+    resumed. A run killed after writing metrics.json but before it was recorded is not trained again.
+    Then each ``missing`` evaluation (zero, knnK) whose ``missing-*.json`` is not already in the folder
+    is run; the returned metrics carry them all under ``"missing"``.
+    """
+    cfg = TrainConfig.model_validate_json(cfg_json)
+    res = _train(cfg, key)
+    if missing:
+        t0 = time.time()
+        res["metrics"]["missing"] = missing_scores(cfg, missing)
+        res["wall_s"] += time.time() - t0
+    return res
+
+
+def _train(cfg: TrainConfig, key: str) -> dict[str, Any]:
+    from stew.training.run import run
+
+    out = Path(cfg.out)
+    job_file = out / JOB_FILE
+    stale = not job_file.is_file() or json.loads(job_file.read_text()).get("key") != key
+    started = (out / "checkpoints" / "last.ckpt").is_file() or (out / "metrics.json").is_file()
+    if out.exists() and (stale or not started):
+        shutil.rmtree(out)  # another run's folder, or one killed before its first checkpoint: start clean
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / "metrics.json"
+    if done.is_file():
+        try:
+            return {"metrics": json.loads(done.read_text()), "wall_s": 0.0}
+        except json.JSONDecodeError:
+            pass  # killed while writing it: train again from the checkpoint
+    write_text_atomic(job_file, json.dumps({"key": key}))
+    t0 = time.time()
+    ds = _dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)
+    run(cfg.model_copy(update={"resume": True}), ds)
+    return {"metrics": json.loads(done.read_text()), "wall_s": time.time() - t0}
+
+
+def missing_scores(cfg: TrainConfig, missing: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """entry -> the run's scores per modality subset (stew.eval.missing), computed only where the run
+    folder lacks that entry's ``missing-*.json`` (a resumed reproduce reads them back)."""
+    from stew.eval.missing import evaluate_imputations, missing_file, read_missing
+    from stew.experiments.protocols import parse_imputation
+
+    out = Path(cfg.out)
+    found: dict[str, dict[str, Any]] = {}
+    todo: list[str] = []
+    for entry in missing:
+        result = read_missing(out / missing_file(*parse_imputation(entry)))
+        if result is None:
+            todo.append(entry)
+        else:
+            found[entry] = result
+    if todo:
+        ds = _dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)
+        computed = evaluate_imputations(out, [parse_imputation(e) for e in todo], ds)
+        found.update(zip(todo, computed, strict=True))
+    return {e: found[e] for e in missing}
+
+
+class _Inline:
+    """A one-worker 'pool' that runs in this process: no start-up cost, plain tracebacks."""
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as e:  # noqa: BLE001 - handed to the driver, which reports it
+            fut.set_exception(e)
+        return fut
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _Workers(ProcessPoolExecutor):
+    """Worker processes that die with the driver: on Ctrl-C or SIGTERM the runs in flight stop at once
+    (they resume from their checkpoints next time) instead of running on unsupervised."""
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> Any:
+        if exc_type is not None:
+            for proc in list((self._processes or {}).values()):
+                proc.terminate()
+            self.shutdown(wait=False, cancel_futures=True)
+            return False
+        return super().__exit__(exc_type, *rest)
+
+
+def pool_of(workers: int, threads: int) -> Any:
+    if workers == 1:
+        _init_worker(threads)
+        return _Inline()
+    # spawn: a forked child would inherit torch's thread pools and can deadlock.
+    return _Workers(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,))
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C, so worker processes are stopped."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, handler)
+
+
+def submit(pool: Any, job: Job) -> Future:
+    return pool.submit(execute, job.cfg.model_dump_json(), job.key, job.missing)
+
+
+JOB_FILE = "stew-job.json"
