@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from linear_baselines import held_out_folds  # noqa: E402  (the same folds as the unimodal benchmark)
 
-from stew import metrics  # noqa: E402
+from stew.scoring import metrics  # noqa: E402
 
 MODS = ["text", "audio", "video"]
 SUBSETS = ["text+audio+video", "text+audio", "text+video", "audio+video", "text", "audio", "video"]

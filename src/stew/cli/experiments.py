@@ -210,7 +210,8 @@ def reproduce_cmd(
     if out is None:
         raise DataError("--out is required (the output folder; re-run with the same --out to resume)")
     from stew.experiments import results
-    from stew.experiments.reproduce import parse_overrides, reproduce, sigterm_as_interrupt
+    from stew.experiments.reproduce import parse_overrides, reproduce
+    from stew.experiments.workers import sigterm_as_interrupt
 
     p = load_protocol(protocol)
     sigterm_as_interrupt()

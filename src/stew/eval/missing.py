@@ -24,6 +24,8 @@ from stew.data.splits import carve_validation
 from stew.deploy import load_model
 from stew.errors import DataError
 from stew.models.fused import FusedModel
+from stew.training.evaluate import predict_sequences, score
+from stew.training.resolve import make_bundle, resolve
 from stew.util.atomic import write_text_atomic
 
 if TYPE_CHECKING:
@@ -49,8 +51,6 @@ def evaluate_imputations(
     None takes the model's own setting. Each result is written as its ``missing-*.json`` (and
     ``missing.json``, which ends as the last one's).
     """
-    from stew.training.resolve import make_bundle, resolve
-
     run_dir = Path(run_dir)
     record = _read_run(run_dir)
     model, _ = load_model(run_dir / "model")
@@ -83,8 +83,6 @@ def evaluate_imputations(
 def score_subsets(model: FusedModel, bundle: Bundle) -> dict:
     """``{"a+b": {"val": metrics, "test": metrics}, ...}`` for every non-empty subset of the model's
     modalities present (the others absent, filled as ``model.spec.impute`` says)."""
-    from stew.training.evaluate import predict_sequences, score
-
     result: dict = {}
     mods = model.spec.modalities
     try:

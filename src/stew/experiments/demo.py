@@ -31,8 +31,12 @@ from rich.table import Table
 
 from stew.config import TrainConfig
 from stew.data.formats.native import is_native, write_native
+from stew.data.io import load_dataset
 from stew.data.synth.affect import synth_recola
+from stew.deploy import export, predict_dataset
+from stew.experiments.rank import rank_modalities, render_ranking
 from stew.scoring import metrics
+from stew.training.run import run
 from stew.util.progress import Runs
 
 DATA = {"n_speakers": 12, "minutes": 2.0}  # 4 training, 4 validation and 4 test speakers
@@ -45,10 +49,6 @@ DEMO = {
 
 
 def run_demo(out: Path, seed: int, console: Console) -> None:
-    from stew.deploy import export, predict_dataset
-    from stew.experiments.rank import rank_modalities, render_ranking
-    from stew.training.run import run
-
     t0 = time.time()
     data = out / "data"
     if not is_native(data):
@@ -109,7 +109,6 @@ def run_demo(out: Path, seed: int, console: Console) -> None:
     model = export(out / "cmstew" / f"seed{SEEDS[0]}", out / "model")
     new = out / "new-recordings"
     if not is_native(new):  # the test speakers' weaker modality, labels removed (labelled: false)
-        from stew.data.io import load_dataset
 
         test = load_dataset(data).select_modalities([weak])
         write_native(test.replace_sequences(s.without_labels() for s in test.split("test")), new)

@@ -29,8 +29,15 @@ from pydantic import ValidationError
 
 from stew import methods
 from stew.config import TrainConfig, first_error
+from stew.data.io import load_dataset
 from stew.errors import DataError, first_line
-from stew.methods.base import Dim
+from stew.experiments.store import readonly_uri
+from stew.methods import required_modalities
+from stew.methods.base import Dim, target_names
+from stew.scoring.metrics import selection_metric
+from stew.training.resolve import fuse_inputs, resolve
+from stew.training.run import run
+from stew.training.stages import teacher_config
 from stew.util.atomic import check_writable_parent, write_text_atomic
 
 if TYPE_CHECKING:
@@ -135,7 +142,6 @@ def _readonly_sqlite(url: str) -> str:
     """
     from sqlalchemy.engine import make_url
 
-    from stew.experiments.store import readonly_uri
 
     u = make_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.query.get("uri"):
@@ -269,11 +275,6 @@ def worker_id() -> str:
 
 def _check(cfg: TrainConfig, ds: Dataset) -> str:
     """Resolve the configuration against the data before any trial runs; return the selection key."""
-    from stew.methods import required_modalities
-    from stew.methods.base import target_names
-    from stew.scoring.metrics import selection_metric
-    from stew.training.resolve import fuse_inputs, resolve
-
     c, d = fuse_inputs(cfg, ds)
     c = resolve(c, d)
     required_modalities(c)
@@ -301,10 +302,6 @@ def tune(
 
     Trial N trains ``run(cfg + its parameters)`` into ``out/trials/<study>/trial<N>``.
     """
-    from stew.data.io import load_dataset
-    from stew.training.run import run
-    from stew.training.stages import teacher_config
-
     if not _STUDY_NAME.match(study):
         raise DataError(f"--study {study!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
     if trials < 1:
