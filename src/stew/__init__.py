@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-API = ("load_data", "train", "load_run", "export", "predict")
+API = ("load_data", "train", "train_config", "load_run", "export", "predict")
 __all__ = [*API, "__version__"]
 
 

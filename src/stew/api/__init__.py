@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from stew.config import load_config
+from stew.config import TrainConfig, load_config
 from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
 from stew.deploy import export as export_run
@@ -36,20 +36,32 @@ def load_data(path: str | Path, *, feature_set: str | None = None, fold: int | N
     return load_dataset(Path(path), feature_set=feature_set, fold=fold)
 
 
+def train_config(
+    data: str | Path | Dataset | None = None, method: str | None = None, *, out: str | Path | None = None,
+    config: str | Path | None = None, **options: Any,
+) -> TrainConfig:
+    """The configuration :func:`train` runs: the YAML file ``config`` (if any), then ``data``, ``method``,
+    ``out`` and ``options`` (None leaves the file's value or the default), validated as a whole."""
+    if isinstance(data, Dataset):
+        data = Path(data.meta.get("source", data.name))
+    overrides = {**options, "data": Path(data) if data is not None else None, "method": method,
+                 "out": Path(out) if out is not None else None}
+    return load_config(Path(config) if config else None, overrides)
+
+
 def train(
-    data: str | Path | Dataset, method: str = "unimodal", *, out: str | Path | None = None,
+    data: str | Path | Dataset | None = None, method: str | None = None, *, out: str | Path | None = None,
     config: str | Path | None = None, **options: Any,
 ) -> RunResult:
     """Train, select on validation and score one run, as ``stew train`` does.
 
-    ``data``: a data folder, or a :class:`Dataset` already loaded (then ``data`` in the config names
-    where it came from, for the record). ``out``: the run folder (``None``: nothing written).
-    ``config``: a YAML file of TrainConfig fields, overridden by ``options``.
+    ``data``: a data folder, or a :class:`Dataset` already loaded (then the config's ``data`` names where
+    it came from, for the record). ``method``: default the config file's, else ``unimodal``. ``out``: the
+    run folder (``None``: nothing written). ``config``: a YAML file of TrainConfig fields, overridden by
+    the other arguments.
     """
-    ds = data if isinstance(data, Dataset) else None
-    where = Path(ds.meta.get("source", ds.name)) if ds is not None else Path(data)
-    cfg = load_config(Path(config) if config else None, {**options, "data": where, "method": method, "out": out})
-    return run(cfg, ds)
+    cfg = train_config(data, method, out=out, config=config, **options)
+    return run(cfg, data if isinstance(data, Dataset) else None)
 
 
 def load_run(run_dir: str | Path) -> RunResult:

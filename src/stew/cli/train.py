@@ -94,9 +94,7 @@ def train(
     config: ConfigOpt = None,
 ) -> None:
     """Train one model; write RUN/metrics.json, RUN/predictions.csv and RUN/model/."""
-    from stew import methods
-    from stew.config import load_config
-    from stew.training.run import run
+    from stew import api, methods
 
     if resume and overwrite:
         raise DataError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
@@ -105,12 +103,12 @@ def train(
         "moddrop": moddrop, "moddrop_p": moddrop_p, "impute": impute, "k": k,
     }
     fusion_opts = {key: v for key, v in fusion_opts.items() if v is not None}
-    cfg = load_config(config, dict(
-        data=data, method=method, modality=modality, teacher=teacher, target=target, targets=_comma_list(targets),
-        arch=arch, recipe=recipe, unlabelled=unlabelled, loss=loss, ablation=ablation, seed=seed, out=out, cv=cv,
-        max_epochs=max_epochs, lr=lr,
+    options = dict(
+        modality=modality, teacher=teacher, target=target, targets=_comma_list(targets), arch=arch, recipe=recipe,
+        unlabelled=unlabelled, loss=loss, ablation=ablation, seed=seed, cv=cv, max_epochs=max_epochs, lr=lr,
         resume=resume, postprocess=postprocess, overwrite=overwrite or None, fold=fold, fusion=fusion_opts or None,
-    ))
+    )
+    cfg = api.train_config(data, method, out=out, config=config, **options)
     if fusion_opts and not methods.get(cfg.method).fuses:
         flag = {"kind": "fusion", "sp": "no-sp"}.get(next(iter(fusion_opts)), next(iter(fusion_opts)))
         raise DataError(f"--{flag.replace('_', '-')} applies to --method fusion")
@@ -119,7 +117,7 @@ def train(
     # The run folder is run()'s to judge (check_run_folder, before any data is loaded): a file is
     # refused, a non-empty folder continued with --resume or replaced with --overwrite.
     t0 = time.time()
-    r = run(cfg)
+    r = api.train(data, method, out=out, config=config, **options)
     console.print_json(json.dumps({k: r[k] for k in ("val", "test") if k in r}))
     console.print(f"run written to {cfg.out} in {time.time() - t0:.1f}s")
 
