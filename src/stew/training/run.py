@@ -33,7 +33,7 @@ from stew.training.loop import fit
 from stew.training.resolve import fuse_inputs, make_bundle, resolve
 from stew.training.result import METRICS, PREDICTIONS, RunResult, finished
 from stew.util import progress
-from stew.util.atomic import write_text_atomic
+from stew.util.atomic import check_output_folder, write_text_atomic
 
 # What stew writes in a run folder (reproduce's job file and grid candidates, a CV's folds, the
 # temporary model folder a killed run leaves): the entries ``overwrite`` may delete.
@@ -45,31 +45,16 @@ RUN_FOLDER_ENTRIES = re.compile(
 
 def check_run_folder(cfg: TrainConfig) -> None:
     """Refuse a non-empty ``cfg.out`` unless the run resumes it or (if it holds only stew's files)
-    replaces it: an earlier run must not be lost to a typo or a re-used command line."""
+    replaces it: an earlier run must not be lost to a typo or a re-used command line. Checked before the
+    data are loaded (seconds to minutes on real data), not when the run is written."""
     if cfg.out is None:
         return
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        # Before the data are loaded (seconds to minutes on real data), not when the run is written.
-        raise DataError("exists and is not a folder (the run folder)", file=out)
     if cfg.resume:
-        return
-    try:
-        names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    except OSError as e:
-        raise DataError(f"cannot read the run folder: {e.strerror}", file=out) from None
-    if not names:
-        return
-    if not cfg.overwrite:
-        raise DataError(
-            "run folder is not empty (an earlier run?): give --resume to continue it, --overwrite to replace it, "
-            "or a new --out", file=out,
-        )
-    foreign = [n for n in names if not RUN_FOLDER_ENTRIES.fullmatch(n)]
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise DataError(f"--overwrite replaces only a stew run folder; this one also holds {shown}", file=out)
-
+        check_output_folder(Path(cfg.out), overwrite=True)  # continued in place
+    elif cfg.overwrite:
+        check_output_folder(Path(cfg.out), replaceable=RUN_FOLDER_ENTRIES)
+    else:
+        check_output_folder(Path(cfg.out), overwrite=False, resumable=True)
 
 
 def run(cfg: TrainConfig, ds: Dataset | None = None) -> RunResult:

@@ -11,6 +11,7 @@ operating-system failure of their own into the one-line :class:`DataError`.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator
@@ -61,12 +62,15 @@ def check_writable_parent(out: Path) -> None:
 
 
 def check_output_folder(
-    out: Path, *, replaceable: Collection[str] | None = None, overwrite: bool | None = None
+    out: Path, *, replaceable: Collection[str] | re.Pattern | None = None, overwrite: bool | None = None,
+    resumable: bool = False,
 ) -> None:
-    """Raise DataError unless ``out`` can become a folder without destroying anything.
+    """Raise DataError unless ``out`` can become a folder without destroying anything: the one check of
+    every output folder (run folders, model folders, ranking and transfer tables, synthetic data).
 
-    ``out`` may be absent or empty; with ``replaceable`` it may also hold only those names (a
-    previous output of the same kind, which is replaced). Any other file in it is the user's.
+    ``out`` may be absent or empty; with ``replaceable`` (names, or a pattern the names match) it may
+    also hold only those (a previous output of the same kind, which is replaced). Any other file in it
+    is the user's. ``resumable``: the refusal of a non-empty folder also names --resume (a run folder).
 
     ``overwrite`` is for a command that writes into ``out`` and has an --overwrite option (rank,
     transfer): False refuses a non-empty ``out`` naming that option, True lets ``out`` hold anything
@@ -85,11 +89,12 @@ def check_output_folder(
             names = sorted(p.name for p in out.iterdir())
         except OSError as e:
             raise DataError(f"cannot read the output folder: {e.strerror}", file=out) from None
-        foreign = [n for n in names if replaceable is None or n not in replaceable]
+        foreign = [n for n in names if not _is_replaceable(n, replaceable)]
         if foreign:
             if overwrite is False:
-                raise DataError("output folder is not empty (an earlier result?): give --overwrite to replace it, "
-                                "or a new --out", file=out)
+                resume = "--resume to continue it, " if resumable else ""
+                raise DataError(f"output folder is not empty (an earlier result?): give {resume}--overwrite to "
+                                "replace it, or a new --out", file=out)
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             what = "is not empty" if replaceable is None else "holds files that are not stew's"
             raise DataError(f"output folder {what} ({shown}); give a new or empty folder", file=out)
@@ -98,6 +103,14 @@ def check_output_folder(
         if not os.access(out, os.W_OK | os.X_OK) or not os.access(out.parent, os.W_OK | os.X_OK):
             raise DataError("cannot replace the output folder: it or its parent is not writable", file=out)
     check_writable_parent(out)
+
+
+def _is_replaceable(name: str, replaceable: Collection[str] | re.Pattern | None) -> bool:
+    if replaceable is None:
+        return False
+    if isinstance(replaceable, re.Pattern):
+        return replaceable.fullmatch(name) is not None
+    return name in replaceable
 
 
 def check_output_file(out: Path) -> None:
