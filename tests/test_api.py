@@ -25,7 +25,6 @@ def readme_api_block() -> str:
 
 
 def test_readme_api_example_runs(tmp_path, monkeypatch):
-    write_native(synth_recola(0, n_speakers=9, minutes=1.0), tmp_path / "data" / "recola-small")
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(readme_api_block(), "README.md (Python API)", "exec"), scope)  # noqa: S102

@@ -1,7 +1,8 @@
 """stew: train with every modality, deploy with one.
 
-The Python API (:mod:`stew.api`): ``stew.load_data``, ``stew.train``, ``stew.load_run``, ``stew.export``
-and ``stew.predict``, the same names and options as the CLI's commands (README, "Python API").
+The Python API (:mod:`stew.api`): ``stew.synth_data``, ``load_data``, ``train``, ``train_config``,
+``load_run``, ``export`` and ``predict``, the same names and options as the CLI's commands (README,
+"Python API").
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-API = ("load_data", "train", "train_config", "load_run", "export", "predict")
+API = ("synth_data", "load_data", "train", "train_config", "load_run", "export", "predict")
 __all__ = [*API, "__version__"]
 
 

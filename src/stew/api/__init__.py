@@ -2,7 +2,8 @@
 
     import stew
 
-    ds = stew.load_data("data/recola-synth")                      # stew data check/synth read the same
+    stew.synth_data("recola", "data/recola-synth", speakers=9, minutes=1)  # stew data synth ...
+    ds = stew.load_data("data/recola-synth")
     run = stew.train("data/recola-synth", method="cmstew", modality="video_geo", teacher="audio",
                      target="arousal", max_epochs=5, out="runs/cm")  # stew train --method cmstew ...
     run["test"]["ccc_arousal"], run.predictions                     # metrics.json, predictions.csv
@@ -24,11 +25,19 @@ import pandas as pd
 from stew.config import TrainConfig, load_config
 from stew.data.dataset import Dataset
 from stew.data.io import load_dataset
+from stew.data.synth import write_synthetic
 from stew.deploy import export as export_run
 from stew.deploy import predict_dataset
 from stew.deploy.model import ExportFormat
 from stew.training.result import RunResult
 from stew.training.run import run
+
+
+def synth_data(kind: str, out: str | Path, *, seed: int = 0, **sizes: Any) -> Path:
+    """Write a synthetic dataset, as ``stew data synth --kind KIND --out OUT`` does; ``sizes`` are its
+    options (``speakers``, ``minutes``, ``videos``, ``utterances``, ``clips``, ``clip_s``, ``fmt``)."""
+    write_synthetic(kind, Path(out), seed=seed, **sizes)
+    return Path(out)
 
 
 def load_data(path: str | Path, *, feature_set: str | None = None, fold: int | None = None) -> Dataset:

@@ -14,7 +14,6 @@ import typer
 
 from stew.cli.base import FormatOpt, app, cli_errors, console, table_console
 from stew.errors import DataError
-from stew.util.atomic import check_output_folder
 from stew.util.tables import TableFormat
 
 data_app = typer.Typer(no_args_is_help=True, help="Check and synthesise datasets.")
@@ -54,36 +53,12 @@ def data_synth(
     epoch of a unimodal model on it needs about 5 GB of memory; --speakers 9 --minutes 1 makes a small
     one (the demo's size).
     """
-    from stew.data.formats.native import write_native
-    from stew.data.synth.affect import RATE_HZ, synth_mosi, synth_recola
+    from stew.data.synth import write_synthetic
 
-    # The generators' own checks raise ValueError (a library contract); here they are options, so the
-    # same conditions are one-line errors, checked before anything is written.
-    if fmt not in ("parquet", "npz"):
-        raise DataError(f"--format must be parquet or npz, not {fmt!r}")
-    if kind == Kind.recola and speakers % 3:
-        raise DataError(f"--speakers must be a multiple of 3 (train, dev and test get a third each), not {speakers}")
-    if kind == Kind.recola and round(minutes * 60 * RATE_HZ) < 2:
-        raise DataError(f"--minutes {minutes:g} gives fewer than 2 frames at {RATE_HZ:g} Hz")
-    check_output_folder(out)  # the writer's own check, made before the data are generated
-    if kind == Kind.conflict:
-        from stew.data.synth.conflict import write_synthetic_conflict
-
-        write_synthetic_conflict(out, clips=clips, seed=seed, clip_s=clip_s)
-        console.print(f"wrote a synthetic conflict corpus: {clips} clips of {clip_s:g} s at 8 kHz -> {out}")
-        return
-    if kind == Kind.iemocap:
-        from stew.data.synth.iemocap import write_synthetic_iemocap
-
-        write_synthetic_iemocap(out, utterances=utterances, seed=seed, full_shapes=full_shapes)
-        console.print(f"wrote synthetic IEMOCAP: {utterances} utterances, 5 folds (AMH layout) -> {out}")
-        return
-    if kind == Kind.recola:
-        ds = synth_recola(seed, n_speakers=speakers, minutes=minutes)
-    else:
-        ds = synth_mosi(seed, n_videos=videos)
-    write_native(ds, out, fmt=fmt)
-    console.print(f"wrote {ds.name}: {len(ds.sequences)} sequences, {ds.n_steps()} steps, {ds.splits()} -> {out}")
+    console.print(write_synthetic(
+        kind.value, out, seed=seed, speakers=speakers, minutes=minutes, videos=videos, utterances=utterances,
+        full_shapes=full_shapes, clips=clips, clip_s=clip_s, fmt=fmt,
+    ))
 
 
 @data_app.command("check")

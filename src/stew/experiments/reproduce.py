@@ -28,6 +28,7 @@ from rich.console import Console
 
 from stew import methods
 from stew.config import TrainConfig
+from stew.data.synth import write_synthetic
 from stew.errors import DataError
 from stew.experiments.plan import Job, Plan, select_groups
 from stew.experiments.protocols import Protocol
@@ -167,38 +168,12 @@ def check_missing(protocol: Protocol, group: str, missing: list[str], cfg: Train
 
 def synthesize(protocol: Protocol, folder: Path, console: Console) -> Path:
     """The protocol's synthetic dataset, written once (atomically) and reused by later invocations."""
-    from stew.data.formats.native import write_native
-    from stew.data.formats.recola import write_recola_layout
-    from stew.data.synth.affect import synth_mosi, synth_recola
-
     syn = protocol.synthetic
     if syn is None:
         raise DataError(f"protocol {protocol.name} needs --data ({protocol.data_hint or 'a dataset folder'})")
     if folder.is_dir() and any(folder.iterdir()):
         return folder
-    if syn.kind == "conflict":
-        from stew.data.synth.conflict import write_synthetic_conflict
-
-        write_synthetic_conflict(folder, clips=syn.clips, clip_s=syn.clip_s, seed=syn.seed)
-        console.print(f"synthesised a conflict corpus ({syn.clips} clips of {syn.clip_s:g} s, seed {syn.seed}) "
-                      f"-> {folder}")
-        return folder
-    if syn.kind == "iemocap":
-        from stew.data.synth.iemocap import write_synthetic_iemocap
-
-        write_synthetic_iemocap(folder, utterances=syn.utterances, seed=syn.seed)
-        console.print(f"synthesised IEMOCAP in the AMH fold layout ({syn.utterances} utterances, seed {syn.seed}) "
-                      f"-> {folder}")
-        return folder
-    if syn.kind == "recola":
-        ds = synth_recola(syn.seed, n_speakers=syn.speakers, minutes=syn.minutes)
-    else:
-        ds = synth_mosi(syn.seed, n_videos=syn.videos)
-    if syn.layout == "avec":
-        write_recola_layout(ds, folder)
-    else:
-        write_native(ds, folder)
-    console.print(f"synthesised {ds.name} ({syn.kind}, seed {syn.seed}) -> {folder}")
+    console.print(write_synthetic(**syn.model_dump(), out=folder))
     return folder
 
 
