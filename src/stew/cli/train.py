@@ -162,7 +162,9 @@ def explain(
     samples: Annotated[int, typer.Option(min=2, help="LIME perturbations (the thesis: 2,000)")] = 2000,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     analysis: Annotated[bool, typer.Option(
-        "--analysis", help="instead: a run's true vs predicted plot with the epsilon bands (docs/methods/conflictnet.md#evaluation)")] = False,
+        "--analysis",
+        help="instead: a run's true vs predicted plot with the epsilon bands (docs/methods/conflictnet.md#evaluation)",
+    )] = False,
     split: Annotated[str, typer.Option(help="--analysis: the split to plot")] = "test",
 ) -> None:
     """Which 3 s segments of a clip drive the model's prediction (LIME); --analysis: a run's true vs predicted."""
