@@ -81,7 +81,8 @@ def conflict_section(rep: Report, *, lime_samples: int = 300) -> str:
     if not figures and not notes:
         return "<p class='note'>No finished ConflictNET runs.</p>"
     intro = ("<p>True vs predicted per clip (docs/methods/conflictnet.md#evaluation), first seed of each group: "
-             "yellow quadrants are opposite polarity, dashed lines y = x ± 0.5. Categories: 1 same polarity and |y − ŷ| ≤ 0.5; 2 y ≥ 0 > ŷ; "
+             "yellow quadrants are opposite polarity, dashed lines y = x ± 0.5. Categories: 1 same polarity and "
+             "|y − ŷ| ≤ 0.5; 2 y ≥ 0 > ŷ; "
              "3 y &lt; 0 ≤ ŷ; 4 same polarity and |y − ŷ| &gt; 0.5 (0 counts as positive).</p>")
     table = counts_table(count_rows, CATEGORIES) if count_rows else ""
     grid = f"<div class='plots'>{''.join(figures)}</div>" if figures else ""
