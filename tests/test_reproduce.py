@@ -18,13 +18,14 @@ from typer.testing import CliRunner
 from stew.cli import app
 from stew.data.formats.native import write_native
 from stew.data.formats.recola import write_recola_layout
+from stew.data.io import data_fingerprint
 from stew.data.synth.affect import synth_recola
 from stew.errors import DataError
 from stew.experiments import results
 from stew.experiments.plan import Plan, select_groups
 from stew.experiments.protocols import available, load_protocol, parse_protocol
 from stew.experiments.reproduce import parse_overrides, reproduce
-from stew.experiments.store import RunStore, data_fingerprint, run_key
+from stew.experiments.store import RunStore, run_key
 from stew.experiments.workers import execute, threads_per_worker
 from tests.conftest import FAST, tiny_utterances
 from tests.test_cli import one_line_error

@@ -24,7 +24,9 @@ from stew.errors import DataError
 from stew.methods.base import prediction_loss
 from stew.methods.cmstew import apply_recipe, attach_teacher_latents, fold_of_groups
 from stew.methods.cmstew import build as build_cmstew
+from stew.scoring import metrics
 from stew.training.resolve import make_bundle, resolve
+from stew.training.result import RunResult
 from stew.training.run import reuse_or_run, run
 from stew.training.stages import guard_folds, train_teachers
 from tests.conftest import FAST, tiny_utterances
@@ -233,35 +235,49 @@ def _one_batch(bundle):
 
 
 @pytest.mark.parametrize("winner,transfer,unimodal", [
-    ("unimodal", [40.0, 42.0, 41.0], [60.0, 61.0, 59.0]),  # transfer worse: never shipped
-    ("unimodal", [61.0, 59.5, 62.0], [60.0, 60.0, 60.0]),  # better on average, but p > guard_p
-    ("transfer", [70.0, 71.5, 69.0], [60.0, 60.5, 59.0]),  # consistently better
+    ("unimodal", 0.40, 0.60),  # transfer worse: never shipped
+    ("unimodal", 0.62, 0.60),  # a little better, but within what resampling the rows gives: p > guard_p
+    ("transfer", 0.85, 0.60),  # clearly better on the pooled held-out rows
 ])
 def test_guard_ships_the_cross_validated_winner(tmp_path, monkeypatch, winner, transfer, unimodal):
-    """The decision follows the held-out-fold comparison; the final fit is the winner's."""
+    """The decision follows the pooled held-out comparison (a paired block bootstrap); the final fit is the
+    winner's."""
     ds = tiny_utterances()
     fits: list[str] = []
     real_run, real_fit = training.run, training.fit_and_write
-    scores = {"cmstew": list(transfer), "unimodal": list(unimodal)}
+    accuracy = {"cmstew": transfer, "unimodal": unimodal}
 
     def record_fit(cfg, d, out, t0, record=None):
-        if record is not None:  # the guard's final fit (teacher runs pass none)
+        if record is not None and "recipe" in record:  # the guard's final fit
             fits.append(cfg.method)
         return real_fit(cfg, d, out, t0, record)
 
+    def held_out(method: str, fold: int) -> RunResult:
+        """60 held-out utterances of 12 videos, right with probability ``accuracy[method]``."""
+        rng = np.random.default_rng([fold, 0 if method == "cmstew" else 1])
+        y = np.tile([0, 1], 30)
+        right = rng.random(60) < accuracy[method]
+        frame = pd.DataFrame({"split": "test", "sequence": [f"f{fold}v{j // 5}" for j in range(60)],
+                              "group": [f"f{fold}v{j // 5}" for j in range(60)], "step": np.arange(60) % 5,
+                              "y": y, "prob": np.where(right, y, 1 - y) * 0.8 + 0.1})
+        frame["pred"] = (frame["prob"] >= 0.5).astype(int)
+        score = metrics.f1_weighted(y, frame["pred"].to_numpy())
+        return RunResult(metrics={"selection": {"key": "f1_weighted"}, "test": {"f1_weighted": score}},
+                         frames=[frame])
+
     def fake_run(c, d=None):
         if c.out is not None and "guard" in Path(c.out).parts:
-            return {"selection": {"key": "f1_weighted"}, "test": {"f1_weighted": scores[c.method].pop(0)}}
+            return held_out(c.method, int(Path(c.out).parent.name.removeprefix("fold")))
         return real_run(c, d)
 
     monkeypatch.setattr(training, "run", fake_run)
     monkeypatch.setattr(training, "fit_and_write", record_fit)
     r = real_run(_cfg(out=tmp_path / "run", cmstew={"guard_folds": 3}), ds)
     guard = json.loads((tmp_path / "run" / "metrics.json").read_text())["recipe"]["guard"]
-    assert (guard["transfer"], guard["unimodal"], guard["folds"]) == (transfer, unimodal, 3)
+    assert guard["folds"] == 3 and guard["on"] == "held-out folds" and guard["metric"] == "f1_weighted"
     assert guard["shipped"] == winner and winner in guard["reason"]
-    assert guard["mean_gain"] == pytest.approx(np.mean(transfer) - np.mean(unimodal))
-    assert 0 <= guard["p_value"] <= 1
+    assert guard["mean_gain"] == pytest.approx(guard["transfer"] - guard["unimodal"])
+    assert (guard["p_value"] < 0.1) == (winner == "transfer") and 0 < guard["p_value"] <= 1
     assert fits == (["cmstew"] if winner == "transfer" else ["unimodal"])
     assert r["method"]["name"] == ("cmstew" if winner == "transfer" else "unimodal")
 

@@ -192,7 +192,15 @@ class TrainConfig(Strict):
     out: Path | None = None
 
     # data and preprocessing
-    val_groups: Count = 10  # groups carved from train when the data has no validation split
+    # Where validation comes from when the data has none: train (whole groups carved from it), test
+    # (whole groups of a labelled test split; test is then reported on the others), or auto: test when a
+    # modality the run reads looks fitted on its own training labels (stew.data.leakage) and the data
+    # labels a test split, else train. Resolved per run; metrics.json names the groups in each role.
+    val_from: Literal["auto", "train", "test"] = "auto"
+    val_groups: Count | None = None  # None: 10 groups carved from train, a third of the test groups from test
+    # The modalities whose training features are fitted on their own labels: None runs the leakage probe
+    # (cached per data folder); a list declares them instead ([] declares none).
+    flagged: list[str] | None = None
     cv: Annotated[int, Field(ge=2)] | None = None
     # None: 2.4 s for SEW and EmoBed, none for CER-MTL, 2.8 s otherwise (the papers); frame-level data only
     label_delay_s: NonNeg | None = None

@@ -91,6 +91,15 @@ def train(
     ] = None,
     k: Annotated[int | None, typer.Option("--k", help="--impute knn: neighbours (default 10)")] = None,
     fold: Annotated[int | None, typer.Option(help="IEMOCAP AMH data: fold 1-5 (default 1)")] = None,
+    val_from: Annotated[str | None, typer.Option(
+        help="validation from: train (whole groups carved from it) | test (whole groups of a labelled test "
+             "split, test reported on the others) | auto (default: test when a modality the run reads looks "
+             "fitted on its own training labels)")] = None,
+    val_groups: Annotated[int | None, typer.Option(
+        help="validation groups (default: 10 from train, a third of the test groups from test)")] = None,
+    flagged: Annotated[str | None, typer.Option(
+        help="modalities whose training features are fitted on their own labels, comma-separated, or 'none' "
+             "(default: the leakage probe decides)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train one model; write RUN/metrics.json, RUN/predictions.csv and RUN/model/."""
@@ -107,6 +116,8 @@ def train(
         modality=modality, teacher=teacher, target=target, targets=_comma_list(targets), arch=arch, recipe=recipe,
         unlabelled=unlabelled, loss=loss, ablation=ablation, seed=seed, cv=cv, max_epochs=max_epochs, lr=lr,
         resume=resume, postprocess=postprocess, overwrite=overwrite or None, fold=fold, fusion=fusion_opts or None,
+        val_from=val_from, val_groups=val_groups,
+        flagged=None if flagged is None else [] if flagged.strip() == "none" else _comma_list(flagged),
     )
     cfg = api.train_config(data, method, out=out, config=config, **options)
     if fusion_opts and not methods.get(cfg.method).fuses:

@@ -240,7 +240,7 @@ def _fmt(metric: str, v: float) -> str:
     return f"{100 * v:.1f} %" if metric == "acc" else f"{v:.3f}"
 
 
-def _probe_modality(
+def probe_modality(
     ds: Dataset, m: str, folds: int, seed: int, cfg: ProbeSettings, notes: list[str]
 ) -> list[ProbeResult]:
     x, y, g = _steps(ds, "train", m)
@@ -318,7 +318,7 @@ def check_dataset(
         notes.append("no labels (labelled: false): leakage probe skipped")
     else:
         for m in ds.modalities:
-            probes += _probe_modality(ds, m, folds, seed, cfg, notes)
+            probes += probe_modality(ds, m, folds, seed, cfg, notes)
     for p in probes:
         if p.target not in (None, ds.targets[0]):
             continue  # one note per modality

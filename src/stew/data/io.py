@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from stew.data.dataset import Dataset
@@ -52,3 +53,21 @@ def load_dataset(path: str | Path, *, feature_set: str | None = None, fold: int 
         "an audio folder's labels.csv, or AVEC 2016 ratings_gold_standard/)",
         file=root,
     )
+
+
+def data_fingerprint(path: Path) -> str:
+    """SHA-256 over every file's relative path and contents (hidden files excluded)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("data folder does not exist", file=path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:20]

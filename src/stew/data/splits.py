@@ -18,13 +18,24 @@ def _train_groups(ds: Dataset, seed: int) -> list[str]:
     return [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
 
 
-def carve_validation(ds: Dataset, n_groups: int, seed: int) -> Dataset:
-    """Move ``n_groups`` whole training groups to a new ``val`` split, deterministically for ``seed``.
+def carve_validation(ds: Dataset, n_groups: int, seed: int, source: str = "train") -> Dataset:
+    """Move ``n_groups`` whole groups of ``source`` (train, or a labelled test split) to a new ``val``
+    split, deterministically for ``seed``; from test, the other test groups stay the test split.
 
     A dataset that already has a validation split is returned unchanged.
     """
     if ds.split("val"):
         return ds
+    if source == "test":
+        groups = ds.groups("test")
+        groups = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+        if n_groups < 1 or n_groups >= len(groups):
+            raise DataError(f"cannot take {n_groups} validation groups from {len(groups)} test groups "
+                            "(at least one must stay for test)")
+        val = set(groups[:n_groups])
+        return ds.replace_sequences(
+            s.with_split("val") if s.split == "test" and s.group in val else s for s in ds.sequences
+        )
     groups = _train_groups(ds, seed)
     if n_groups < 1 or n_groups >= len(groups):
         raise DataError(f"cannot carve {n_groups} validation groups from {len(groups)} training groups")

@@ -66,7 +66,7 @@ def evaluate_imputations(
     if ds is None:
         ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target, fold=cfg.fold)
     cfg = resolve(cfg, ds)
-    ds = carve_validation(ds, cfg.val_groups, cfg.seed)
+    ds = carve_validation(ds, cfg.val_groups or 10, cfg.seed, "test" if cfg.val_from == "test" else "train")
     if ds.groups("val") != record.get("data", {}).get("val_groups", ds.groups("val")):
         raise DataError("the data's validation carve differs from the run's (was the data folder changed?)",
                         file=cfg.data)

@@ -12,9 +12,10 @@ from typing import Any
 
 from stew import methods
 from stew.config import TrainConfig
+from stew.data.io import data_fingerprint
 from stew.errors import DataError
 from stew.experiments.protocols import Protocol
-from stew.experiments.store import RunStore, data_fingerprint, run_key
+from stew.experiments.store import RunStore, run_key
 
 
 @dataclass

@@ -47,24 +47,6 @@ def run_key(config: dict[str, Any], data_fingerprint: str, teacher_key: str | No
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def data_fingerprint(path: Path) -> str:
-    """SHA-256 over every file's relative path and contents (hidden files excluded)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError("data folder does not exist", file=path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:20]
-
-
 def readonly_uri(path: Path) -> str:
     """The SQLite URI that opens ``path`` read-only (``mode=ro``): never creates, converts or writes it."""
     return "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?mode=ro"

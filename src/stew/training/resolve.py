@@ -8,6 +8,7 @@ from stew import methods
 from stew.config import TrainConfig
 from stew.data.bundle import Bundle
 from stew.data.dataset import UNLABELLED, Dataset
+from stew.data.leakage import LeakageVerdict, declared, leakage_verdict
 from stew.data.preprocess import Standardizer, delay_steps, prepare, steps_for
 from stew.errors import DataError
 from stew.methods.base import target_names
@@ -121,3 +122,44 @@ def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
         win=steps_for(cfg.window_s, rate), hop=steps_for(cfg.hop_s, rate),
         eval_win=steps_for(cfg.eval_window_s, rate), **parts,
     )
+
+
+def choose_validation(
+    cfg: TrainConfig, ds: Dataset, modalities: list[str], fingerprint: str | None = None
+) -> tuple[TrainConfig, LeakageVerdict]:
+    """Decide where validation comes from (``val_from``, ``val_groups``) and which of the run's modalities
+    look fitted on their own training labels (``flagged``: the leakage probe's verdict, cached per data
+    folder by ``fingerprint``, or the user's declaration), and fill them into the configuration.
+
+    Validation carved from train measures memorised features for a flagged modality, so ``auto`` takes
+    it from whole groups of a labelled test split there, and reports test on the other test groups.
+    """
+    if cfg.flagged is None:
+        verdict = leakage_verdict(ds, modalities, fingerprint)
+    else:
+        unknown = [m for m in cfg.flagged if m not in ds.modalities]
+        if unknown:
+            raise DataError(f"--flagged names {', '.join(unknown)}, which the data does not have "
+                            f"({list(ds.modalities)})")
+        verdict = declared(ds, cfg.flagged)
+    parts = {p for m in modalities for p in m.split("+")}
+    used_flagged = [m for m in verdict.flagged if m in parts]
+    test_groups = len(ds.groups("test")) if verdict.test_labelled else 0
+    val_from = cfg.val_from
+    if ds.split("val"):
+        # Validation is already there (the data's own, or carved by the run this one is a stage of).
+        val_from = "train" if val_from == "auto" else val_from
+    elif val_from == "test":
+        if cfg.cv:
+            raise DataError("--cv validates on folds of the training groups; it cannot take --val-from test")
+        if test_groups < 2:
+            raise DataError("--val-from test needs a labelled test split of at least 2 groups"
+                            + ("" if ds.split("test") else "; the data has no test split"))
+    elif val_from == "auto":
+        val_from = "test" if used_flagged and test_groups >= 2 and not cfg.cv and not ds.split("val") else "train"
+    n = cfg.val_groups or (10 if val_from == "train" else max(1, round(test_groups / 3)))
+    if val_from == "test" and n >= test_groups and not ds.split("val"):
+        raise DataError(f"--val-groups {n}: the test split has {test_groups} groups, and at least one must stay "
+                        "for test")
+    flagged = sorted(set(verdict.flagged) | set(cfg.flagged or []))
+    return cfg.model_copy(update={"val_from": val_from, "val_groups": n, "flagged": flagged}), verdict

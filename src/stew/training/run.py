@@ -22,7 +22,8 @@ import torch
 from stew import methods
 from stew.config import TrainConfig
 from stew.data.dataset import UNLABELLED, Dataset
-from stew.data.io import load_dataset
+from stew.data.io import data_fingerprint, load_dataset
+from stew.data.leakage import warning_line
 from stew.data.splits import add_unlabelled, carve_validation, grouped_folds
 from stew.deploy import save_model
 from stew.errors import DataError
@@ -30,7 +31,7 @@ from stew.scoring.postprocess import apply_chains, fit_chains
 from stew.training import stages
 from stew.training.evaluate import predict_sequences, predictions_frame, score, selection_key, validation_latents
 from stew.training.loop import fit
-from stew.training.resolve import fuse_inputs, make_bundle, resolve
+from stew.training.resolve import choose_validation, fuse_inputs, make_bundle, resolve
 from stew.training.result import METRICS, PREDICTIONS, RunResult, finished
 from stew.util import progress
 from stew.util.atomic import check_output_folder, write_text_atomic
@@ -67,8 +68,10 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> RunResult:
     check_run_folder(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    fingerprint = None
     if ds is None:
         ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target, fold=cfg.fold)
+        fingerprint = data_fingerprint(cfg.data)  # the leakage verdict is cached per data folder
     if not ds.labelled:
         raise DataError("these recordings have no labels (labelled: false): train on labelled data and give "
                         "these to CM-StEW as --unlabelled, or predict on them", file=cfg.data)
@@ -76,6 +79,9 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> RunResult:
     cfg = resolve(cfg, ds)
     method = methods.get(cfg.method)
     modalities = method.required_modalities(cfg)  # a missing or equal --teacher fails before any stage trains
+    cfg, verdict = choose_validation(cfg, ds, modalities, fingerprint)
+    record = {"leakage": {**verdict.to_json(), "used_flagged": [m for m in verdict.flagged if m in
+                                                                 {p for x in modalities for p in x.split("+")}]}}
     out = Path(cfg.out) if cfg.out else None
     if cfg.overwrite and out is not None and out.is_dir() and any(out.iterdir()):
         # Replaced only now that the configuration and data have passed their checks.
@@ -83,11 +89,14 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> RunResult:
     if method.trains_on_unlabelled and cfg.unlabelled is not None and not ds.split(UNLABELLED):
         # Added once: the guard's and --cv's fold runs get a dataset that already holds them.
         ds = add_unlabelled(ds, load_dataset(cfg.unlabelled), modalities, cfg.unlabelled)
+    warning = warning_line(verdict, modalities)  # once the inputs have passed their checks
+    if warning:
+        progress.sayer(cfg.progress)(warning)
     if cfg.cv:
-        return _run_cv(cfg, ds, out)
+        return _run_cv(cfg, ds, out, record)
     if method.stage1_teachers and cfg.cmstew.guard_folds:
-        return stages.guarded_run(cfg, ds, out, t0, reuse_or_run=reuse_or_run, fit_and_write=fit_and_write)
-    return fit_and_write(cfg, ds, out, t0)
+        return stages.guarded_run(cfg, ds, out, t0, record, reuse_or_run=reuse_or_run, fit_and_write=fit_and_write)
+    return fit_and_write(cfg, ds, out, t0, record)
 
 
 def reuse_or_run(cfg: TrainConfig, ds: Dataset) -> RunResult:
@@ -106,7 +115,7 @@ def fit_and_write(
     """One resolved configuration on one dataset: carve validation, stage 1, the grid, the fit, the run
     folder. ``record`` joins metrics.json (CM-StEW's guard writes its decision there)."""
     method = methods.get(cfg.method)
-    ds = carve_validation(ds, cfg.val_groups, cfg.seed)
+    ds = carve_validation(ds, cfg.val_groups or 10, cfg.seed, "test" if cfg.val_from == "test" else "train")
     work = out or Path(tempfile.mkdtemp(prefix="stew-run-"))
     fresh = out is not None and not out.exists()
     try:
@@ -201,7 +210,8 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> RunResult:
         record["method"]["stage1_run"] = str(teacher_run) if teacher_run is not None else None
         record["method"]["teacher_folds"] = cfg.cmstew.teacher_folds
     record["data"] = {
-        "name": ds.name, "val_groups": ds.groups("val"), "label_delay_steps": bundle.k_delay,
+        "name": ds.name, "val_from": cfg.val_from, "val_groups": ds.groups("val"), "test_groups": ds.groups("test"),
+        "label_delay_steps": bundle.k_delay,
         "window_steps": bundle.win, "hop_steps": bundle.hop, "eval_window_steps": bundle.eval_win,
     }
     return result
@@ -217,7 +227,7 @@ def _write_run(result: RunResult, out: Path) -> None:
     write_text_atomic(out / METRICS, json.dumps(result.metrics, indent=2))
 
 
-def _run_cv(cfg: TrainConfig, ds: Dataset, out: Path | None) -> RunResult:
+def _run_cv(cfg: TrainConfig, ds: Dataset, out: Path | None, record: dict) -> RunResult:
     """Grouped K-fold over the training groups: one run per fold, then mean and std of each metric."""
     folds = grouped_folds(ds, cfg.cv, cfg.seed)
     results = []
@@ -230,6 +240,7 @@ def _run_cv(cfg: TrainConfig, ds: Dataset, out: Path | None) -> RunResult:
         summary[split] = {k: float(np.mean([r[split][k] for r in results])) for k in keys}
         summary[f"{split}_std"] = {k: float(np.std([r[split][k] for r in results], ddof=1)) for k in keys}
     summary["folds"] = [{"val": r["val"], "test": r["test"]} for r in results]
+    summary.update(record)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / METRICS, json.dumps(summary, indent=2))

@@ -11,11 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from stew.config import TrainConfig
 from stew.data.dataset import UNLABELLED, Dataset
 from stew.data.splits import held_out_folds
 from stew.errors import DataError
+from stew.methods.base import target_names
 from stew.methods.cmstew import fold_of_groups, teacher_dirs
 from stew.scoring import metrics
 from stew.training.result import RunResult, finished
@@ -106,62 +108,120 @@ def guard_folds(ds: Dataset, k: int, seed: int, val_groups: int) -> list[Dataset
     return held_out_folds(ds, k, seed)
 
 
-def guarded_run(
-    cfg: TrainConfig, ds: Dataset, out: Path | None, t0: float, *, reuse_or_run: Run,
-    fit_and_write: Callable[..., RunResult],
-) -> RunResult:
-    """Cross-validate CM-StEW against the unimodal model of the same architecture over grouped folds of
-    the training groups, then fit the winner on all the training data and ship it.
+BLOCK_S = 10.0  # frame-level rows are resampled in 10 s stretches of a recording: neighbouring frames move together
 
-    Transfer ships only when its held-out-fold mean beats unimodal's with a paired t-test over folds
-    below ``cmstew.guard_p``; the decision, the scores and the p-value are recorded. Each fold's CM-StEW
-    run cross-fits its own teachers, so no teacher has seen the fold a student is scored on.
+
+def guarded_run(
+    cfg: TrainConfig, ds: Dataset, out: Path | None, t0: float, record: dict | None = None, *,
+    reuse_or_run: Run, fit_and_write: Callable[..., RunResult],
+) -> RunResult:
+    """Compare CM-StEW with the unimodal model of the same architecture on data neither chose anything
+    on, then fit the winner on all the training data and ship it (docs/transfer.md, "The guard").
+
+    Where validation comes from a labelled test split (label-fitted training features: ``val_from: test``),
+    both arms train on all the training groups and are compared on those validation groups, the only
+    honest data there. Otherwise they are cross-validated over grouped folds of the training groups (each
+    fold's CM-StEW cross-fits its own teachers, so no teacher has seen the fold a student is scored on),
+    and compared on the pooled held-out predictions. Transfer ships when it is ahead and a paired block
+    bootstrap of the difference gives p below ``cmstew.guard_p``; scores, p and the decision are recorded.
     """
-    k = cfg.cmstew.guard_folds
+    record = dict(record or {})
     say = progress.sayer(cfg.progress)
     arms = {"transfer": cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(update={"guard_folds": 0})}),
             "unimodal": unimodal_of(cfg)}
-    folds = guard_folds(ds, k, cfg.seed, cfg.val_groups)
-    if isinstance(folds, str):
-        # No held-out comparison is possible, so the measured evidence decides (BENCHMARKS.md, "Making
-        # transfer pay"): transfer ships only with unlabelled pairs and the distillation term.
-        ship = "transfer" if ds.split(UNLABELLED) and cfg.cmstew.gamma else "unimodal"
-        why = ("with unlabelled pairs and distillation, where transfer has gained and never significantly lost "
-               "in stew's benchmarks, CM-StEW ships" if ship == "transfer" else
-               "without unlabelled pairs transfer has not beaten the unimodal student in stew's benchmarks, "
-               "so the unimodal model ships")
-        reason = f"guard cannot run: {folds}; {why} (cmstew.guard_folds: 0 ships CM-StEW unguarded)"
-        say(reason)
-        record = {"recipe": {"name": cfg.recipe, "guard": {"folds": 0, "shipped": ship, "reason": reason}}}
-        return fit_and_write(arms[ship], ds, out, t0, record)
-    k = len(folds)
-    scores: dict[str, list[float]] = {arm: [] for arm in arms}
-    key, t_guard = "", time.monotonic()
-    say(f"guard: CM-StEW vs unimodal ({cfg.arch}) on {k} grouped folds of the training groups, "
-        f"{2 * k} runs before the final fit")
-    for i, fold_ds in enumerate(folds):
-        for arm, arm_cfg in arms.items():
-            d = out / "guard" / f"fold{i}" / arm if out is not None else None
-            # Finished before an interruption: read back; cut short: run again.
-            r = reuse_or_run(arm_cfg.model_copy(update={"out": d}), fold_ds)
-            key = r["selection"]["key"]
-            scores[arm].append(float(r["test"][key]))
-            done = 2 * i + (1 if arm == "transfer" else 2)
-            say(f"guard fold {i + 1}/{k} {arm}: held-out {key} {scores[arm][-1]:.4g} · "
-                f"{progress.so_far(t_guard, done, 2 * k)}")
-    gain = float(np.mean(scores["transfer"]) - np.mean(scores["unimodal"]))
-    p = float(metrics.paired_ttest(scores["transfer"], scores["unimodal"])[1])
+    t_guard = time.monotonic()
+    if cfg.val_from == "test":
+        say(f"guard: CM-StEW vs unimodal ({cfg.arch}) on the validation groups taken from the test split, "
+            "2 runs before the final fit")
+        runs = {}
+        for i, (arm, arm_cfg) in enumerate(arms.items()):
+            d = out / "guard" / arm if out is not None else None
+            runs[arm] = reuse_or_run(arm_cfg.model_copy(update={"out": d}), ds)
+            say(f"guard {arm}: validation {runs[arm]['selection']['key']} "
+                f"{runs[arm]['val'][runs[arm]['selection']['key']]:.4g} · {progress.so_far(t_guard, i + 1, 2)}")
+        frames = {arm: r.predictions.query("split == 'val'") for arm, r in runs.items()}
+        where, folds = "the validation groups taken from the test split", 0
+    else:
+        folds_ds = guard_folds(ds, cfg.cmstew.guard_folds, cfg.seed, cfg.val_groups or 10)
+        if isinstance(folds_ds, str):
+            # No held-out comparison is possible, so the measured evidence decides (BENCHMARKS.md, "Making
+            # transfer pay"): transfer ships only with unlabelled pairs and the distillation term.
+            ship = "transfer" if ds.split(UNLABELLED) and cfg.cmstew.gamma else "unimodal"
+            why = ("with unlabelled pairs and distillation, where transfer has gained and never significantly "
+                   "lost in stew's benchmarks, CM-StEW ships" if ship == "transfer" else
+                   "without unlabelled pairs transfer has not beaten the unimodal student in stew's benchmarks, "
+                   "so the unimodal model ships")
+            reason = f"guard cannot run: {folds_ds}; {why} (cmstew.guard_folds: 0 ships CM-StEW unguarded)"
+            say(reason)
+            record["recipe"] = {"name": cfg.recipe, "guard": {"folds": 0, "shipped": ship, "reason": reason}}
+            return fit_and_write(arms[ship], ds, out, t0, record)
+        folds = len(folds_ds)
+        say(f"guard: CM-StEW vs unimodal ({cfg.arch}) on {folds} grouped folds of the training groups, "
+            f"{2 * folds} runs before the final fit")
+        parts: dict[str, list] = {arm: [] for arm in arms}
+        for i, fold_ds in enumerate(folds_ds):
+            for arm, arm_cfg in arms.items():
+                d = out / "guard" / f"fold{i}" / arm if out is not None else None
+                # Finished before an interruption: read back; cut short: run again.
+                r = reuse_or_run(arm_cfg.model_copy(update={"out": d}), fold_ds)
+                key = r["selection"]["key"]
+                parts[arm].append(r.predictions.query("split == 'test'").assign(fold=i))
+                done = 2 * i + (1 if arm == "transfer" else 2)
+                say(f"guard fold {i + 1}/{folds} {arm}: held-out {key} {r['test'][key]:.4g} · "
+                    f"{progress.so_far(t_guard, done, 2 * folds)}")
+        frames = {arm: pd.concat(f, ignore_index=True) for arm, f in parts.items()}
+        where = f"the held-out groups of {folds} grouped folds of the training groups"
+    key, scores, gain, p = compare_arms(frames["transfer"], frames["unimodal"], ds, target_names(cfg, ds), cfg.seed)
     limit = cfg.cmstew.guard_p
     ship = "transfer" if gain > 0 and p < limit else "unimodal"
     verdict = ("transfer helps here" if ship == "transfer" else
                f"no evidence that transfer helps here (a gain with p < {limit:g} is needed)")
-    reason = (f"CM-StEW's held-out {key} is {gain:+.4g} over unimodal across {k} grouped folds (paired t-test "
-              f"p = {p:.3g}): {verdict}, so the {ship} model ships")
+    reason = (f"CM-StEW's {key} on {where} is {gain:+.4g} over unimodal (paired block bootstrap p = {p:.3g}): "
+              f"{verdict}, so the {ship} model ships")
     say(f"guard: {reason}")
-    record = {"recipe": {
+    record["recipe"] = {
         "name": cfg.recipe, "guard": {
-            "folds": k, "metric": key, "transfer": scores["transfer"], "unimodal": scores["unimodal"],
-            "mean_gain": gain, "p_value": p, "shipped": ship, "reason": reason,
-            "wall_s": round(time.monotonic() - t_guard, 1)}}}
+            "folds": folds, "on": "validation (from test)" if not folds else "held-out folds", "metric": key,
+            "transfer": scores["transfer"], "unimodal": scores["unimodal"], "mean_gain": gain, "p_value": p,
+            "shipped": ship, "reason": reason, "wall_s": round(time.monotonic() - t_guard, 1)}}
     say(f"final fit: {ship} ({cfg.modality}, {cfg.arch}) on all the training groups")
     return fit_and_write(arms[ship], ds, out, t0, record)
+
+
+def compare_arms(
+    a: pd.DataFrame, b: pd.DataFrame, ds: Dataset, targets: list[str], seed: int
+) -> tuple[str, dict[str, float], float, float]:
+    """Two models' predictions on the same rows (``predictions.csv`` frames): the selection metric of
+    each, A's gain over B and its paired block-bootstrap p-value (one-sided)."""
+    if len(a) != len(b) or not (a["sequence"].to_numpy() == b["sequence"].to_numpy()).all():
+        raise ValueError("the guard's arms were scored on different rows")
+    key = metrics.selection_metric(ds.task, targets)
+    y = _arrays(a, ds.task, targets)
+    pa, pb = _arrays(a, ds.task, targets, pred=True), _arrays(b, ds.task, targets, pred=True)
+
+    def score(rows: np.ndarray, pred: np.ndarray) -> float:
+        return metrics.task_metrics(ds.task, targets, y[rows], pred[rows])[key]
+
+    everything = np.arange(len(a))
+    scores = {"transfer": float(score(everything, pa)), "unimodal": float(score(everything, pb))}
+    gain, p = metrics.paired_bootstrap(lambda rows: score(rows, pa) - score(rows, pb), _blocks(a, ds), seed=seed)
+    return key, scores, gain, p
+
+
+def _arrays(frame: pd.DataFrame, task: str, targets: list[str], pred: bool = False) -> np.ndarray:
+    if task == "regression":
+        return frame[[f"{'pred' if pred else 'y'}_{t}" for t in targets]].to_numpy(np.float64)
+    if not pred:
+        return frame[["y"]].to_numpy()
+    if task == "binary":
+        return frame["prob"].to_numpy(np.float64)
+    return frame[sorted((c for c in frame.columns if c.startswith("prob_")), key=lambda c: int(c[5:]))].to_numpy()
+
+
+def _blocks(frame: pd.DataFrame, ds: Dataset) -> np.ndarray:
+    """Resampling units: 10 s stretches of a recording at a frame rate, else single steps (an utterance,
+    a clip), whose errors are far less tied to their neighbours'."""
+    steps = frame["step"].to_numpy()
+    size = max(1, round(BLOCK_S * ds.step_rate_hz)) if ds.step_rate_hz and ds.label_level == "step" else 1
+    fold = frame["fold"].astype(str) if "fold" in frame else ""
+    return (fold + "/" + frame["sequence"].astype(str) + "/" + (steps // size).astype(str)).to_numpy()
