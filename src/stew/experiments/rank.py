@@ -13,9 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from stew.config import TrainConfig
-from stew.data.io import load_dataset
+from stew.data.io import data_fingerprint, load_dataset
+from stew.data.leakage import warning_line
 from stew.errors import DataError
 from stew.scoring import metrics
+from stew.training.resolve import choose_validation
 from stew.training.run import run
 from stew.util.atomic import write_text_atomic
 from stew.util.progress import Runs
@@ -28,6 +30,8 @@ class RankResult:
     metric: str
     val: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     test: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    leakage: dict | None = None  # the leakage probe's verdict on the modalities (stew.data.leakage)
+    validation: dict | None = None  # where validation came from: {"val_from": ..., "val_groups": ...}
 
     def ranking(self, target: str) -> list[str]:
         v = self.val[target]
@@ -36,6 +40,8 @@ class RankResult:
     def to_json(self) -> dict:
         return {
             "metric": self.metric,
+            "leakage": self.leakage,
+            "validation": self.validation,
             # The ranking (and every choice downstream) reads "val"; "test" is reported only, and is
             # empty where the data has no labelled test split.
             "ranked_on": "val",
@@ -54,6 +60,12 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
     if first.task != "regression":
         targets = [None]
     modalities = list(first.modalities)
+    # One validation source for every modality, so that they are ranked on the same groups: from test
+    # where any of them looks fitted on its own training labels (and the data labels a test split).
+    base, verdict = choose_validation(base, first, modalities, data_fingerprint(base.data))
+    warning = warning_line(verdict, modalities)
+    if warning:
+        console.print(warning, markup=False, highlight=False)
     # Loaded once per target: AVEC RECOLA keeps a separate feature set per target.
     data = {t: first if (base.feature_set or t) == (base.feature_set or base.target) else
             load_dataset(base.data, feature_set=base.feature_set or t) for t in targets}
@@ -70,7 +82,8 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
             })
             r = run(cfg, data[t])
             key = metrics.selection_metric(r.bundle.task, r.bundle.targets)
-            res = res or RankResult(metric=key)
+            res = res or RankResult(metric=key, leakage=verdict.to_json(),
+                                    validation={"val_from": base.val_from, "val_groups": base.val_groups})
             tk = t or "label"
             res.val.setdefault(tk, {}).setdefault(m, []).append(r["val"][key])
             if r["test"]:

@@ -51,6 +51,8 @@ class PairResult:
     linear_test: list[float] = field(default_factory=list)
     # Per seed, what the stew recipe's guard shipped ("transfer" or "unimodal"; the paper recipe: transfer).
     shipped: list[str] = field(default_factory=list)
+    # The pair's modalities the leakage probe flagged (their training features look fitted on the labels).
+    flagged: list[str] = field(default_factory=list)
 
     @property
     def split(self) -> str:
@@ -125,6 +127,8 @@ def transfer(
 
         base = base.model_copy(update={"arch": STEW_ARCH})
     ranked = rank_modalities(base, seeds, work / "rank", console)
+    # Every CM-StEW run validates where the ranking's unimodal runs did: the comparison is on the same groups.
+    base = base.model_copy(update={**(ranked.validation or {}), "flagged": (ranked.leakage or {}).get("flagged")})
     render_ranking(ranked, console)
     gap = DEFAULT_GAP.get(ranked.metric, 0.05) if gap is None else gap
     console.print(f"transfer pairs: stronger beats weaker by >= {gap:g} validation {ranked.metric}")
@@ -165,6 +169,7 @@ def transfer(
                 unimodal_test=ranked.test[target].get(weak, []), transfer_test=_test_scores(runs, ranked.metric),
                 linear=[r["val"][ranked.metric] for r in floor], linear_test=_test_scores(floor, ranked.metric),
                 shipped=[r.get("recipe", {}).get("guard", {}).get("shipped", "transfer") for r in runs],
+                flagged=[m for m in (weak, strong) if m in base.flagged],
             ))
     render_transfer(results, ranked.metric, console)
     if out is not None:

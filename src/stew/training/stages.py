@@ -140,7 +140,7 @@ def guarded_run(
             say(f"guard {arm}: validation {runs[arm]['selection']['key']} "
                 f"{runs[arm]['val'][runs[arm]['selection']['key']]:.4g} · {progress.so_far(t_guard, i + 1, 2)}")
         frames = {arm: r.predictions.query("split == 'val'") for arm, r in runs.items()}
-        where, folds = "the validation groups taken from the test split", 0
+        where, folds = "validation (test groups)", 0
     else:
         folds_ds = guard_folds(ds, cfg.cmstew.guard_folds, cfg.seed, cfg.val_groups or 10)
         if isinstance(folds_ds, str):
@@ -170,14 +170,13 @@ def guarded_run(
                 say(f"guard fold {i + 1}/{folds} {arm}: held-out {key} {r['test'][key]:.4g} · "
                     f"{progress.so_far(t_guard, done, 2 * folds)}")
         frames = {arm: pd.concat(f, ignore_index=True) for arm, f in parts.items()}
-        where = f"the held-out groups of {folds} grouped folds of the training groups"
+        where = f"the held-out groups of {folds} grouped folds"
     key, scores, gain, p = compare_arms(frames["transfer"], frames["unimodal"], ds, target_names(cfg, ds), cfg.seed)
     limit = cfg.cmstew.guard_p
     ship = "transfer" if gain > 0 and p < limit else "unimodal"
-    verdict = ("transfer helps here" if ship == "transfer" else
-               f"no evidence that transfer helps here (a gain with p < {limit:g} is needed)")
-    reason = (f"CM-StEW's {key} on {where} is {gain:+.4g} over unimodal (paired block bootstrap p = {p:.3g}): "
-              f"{verdict}, so the {ship} model ships")
+    verdict = "transfer helps here" if ship == "transfer" else f"no evidence that transfer helps (p < {limit:g} needed)"
+    reason = (f"CM-StEW's {key} on {where} is {gain:+.4g} over unimodal (block bootstrap p = {p:.3g}): {verdict}, "
+              f"so the {ship} model ships")
     say(f"guard: {reason}")
     record["recipe"] = {
         "name": cfg.recipe, "guard": {
