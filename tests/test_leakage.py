@@ -119,3 +119,15 @@ def test_small_test_splits_decide_nothing():
 
     verdict = leakage_verdict(tiny_utterances(), ["text", "audio"])
     assert verdict.flagged == [] and verdict.modalities["text"].within_train > 0.95
+
+
+def test_rank_validates_every_modality_on_the_same_groups(tmp_path):
+    data = write_native(fitted_or_not(True), tmp_path / "d")
+    res = invoke("rank", "--data", data, "--seeds", 1, "--max-epochs", 1, "--out", tmp_path / "rank")
+    assert res.exit_code == 0, res.output
+    assert "warning: video look fitted on their own labels" in res.output
+    rank = json.loads((tmp_path / "rank" / "rank.json").read_text())
+    assert rank["leakage"]["flagged"] == ["video"] and rank["validation"]["val_from"] == "test"
+    for m in ("audio", "video"):  # audio is not flagged, yet validated on the same test videos as video
+        rec = json.loads((tmp_path / "rank" / "label" / m / "seed0" / "metrics.json").read_text())
+        assert rec["data"]["val_from"] == "test" and len(rec["data"]["test_groups"]) == 6

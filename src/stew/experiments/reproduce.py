@@ -28,6 +28,8 @@ from rich.console import Console
 
 from stew import methods
 from stew.config import TrainConfig
+from stew.data.io import data_fingerprint, load_dataset
+from stew.data.leakage import leakage_verdict, warning_line
 from stew.data.synth import write_synthetic
 from stew.errors import DataError
 from stew.experiments.plan import Job, Plan, select_groups
@@ -80,6 +82,7 @@ def reproduce(
     tuned = tuned_params(protocol, tuned_storage)
     data = Path(data) if data is not None else synthesize(protocol, out / "data", console)
     check_data(protocol, data, only)
+    leakage = _leakage(protocol, data, console)
     threads = threads or threads_per_worker(workers)
     t0 = time.time()
     with RunStore(out / "store.sqlite") as store:
@@ -129,9 +132,24 @@ def reproduce(
                     bar.advance()
         done = plan.done_count()
     summary = {"protocol": protocol.name, "runs": plan.total, "done": done, "skipped": skipped, "trained": trained,
-               "failed": failures, "wall_s": round(time.time() - t0, 1), "workers": workers, "threads": threads}
+               "failed": failures, "wall_s": round(time.time() - t0, 1), "workers": workers, "threads": threads,
+               "leakage": leakage}
     write_text_atomic(out / "reproduce.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _leakage(protocol: Protocol, data: Path, console: Console) -> dict | None:
+    """The leakage probe's verdict on the data's modalities (cached per folder), with its warning line;
+    None where the data cannot be read without a group's own settings (an AVEC feature set)."""
+    try:
+        ds = load_dataset(data, fold=protocol.fold_of(0))
+    except DataError:
+        return None
+    verdict = leakage_verdict(ds, list(ds.modalities), data_fingerprint(data))
+    warning = warning_line(verdict, list(ds.modalities))
+    if warning:
+        console.print(warning, markup=False, highlight=False)
+    return verdict.to_json()
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -183,7 +201,6 @@ def check_data(protocol: Protocol, data: Path, only: list[str] | None = None) ->
     With folds, fold 1 stands for all of them (the folds of one release share modalities and targets).
     """
     from stew.data.formats.iemocap import is_iemocap
-    from stew.data.io import load_dataset
 
     if protocol.folds and not is_iemocap(Path(data)):  # the only layout with folds (load_dataset's fold)
         raise DataError(f"protocol {protocol.name} runs {protocol.folds} folds, but the data has no folds; it "
