@@ -57,6 +57,11 @@ class LeakageVerdict:
     def flagged(self) -> list[str]:
         return [m for m, v in self.modalities.items() if v.flagged]
 
+    def used(self, modalities: list[str]) -> list[str]:
+        """The flagged modalities among ``modalities`` (early-fused inputs ``a+b`` by their parts)."""
+        parts = {p for m in modalities for p in m.split("+")}
+        return [m for m in self.flagged if m in parts]
+
     def to_json(self) -> dict:
         return {"flagged": self.flagged, "test_labelled": self.test_labelled, "source": self.source,
                 "modalities": {m: asdict(v) for m, v in self.modalities.items()}}
@@ -134,8 +139,7 @@ def declared(ds: Dataset, flagged: list[str]) -> LeakageVerdict:
 
 def warning_line(verdict: LeakageVerdict, used: list[str]) -> str | None:
     """One line naming the flagged modalities a run reads (input or teacher), or None."""
-    parts = {p for m in used for p in m.split("+")}
-    hit = [m for m in verdict.flagged if m in parts]
+    hit = verdict.used(used)
     if not hit:
         return None
     where = ("within train and against the test split" if verdict.test_labelled

@@ -142,8 +142,7 @@ def choose_validation(
             raise DataError(f"--flagged names {', '.join(unknown)}, which the data does not have "
                             f"({list(ds.modalities)})")
         verdict = declared(ds, cfg.flagged)
-    parts = {p for m in modalities for p in m.split("+")}
-    used_flagged = [m for m in verdict.flagged if m in parts]
+    used_flagged = verdict.used(modalities)
     test_groups = len(ds.groups("test")) if verdict.test_labelled else 0
     val_from = cfg.val_from
     if ds.split("val"):

@@ -80,8 +80,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> RunResult:
     method = methods.get(cfg.method)
     modalities = method.required_modalities(cfg)  # a missing or equal --teacher fails before any stage trains
     cfg, verdict = choose_validation(cfg, ds, modalities, fingerprint)
-    record = {"leakage": {**verdict.to_json(), "used_flagged": [m for m in verdict.flagged if m in
-                                                                 {p for x in modalities for p in x.split("+")}]}}
+    record = {"leakage": {**verdict.to_json(), "used_flagged": verdict.used(modalities)}}
     out = Path(cfg.out) if cfg.out else None
     if cfg.overwrite and out is not None and out.is_dir() and any(out.iterdir()):
         # Replaced only now that the configuration and data have passed their checks.
