@@ -99,10 +99,13 @@ def test_mosi_protocol_has_the_paper_rows():
     for m in ("audio", "video"):
         assert {f"cmstew-{m}-full", f"cmstew-{m}--LFA", f"cmstew-{m}--Decoder", f"emobed-{m}"} <= set(names)
     cfg = p.config("cmstew-video--LFA", Path("/d"), 3, Path("/o"))
-    assert (cfg.method, cfg.teacher, cfg.ablation, cfg.seed, cfg.lr, cfg.val_groups) == (
-        "cmstew", "text", "-LFA", 3, 1e-4, 10)
+    # Validation from a third of the test videos: the release's text and video are fitted on the train labels.
+    assert (cfg.method, cfg.teacher, cfg.ablation, cfg.seed, cfg.lr, cfg.val_from, cfg.val_groups) == (
+        "cmstew", "text", "-LFA", 3, 1e-4, "test", None)
     assert all(spec.teacher_run == "unimodal-text-bigru-te" for g, (_, spec) in p.expand_groups().items()
-               if g.startswith("cmstew"))
+               if g.startswith("cmstew") and not g.endswith("-stew"))
+    stew = p.config("cmstew-audio-stew", Path("/d"), 0, Path("/o"))
+    assert stew.recipe == "stew" and p.expand_groups()["cmstew-audio-stew"][1].teacher_run is None
     table4 = p.tables[1]
     full = next(r for r in table4.rows if r.group == "cmstew-{col}-full")
     assert table4.paper_value(full, table4.columns[1], "f1_weighted") == 64.3  # Acoustic, thesis Table 5.6
