@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from stew.cli import app
+from stew.config import TrainConfig
 from stew.data.formats.native import write_native
 from stew.data.formats.recola import write_recola_layout
 from stew.data.io import data_fingerprint
@@ -27,6 +28,7 @@ from stew.experiments.protocols import available, load_protocol, parse_protocol
 from stew.experiments.reproduce import parse_overrides, reproduce
 from stew.experiments.store import RunStore, run_key
 from stew.experiments.workers import execute, threads_per_worker
+from stew.methods.cmstew import apply_recipe
 from tests.conftest import FAST, tiny_utterances
 from tests.test_cli import one_line_error
 
@@ -450,3 +452,21 @@ def _row_count(out: Path) -> int:
         return n
     except sqlite3.OperationalError:  # the schema is not written yet
         return 0
+
+
+def test_workers_receive_only_the_fields_the_protocol_set():
+    """A recipe fills what the user left open (the stew recipe's per-step MLP student): a worker must not
+    see every default as set by the protocol."""
+    from stew.experiments.plan import Job
+    from stew.experiments.workers import submit
+
+    cfg = load_protocol("mosi-cmstew").config("cmstew-audio-stew", Path("/d"), 0, Path("/o"))
+    sent = []
+
+    class Pool:
+        def submit(self, fn, cfg_json, key, missing):
+            sent.append(TrainConfig.model_validate_json(cfg_json))
+
+    submit(Pool(), Job("n", "cmstew-audio-stew", 0, None, cfg, "k"))
+    assert sent == [cfg] and "arch" not in sent[0].model_fields_set
+    assert apply_recipe(sent[0]).arch == "mlp"

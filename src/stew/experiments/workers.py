@@ -157,7 +157,9 @@ def sigterm_as_interrupt() -> None:
 
 
 def submit(pool: Any, job: Job) -> Future:
-    return pool.submit(execute, job.cfg.model_dump_json(), job.key, job.missing)
+    # Only the fields the protocol set travel: a recipe's defaults apply to what was left open (the stew
+    # recipe's per-step student), which a full dump would mark as set.
+    return pool.submit(execute, job.cfg.model_dump_json(exclude_unset=True), job.key, job.missing)
 
 
 JOB_FILE = "stew-job.json"
