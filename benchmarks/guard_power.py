@@ -133,12 +133,29 @@ def _null(seed: int, data: str, out: Path) -> dict:
             per[s].append(float(r["test"][r["selection"]["key"]]))
     a, b = (pd.concat(frames[s], ignore_index=True) for s in frames)
     _, _, new_gain, new_p = stages.compare_arms(a, b, ds, [BASE["target"]], seed)
+    boot_sd = _bootstrap_sd(a, b, stages._blocks(a, ds), seed)
     a_s, b_s = per[seed], per[seed + NULL_SEED]
     old_gain, old_p = float(np.mean(a_s) - np.mean(b_s)), float(metrics.paired_ttest(a_s, b_s)[1])
     return {"scenario": "N", "arm": "aa", "seed": seed, "test": math.nan, "wall_s": time.time() - t0,
             "folds": len(folds), "new_ship": bool(new_gain > 0 and new_p < GUARD_P), "new_gain": new_gain,
             "new_p": new_p, "old_ship": bool(old_gain > 0 and old_p < GUARD_P), "old_gain": old_gain, "old_p": old_p,
-            "fold_transfer": a_s, "fold_unimodal": b_s}
+            "fold_transfer": a_s, "fold_unimodal": b_s, "boot_sd": boot_sd}
+
+
+def _bootstrap_sd(a, b, blocks: np.ndarray, seed: int, n_boot: int = 300) -> float:
+    """The spread of the new rule's resampled gains (its block bootstrap, stages.compare_arms), to set against
+    the spread of the null gains across seeds: what the bootstrap sees and what it leaves out (training noise)."""
+    t = BASE["target"]
+    y, pa, pb = (f[c].to_numpy(np.float64) for f, c in ((a, f"y_{t}"), (a, f"pred_{t}"), (b, f"pred_{t}")))
+
+    def gain(rows: np.ndarray) -> float:
+        return float(metrics.ccc(y[rows], pa[rows]) - metrics.ccc(y[rows], pb[rows]))
+
+    uniq, inverse = np.unique(blocks, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(uniq.size)]
+    rng = np.random.default_rng(seed)
+    return float(np.std([gain(np.concatenate([members[k] for k in rng.integers(0, uniq.size, uniq.size)]))
+                         for _ in range(n_boot)]))
 
 
 def guard_decisions(out: Path, r: dict) -> dict:
@@ -199,7 +216,10 @@ def _null_summary(rs: list[dict]) -> dict:
             "unimodal": "", "transfer": "", "gain": 0.0, "gain_std": math.nan, "gain_p": math.nan, "test_wins": None,
             "new_ships": new, "old_ships": old, "error": "false ship", "new_error": new / n, "old_error": old / n,
             "new_p_median": float(np.median([r["new_p"] for r in rs])),
-            "old_p_median": float(np.nanmedian([r["old_p"] for r in rs])), "guarded_test": ""}
+            "old_p_median": float(np.nanmedian([r["old_p"] for r in rs])), "guarded_test": "",
+            # Null gains across seeds (RMS around the true 0) against the bootstrap's within-seed spread.
+            "null_gain_rms": float(np.sqrt(np.mean(np.square([r["new_gain"] for r in rs])))),
+            "boot_sd_median": float(np.median([r["boot_sd"] for r in rs]))}
 
 
 def table(summary: list[dict]) -> str:
@@ -276,6 +296,10 @@ def main() -> None:
     (a.out / tag / "summary.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
     print(f"\n{tag}, seeds {seeds.start}-{seeds.stop - 1}, {time.time() - t0:.0f}s\n")
     print(table(summary))
+    for x in summary:
+        if x["scenario"] == "N":
+            print(f"\nN: pooled held-out gains of two identical students spread {x['null_gain_rms']:.3f} (RMS over "
+                  f"seeds); the block bootstrap's spread within a seed: median {x['boot_sd_median']:.3f}")
     print()
     print(per_seed(rows))
 
