@@ -86,6 +86,7 @@ class TableResult:
     splits: list[str] = field(default_factory=lambda: ["val"])  # the headline, then the splits beside it
     val_name: str = "validation"
     folds: int | None = None  # the protocol's folds: a "seed" is then a run (seed x fold)
+    val_from: str = "train"  # where validation came from (test: whole test groups, label-fitted features)
 
     @property
     def runs_name(self) -> str:
@@ -105,6 +106,9 @@ class TableResult:
 
     def split_phrase(self) -> str:
         val = self.val_name
+        if self.split == "test" and self.val_from == "test":
+            return (f"on the test groups not taken for {val} ({val}, whole test groups, beside: it chose the "
+                    "epochs and grids)")
         if self.split == "test":
             return f"on test ({val} beside: it chose the epochs and grids)"
         if self.spec.split == "val":
@@ -187,7 +191,10 @@ def paper_tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, An
                     top = max(finite)
                     for (_, cells), x in zip(rows, means, strict=True):
                         cells[j].best[m] = bool(np.isfinite(x) and x == top)
-        out.append(TableResult(spec, cols, rows, split, splits, protocol.val_name, protocol.folds))
+        shown = [r for g in {g for _, _, g in spec.cells()} for r in collected.get(g, {}).values()]
+        from_test = any(r["metrics"].get("data", {}).get("val_from") == "test" for r in shown)
+        out.append(TableResult(spec, cols, rows, split, splits, protocol.val_name, protocol.folds,
+                               "test" if from_test else "train"))
     return out
 
 
