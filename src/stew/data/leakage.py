@@ -26,11 +26,11 @@ import numpy as np
 from stew.data.check import ProbeSettings, probe_modality
 from stew.data.dataset import Dataset
 
-PROBE_VERSION = 3  # bump when the probe or its thresholds change: cached verdicts are then recomputed
+PROBE_VERSION = 4  # bump when the probe or its thresholds change: cached verdicts are then recomputed
 
 
-# Below these sizes a probe's score is too noisy to judge by: training groups for the within-train
-# threshold, test groups for the train-to-test gap (and test steps).
+# Below these sizes a probe's score is too noisy to judge by: training groups (for either rule), test
+# groups and test steps (for the train-to-test gap).
 MIN_GROUPS = (10, 3)
 MIN_TEST_STEPS = 30
 
@@ -87,12 +87,14 @@ def _judge(ds: Dataset, m: str) -> ModalityVerdict:
     test_groups = len(ds.groups("test"))
     for p in probes:
         near = settings.near_perfect_ccc if p.metric == "ccc" else settings.near_perfect_acc
+        if p.train_groups < MIN_GROUPS[0]:
+            continue  # grouped CV over a handful of groups says little about memorised features
         if p.train_to_test is not None:  # a labelled test split: the gap decides, where it is large enough
             big_enough = test_groups >= MIN_GROUPS[1] and p.test_steps >= MIN_TEST_STEPS
             if big_enough and p.within_train - p.train_to_test > settings.max_gap:
                 reasons.append(f"{p.label}: within-train {p.metric} {p.within_train:.3f}, train-to-test "
                                f"{p.train_to_test:.3f}")
-        elif p.train_groups >= MIN_GROUPS[0] and p.within_train >= near:
+        elif p.within_train >= near:
             reasons.append(f"{p.label}: within-train {p.metric} {p.within_train:.3f}, near-perfect")
     return ModalityVerdict(m, bool(reasons), first.metric, first.within_train, first.train_to_test, reasons)
 
