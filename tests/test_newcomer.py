@@ -153,7 +153,8 @@ def test_demo_runs_again_into_its_own_folder(tmp_path, monkeypatch):
     from stew.experiments import demo
 
     # The demo's own code at a test's size: 6 ranking runs and 1 guarded CM-StEW run of one epoch each.
-    monkeypatch.setattr(demo, "DATA", {"n_speakers": 6, "minutes": 0.2})
+    monkeypatch.setattr(demo, "DATA", {"n_speakers": 9, "minutes": 0.2})
+    monkeypatch.setattr(demo, "LABELLED", 2)  # of the 3 training speakers: the guard runs 2 folds
     monkeypatch.setattr(demo, "SEEDS", [0])
     monkeypatch.setattr(demo, "DEMO", {**demo.DEMO, "gru_units": 8, "d_model": 8, "ffn": 16, "clf_hidden": 16,
                                        "max_epochs": 1, "patience": 1, "threads": 1})
