@@ -131,3 +131,21 @@ def test_rank_validates_every_modality_on_the_same_groups(tmp_path):
     for m in ("audio", "video"):  # audio is not flagged, yet validated on the same test videos as video
         rec = json.loads((tmp_path / "rank" / "label" / m / "seed0" / "metrics.json").read_text())
         assert rec["data"]["val_from"] == "test" and len(rec["data"]["test_groups"]) == 6
+
+
+def test_check_says_what_a_probe_inside_train_cannot_show():
+    import io
+
+    from rich.console import Console
+
+    from stew.data.check import check_dataset, render_report
+
+    def shown(ds: Dataset) -> str:
+        buf = io.StringIO()
+        render_report(check_dataset(ds), Console(file=buf, width=400))
+        return buf.getvalue()
+
+    ds = fitted_or_not(True)
+    train_only = ds.replace_sequences(s for s in ds.sequences if s.split == "train")
+    assert "without a labelled test split the probe can only compare" in shown(train_only)
+    assert "without a labelled test split" not in shown(ds)

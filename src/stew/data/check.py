@@ -394,6 +394,13 @@ def render_report(report: CheckReport, console: Console) -> None:
                 "[bold yellow]WARN[/]" if p.warnings else "ok",
             )
         console.print(t)
+        if all(p.train_to_test is None for p in report.probes):
+            # What a probe inside train can and cannot show (docs/formats.md, "Label-fitted features").
+            console.print("[dim]note: without a labelled test split the probe can only compare with its "
+                          "within-train threshold: it flags features that are near-perfect inside train (label-"
+                          "fitted ones, but also a genuinely strong modality) and misses label-fitted features "
+                          "that are not near-perfect; a labelled test split lets it compare train with unseen "
+                          "groups[/]")
     for n in report.notes:
         console.print(f"[dim]note: {escape(n)}[/]")
     for w in report.warnings:
