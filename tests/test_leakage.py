@@ -60,6 +60,10 @@ def test_verdict_is_cached_per_data_folder(monkeypatch):
     monkeypatch.setattr(leakage, "probe_modality", lambda *a: pytest.fail("probed again"))
     again = leakage_verdict(ds, ["video"], fingerprint="abc")
     assert again.source == "cache" and again.to_json()["modalities"] == first.to_json()["modalities"]
+    # Another dataset of the same folder (an AVEC feature set, an IEMOCAP fold) has its own verdict.
+    ds.meta["feature_set"] = "valence"
+    with pytest.raises(pytest.fail.Exception, match="probed again"):
+        leakage_verdict(ds, ["video"], fingerprint="abc")
 
 
 def test_selection_moves_to_test_groups_for_flagged_features_only(tmp_path):

@@ -30,6 +30,7 @@ Pos = Annotated[float, Field(gt=0)]
 Count = Annotated[int, Field(ge=1)]
 Prob = Annotated[float, Field(ge=0, lt=1)]  # dropout: 1 would zero every unit
 SEED_MAX = 2**32 - 1  # numpy and Lightning seed with a uint32
+TRAIN_VAL_GROUPS = 10  # validation groups carved from train unless val_groups says otherwise (the papers')
 
 
 class Strict(BaseModel):
@@ -197,7 +198,7 @@ class TrainConfig(Strict):
     # modality the run reads looks fitted on its own training labels (stew.data.leakage) and the data
     # labels a test split, else train. Resolved per run; metrics.json names the groups in each role.
     val_from: Literal["auto", "train", "test"] = "auto"
-    val_groups: Count | None = None  # None: 10 groups carved from train, a third of the test groups from test
+    val_groups: Count | None = None  # None: TRAIN_VAL_GROUPS carved from train, a third of the test groups from test
     # The modalities whose training features are fitted on their own labels: None runs the leakage probe
     # (cached per data folder); a list declares them instead ([] declares none).
     flagged: list[str] | None = None

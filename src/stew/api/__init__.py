@@ -29,6 +29,7 @@ from stew.data.synth import write_synthetic
 from stew.deploy import export as export_run
 from stew.deploy import predict_dataset
 from stew.deploy.model import ExportFormat
+from stew.errors import DataError
 from stew.training.result import RunResult
 from stew.training.run import run
 
@@ -60,16 +61,22 @@ def train_config(
 
 def train(
     data: str | Path | Dataset | None = None, method: str | None = None, *, out: str | Path | None = None,
-    config: str | Path | None = None, **options: Any,
+    config: str | Path | TrainConfig | None = None, **options: Any,
 ) -> RunResult:
     """Train, select on validation and score one run, as ``stew train`` does.
 
     ``data``: a data folder, or a :class:`Dataset` already loaded (then the config's ``data`` names where
     it came from, for the record). ``method``: default the config file's, else ``unimodal``. ``out``: the
     run folder (``None``: nothing written). ``config``: a YAML file of TrainConfig fields, overridden by
-    the other arguments.
+    the other arguments; or the configuration :func:`train_config` returned, as it is.
     """
-    cfg = train_config(data, method, out=out, config=config, **options)
+    if isinstance(config, TrainConfig):
+        if options or data is not None or method is not None or out is not None:
+            raise DataError("stew.train(config=TrainConfig) takes the configuration as it is: give no other "
+                            "arguments beside it")
+        cfg = config
+    else:
+        cfg = train_config(data, method, out=out, config=config, **options)
     return run(cfg, data if isinstance(data, Dataset) else None)
 
 

@@ -128,7 +128,7 @@ def train(
     # The run folder is run()'s to judge (check_run_folder, before any data is loaded): a file is
     # refused, a non-empty folder continued with --resume or replaced with --overwrite.
     t0 = time.time()
-    r = api.train(data, method, out=out, config=config, **options)
+    r = api.train(config=cfg)
     console.print_json(json.dumps({k: r[k] for k in ("val", "test") if k in r}))
     console.print(f"run written to {cfg.out} in {time.time() - t0:.1f}s")
 

@@ -25,6 +25,8 @@ import numpy as np
 
 from stew.data.check import ProbeSettings, probe_modality
 from stew.data.dataset import Dataset
+from stew.errors import DataError
+from stew.util.atomic import write_text_atomic
 
 PROBE_VERSION = 4  # bump when the probe or its thresholds change: cached verdicts are then recomputed
 
@@ -111,7 +113,9 @@ def leakage_verdict(ds: Dataset, modalities: list[str], fingerprint: str | None 
     cached: dict[str, dict] = {}
     path = None
     if fingerprint is not None:
-        key = hashlib.sha256(f"{fingerprint}:{PROBE_VERSION}".encode()).hexdigest()[:24]
+        # One folder can hold several datasets: RECOLA's feature set per target, IEMOCAP's folds.
+        variant = (ds.meta.get("feature_set"), ds.meta.get("fold"), PROBE_VERSION)
+        key = hashlib.sha256(f"{fingerprint}:{variant}".encode()).hexdigest()[:24]
         path = cache_dir() / f"{key}.json"
         try:
             cached = json.loads(path.read_text())
@@ -123,11 +127,8 @@ def leakage_verdict(ds: Dataset, modalities: list[str], fingerprint: str | None 
         found[m] = _judge(ds, m)
     if path is not None and todo:
         try:  # a read-only home or a full disk only costs the next run the probe again
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**cached, **{m: asdict(v) for m, v in found.items()}}))
-            tmp.replace(path)
-        except OSError:
+            write_text_atomic(path, json.dumps({**cached, **{m: asdict(v) for m, v in found.items()}}))
+        except DataError:
             pass
     source = "probe" if todo else "cache"
     return LeakageVerdict({m: found[m] for m in parts}, test_labelled, source)

@@ -20,12 +20,11 @@ from rich.table import Table
 from stew.config import TrainConfig
 from stew.data.dataset import modality_subsets
 from stew.data.io import load_dataset
-from stew.data.splits import carve_validation
 from stew.deploy import load_model
 from stew.errors import DataError
 from stew.models.fused import FusedModel
 from stew.training.evaluate import predict_sequences, score
-from stew.training.resolve import make_bundle, resolve
+from stew.training.resolve import carve, make_bundle, resolve
 from stew.util.atomic import write_text_atomic
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ def evaluate_imputations(
     if ds is None:
         ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target, fold=cfg.fold)
     cfg = resolve(cfg, ds)
-    ds = carve_validation(ds, cfg.val_groups or 10, cfg.seed, "test" if cfg.val_from == "test" else "train")
+    ds = carve(cfg, ds)
     if ds.groups("val") != record.get("data", {}).get("val_groups", ds.groups("val")):
         raise DataError("the data's validation carve differs from the run's (was the data folder changed?)",
                         file=cfg.data)

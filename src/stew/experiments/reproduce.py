@@ -28,7 +28,7 @@ from rich.console import Console
 
 from stew import methods
 from stew.config import TrainConfig
-from stew.data.io import data_fingerprint, load_dataset
+from stew.data.io import load_dataset
 from stew.data.leakage import leakage_verdict, warning_line
 from stew.data.synth import write_synthetic
 from stew.errors import DataError
@@ -82,11 +82,11 @@ def reproduce(
     tuned = tuned_params(protocol, tuned_storage)
     data = Path(data) if data is not None else synthesize(protocol, out / "data", console)
     check_data(protocol, data, only)
-    leakage = _leakage(protocol, data, console)
     threads = threads or threads_per_worker(workers)
     t0 = time.time()
     with RunStore(out / "store.sqlite") as store:
         plan = Plan(protocol, data, out, seed_list, store, tuned, overrides, only)
+        leakage = _leakage(protocol, data, plan.fingerprint, console)
         store.set_meta(protocol=protocol.name, protocol_yaml=protocol.model_dump_json(), data=str(data.resolve()),
                        data_fingerprint=plan.fingerprint, seeds=json.dumps(seed_list),
                        overrides=json.dumps(overrides or {}), only=json.dumps(only or []),
@@ -138,14 +138,14 @@ def reproduce(
     return summary
 
 
-def _leakage(protocol: Protocol, data: Path, console: Console) -> dict | None:
+def _leakage(protocol: Protocol, data: Path, fingerprint: str, console: Console) -> dict | None:
     """The leakage probe's verdict on the data's modalities (cached per folder), with its warning line;
     None where the data cannot be read without a group's own settings (an AVEC feature set)."""
     try:
         ds = load_dataset(data, fold=protocol.fold_of(0))
     except DataError:
         return None
-    verdict = leakage_verdict(ds, list(ds.modalities), data_fingerprint(data))
+    verdict = leakage_verdict(ds, list(ds.modalities), fingerprint)
     warning = warning_line(verdict, list(ds.modalities))
     if warning:
         console.print(warning, markup=False, highlight=False)

@@ -5,11 +5,12 @@ method's own, from its :class:`~stew.methods.base.MethodDef`), early fusion of i
 from __future__ import annotations
 
 from stew import methods
-from stew.config import TrainConfig
+from stew.config import TRAIN_VAL_GROUPS, TrainConfig
 from stew.data.bundle import Bundle
 from stew.data.dataset import UNLABELLED, Dataset
 from stew.data.leakage import LeakageVerdict, declared, leakage_verdict
 from stew.data.preprocess import Standardizer, delay_steps, prepare, steps_for
+from stew.data.splits import carve_validation
 from stew.errors import DataError
 from stew.methods.base import target_names
 
@@ -156,9 +157,14 @@ def choose_validation(
                             + ("" if ds.split("test") else "; the data has no test split"))
     elif val_from == "auto":
         val_from = "test" if used_flagged and test_groups >= 2 and not cfg.cv and not ds.split("val") else "train"
-    n = cfg.val_groups or (10 if val_from == "train" else max(1, round(test_groups / 3)))
+    n = cfg.val_groups or (TRAIN_VAL_GROUPS if val_from == "train" else max(1, round(test_groups / 3)))
     if val_from == "test" and n >= test_groups and not ds.split("val"):
         raise DataError(f"--val-groups {n}: the test split has {test_groups} groups, and at least one must stay "
                         "for test")
-    flagged = sorted(set(verdict.flagged) | set(cfg.flagged or []))
-    return cfg.model_copy(update={"val_from": val_from, "val_groups": n, "flagged": flagged}), verdict
+    return cfg.model_copy(update={"val_from": val_from, "val_groups": n, "flagged": verdict.flagged}), verdict
+
+
+def carve(cfg: TrainConfig, ds: Dataset) -> Dataset:
+    """The run's validation split: ``val_groups`` whole groups of ``val_from`` (train, or the test split)."""
+    source = "test" if cfg.val_from == "test" else "train"
+    return carve_validation(ds, cfg.val_groups or TRAIN_VAL_GROUPS, cfg.seed, source)

@@ -24,14 +24,14 @@ from stew.config import TrainConfig
 from stew.data.dataset import UNLABELLED, Dataset
 from stew.data.io import data_fingerprint, load_dataset
 from stew.data.leakage import warning_line
-from stew.data.splits import add_unlabelled, carve_validation, grouped_folds
+from stew.data.splits import add_unlabelled, grouped_folds
 from stew.deploy import save_model
 from stew.errors import DataError
 from stew.scoring.postprocess import apply_chains, fit_chains
 from stew.training import stages
 from stew.training.evaluate import predict_sequences, predictions_frame, score, selection_key, validation_latents
 from stew.training.loop import fit
-from stew.training.resolve import choose_validation, fuse_inputs, make_bundle, resolve
+from stew.training.resolve import carve, choose_validation, fuse_inputs, make_bundle, resolve
 from stew.training.result import METRICS, PREDICTIONS, RunResult, finished
 from stew.util import progress
 from stew.util.atomic import check_output_folder, write_text_atomic
@@ -68,10 +68,9 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> RunResult:
     check_run_folder(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    fingerprint = None
-    if ds is None:
+    from_folder = ds is None
+    if from_folder:
         ds = load_dataset(cfg.data, feature_set=cfg.feature_set or cfg.target, fold=cfg.fold)
-        fingerprint = data_fingerprint(cfg.data)  # the leakage verdict is cached per data folder
     if not ds.labelled:
         raise DataError("these recordings have no labels (labelled: false): train on labelled data and give "
                         "these to CM-StEW as --unlabelled, or predict on them", file=cfg.data)
@@ -79,6 +78,8 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> RunResult:
     cfg = resolve(cfg, ds)
     method = methods.get(cfg.method)
     modalities = method.required_modalities(cfg)  # a missing or equal --teacher fails before any stage trains
+    # The leakage verdict is cached per data folder: hashed only when it is to be probed.
+    fingerprint = data_fingerprint(cfg.data) if from_folder and cfg.flagged is None else None
     cfg, verdict = choose_validation(cfg, ds, modalities, fingerprint)
     record = {"leakage": {**verdict.to_json(), "used_flagged": verdict.used(modalities)}}
     out = Path(cfg.out) if cfg.out else None
@@ -114,7 +115,7 @@ def fit_and_write(
     """One resolved configuration on one dataset: carve validation, stage 1, the grid, the fit, the run
     folder. ``record`` joins metrics.json (CM-StEW's guard writes its decision there)."""
     method = methods.get(cfg.method)
-    ds = carve_validation(ds, cfg.val_groups or 10, cfg.seed, "test" if cfg.val_from == "test" else "train")
+    ds = carve(cfg, ds)
     work = out or Path(tempfile.mkdtemp(prefix="stew-run-"))
     fresh = out is not None and not out.exists()
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stew.config import TrainConfig
+from stew.config import TRAIN_VAL_GROUPS, TrainConfig
 from stew.data.dataset import UNLABELLED, Dataset
 from stew.data.splits import held_out_folds
 from stew.errors import DataError
@@ -136,13 +136,13 @@ def guarded_run(
         runs = {}
         for i, (arm, arm_cfg) in enumerate(arms.items()):
             d = out / "guard" / arm if out is not None else None
-            runs[arm] = reuse_or_run(arm_cfg.model_copy(update={"out": d}), ds)
-            say(f"guard {arm}: validation {runs[arm]['selection']['key']} "
-                f"{runs[arm]['val'][runs[arm]['selection']['key']]:.4g} · {progress.so_far(t_guard, i + 1, 2)}")
+            r = runs[arm] = reuse_or_run(arm_cfg.model_copy(update={"out": d}), ds)
+            key = r["selection"]["key"]
+            say(f"guard {arm}: validation {key} {r['val'][key]:.4g} · {progress.so_far(t_guard, i + 1, 2)}")
         frames = {arm: r.predictions.query("split == 'val'") for arm, r in runs.items()}
         where, folds = "validation (test groups)", 0
     else:
-        folds_ds = guard_folds(ds, cfg.cmstew.guard_folds, cfg.seed, cfg.val_groups or 10)
+        folds_ds = guard_folds(ds, cfg.cmstew.guard_folds, cfg.seed, cfg.val_groups or TRAIN_VAL_GROUPS)
         if isinstance(folds_ds, str):
             # No held-out comparison is possible, so the measured evidence decides (BENCHMARKS.md, "Making
             # transfer pay"): transfer ships only with unlabelled pairs and the distillation term.
