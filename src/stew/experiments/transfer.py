@@ -26,6 +26,7 @@ from rich.table import Table
 
 from stew.config import TrainConfig
 from stew.experiments.rank import RankResult, rank_modalities, render_ranking
+from stew.methods.cmstew import STEW_ARCH
 from stew.scoring import metrics
 from stew.training.run import run
 from stew.util.atomic import write_text_atomic
@@ -123,8 +124,6 @@ def transfer(
     stew_recipe = base.recipe == "stew"
     if stew_recipe and "arch" not in base.model_fields_set:
         # The ranking's unimodal runs are the comparison arm: the same architecture as the recipe's student.
-        from stew.methods.cmstew import STEW_ARCH
-
         base = base.model_copy(update={"arch": STEW_ARCH})
     ranked = rank_modalities(base, seeds, work / "rank", console)
     # Every CM-StEW run validates where the ranking's unimodal runs did: the comparison is on the same groups.
