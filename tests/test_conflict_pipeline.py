@@ -35,6 +35,25 @@ def test_the_corpus_reads_as_declared(corpus):
     assert {"pcc", "uar", "war"} <= set(record["test"]) and record["selection"]["key"] == "pcc"
 
 
+def test_two_label_columns_train_selected_on_mean_pcc(corpus, tmp_path):
+    """Issue 28: an audio folder with two label columns and no --target trains both, selected on pcc_mean
+    (the run died with KeyError 'pcc' after its first epoch)."""
+    import shutil
+
+    data = shutil.copytree(corpus / "data", tmp_path / "data")
+    labels = pd.read_csv(data / "labels.csv")
+    labels.insert(2, "dominance", -labels["conflict"] / 2)
+    labels.to_csv(data / "labels.csv", index=False)
+    res = invoke("train", "--data", data, "--method", "conflictnet", "--max-epochs", "2", "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["selection"]["key"] == "pcc_mean" and record["selection"]["epochs_run"] == 2
+    val = record["val"]
+    assert val["pcc_mean"] == pytest.approx((val["pcc_conflict"] + val["pcc_dominance"]) / 2)
+    preds = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert {"pred_conflict", "pred_dominance"} <= set(preds.columns)
+
+
 def test_explain_writes_sorted_segments_and_a_spectrogram(corpus):
     labels = pd.read_csv(corpus / "data" / "labels.csv")
     clip = corpus / "data" / labels["file"].iloc[0]

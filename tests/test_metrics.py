@@ -399,7 +399,7 @@ def test_task_metrics_regression_several_targets() -> None:
     assert set(out) == {
         "ccc_arousal", "pcc_arousal", "acc_sign_arousal", "uar_arousal", "war_arousal", "ccc_seq_arousal",
         "ccc_valence", "pcc_valence", "acc_sign_valence", "uar_valence", "war_valence", "ccc_seq_valence",
-        "ccc_mean", "n",
+        "ccc_mean", "pcc_mean", "n",
     }
     for j, t in enumerate(("arousal", "valence")):
         assert out[f"acc_sign_{t}"] == pytest.approx(100 * accuracy_score(y[:, j] > 0, p[:, j] > 0))
@@ -407,6 +407,7 @@ def test_task_metrics_regression_several_targets() -> None:
     assert out["ccc_valence"] == pytest.approx(_ccc_reference(y[:, 1], p[:, 1]))
     assert out["ccc_arousal"] > out["ccc_valence"]
     assert out["ccc_mean"] == pytest.approx((out["ccc_arousal"] + out["ccc_valence"]) / 2)
+    assert out["pcc_mean"] == pytest.approx((out["pcc_arousal"] + out["pcc_valence"]) / 2)
 
 
 def test_sign_accuracy_puts_zero_in_the_negative_class() -> None:
@@ -449,6 +450,11 @@ def test_selection_metric_is_a_task_metrics_key() -> None:
         y = np.tile(np.array([[0.0], [1.0]]), (5, k))
         pred = np.tile(np.array([[0.1, 0.9], [0.8, 0.2]]), (5, 1)) if task == "multiclass" else y
         assert key in metrics.task_metrics(task, list(targets), y, pred)
+    # A method selecting on PCC (ConflictNET): pcc, or pcc_mean over several targets (issue 28).
+    for targets, key in ((["conflict"], "pcc"), (["conflict", "dominance"], "pcc_mean")):
+        assert metrics.selection_metric("regression", targets, "pcc") == key
+        assert key in metrics.task_metrics("regression", targets, np.eye(2)[:, : len(targets)],
+                                           np.eye(2)[:, : len(targets)])
     with pytest.raises(ValueError):
         metrics.selection_metric("ranking", ["x"])
 

@@ -39,9 +39,9 @@ class Method(nn.Module):
     # True for methods fitted without gradient descent (linear): the trainer calls their
     # ``fit_closed_form(bundle, evaluate)`` instead of the Lightning loop.
     closed_form = False
-    # The validation metric that selects epochs, when the method's paper names one (ConflictNET: PCC);
-    # None: the task's (CCC, weighted F1, accuracy).
-    selection: str | None = None
+    # The correlation that selects epochs on regression targets, when the method's paper names one
+    # (ConflictNET: "pcc", i.e. pcc or pcc_mean over several targets); None: the task's (CCC, weighted F1, accuracy).
+    selection: Literal["ccc", "pcc"] | None = None
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError

@@ -351,14 +351,15 @@ def paired_bootstrap(
     return gain, (worse + 1) / (n_boot + 1)
 
 
-def selection_metric(task: str, targets: Sequence[str]) -> str:
+def selection_metric(task: str, targets: Sequence[str], correlation: Literal["ccc", "pcc"] = "ccc") -> str:
     """The :func:`task_metrics` key that model selection maximises on validation.
 
-    Regression: ``ccc`` (one target) or ``ccc_mean`` (several); binary: ``f1_weighted``;
+    Regression: ``ccc`` (one target) or ``ccc_mean`` (several), or with ``correlation="pcc"`` (a method
+    whose paper selects on PCC: ConflictNET) ``pcc`` or ``pcc_mean``; binary: ``f1_weighted``;
     multiclass: ``acc`` (overall accuracy, the thesis's "UWA").
     """
     if task == "regression":
-        return "ccc" if len(targets) == 1 else "ccc_mean"
+        return correlation if len(targets) == 1 else f"{correlation}_mean"
     if task == "binary":
         return "f1_weighted"
     if task == "multiclass":
@@ -387,7 +388,7 @@ def task_metrics(
       accuracy of the SEW tables), ``uar`` and ``war`` (:func:`uar`, :func:`war` at 0 in %, the SSPNet
       conflict tables) and, given ``sequence_ids``, ``ccc_seq`` (the mean per-sequence CCC); several
       targets: ``ccc_<t>``, ``pcc_<t>``, ``acc_sign_<t>``, ``uar_<t>``, ``war_<t>``, ``ccc_seq_<t>`` per
-      target and ``ccc_mean`` (the mean of ``ccc_<t>``).
+      target, ``ccc_mean`` and ``pcc_mean`` (the means of ``ccc_<t>`` and ``pcc_<t>``).
     """
     yt = np.asarray(y_true, dtype=np.float64)
     yp = np.asarray(y_pred, dtype=np.float64)
@@ -436,6 +437,7 @@ def task_metrics(
                 )
         if k > 1:
             out["ccc_mean"] = float(np.mean([out[f"ccc_{t}"] for t in targets]))
+            out["pcc_mean"] = float(np.mean([out[f"pcc_{t}"] for t in targets]))
     else:
         raise ValueError(f"unknown task {task!r}")
     out["n"] = n

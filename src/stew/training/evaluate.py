@@ -14,8 +14,11 @@ from stew.scoring import metrics
 
 
 def selection_key(method: Method, bundle: Bundle) -> str:
-    """The validation metric that picks epochs: the method's own (ConflictNET: PCC), else the task's."""
-    return method.selection or metrics.selection_metric(bundle.task, bundle.targets)
+    """The validation metric that picks epochs: the task's, with the method's correlation where its paper
+    names one (ConflictNET: ``pcc``, or ``pcc_mean`` over several targets)."""
+    if method.selection is not None:
+        return metrics.selection_metric(bundle.task, bundle.targets, method.selection)
+    return metrics.selection_metric(bundle.task, bundle.targets)
 
 
 def predict_sequences(method: Method, seqs: list[PreparedSequence], bundle: Bundle) -> list[np.ndarray]:
