@@ -8,7 +8,6 @@ same windows, the same standardised values and the same delay.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,21 +29,20 @@ class Standardizer:
 
     @classmethod
     def fit(cls, seqs: list[Sequence], modalities: list[str], unscaled: Iterable[str] = ()) -> Standardizer:
-        """Statistics of the present training steps; modalities in ``unscaled`` keep mean 0 and std 1."""
+        """Statistics of the present training steps; modalities in ``unscaled`` keep mean 0 and std 1.
+
+        One streaming pass per modality (:func:`moments`): memory stays a few chunks of frames, not the
+        split twice over in float64 (an IEMOCAP fold's video and MFCCs: BENCHMARKS.md, "Standardizer
+        memory at IEMOCAP size").
+        """
         mean, std = {}, {}
         for m in modalities:
+            d = seqs[0].features[m].shape[1]
             if m in unscaled:
-                d = seqs[0].features[m].shape[1]
                 mean[m], std[m] = np.zeros(d, np.float32), np.ones(d, np.float32)
                 continue
-            x = np.concatenate([s.features[m][s.masks[m]] for s in seqs]).astype(np.float64)
-            if len(x) == 0:
-                x = np.zeros((1, seqs[0].features[m].shape[1]))
             # NaN marks a missing part of an early-fused modality (Dataset.fuse): skipped here.
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mu, sd = np.nanmean(x, 0), np.nanstd(x, 0)
-            mu, sd = np.nan_to_num(mu), np.nan_to_num(sd)
+            mu, sd = moments((s.features[m][s.masks[m]] for s in seqs), d)
             mean[m] = mu.astype(np.float32)
             # A constant feature would divide by zero; leave it centred instead of scaled.
             std[m] = np.where(sd > 1e-8, sd, 1.0).astype(np.float32)
@@ -63,6 +61,51 @@ class Standardizer:
             {m: np.asarray(v["mean"], np.float32) for m, v in d.items()},
             {m: np.asarray(v["std"], np.float32) for m, v in d.items()},
         )
+
+
+CHUNK_VALUES = 1 << 22  # values per pass of :func:`moments` (32 MB in float64)
+
+
+def moments(blocks: Iterable[np.ndarray], d: int, chunk_values: int = CHUNK_VALUES) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and population std of the rows of ``blocks`` ([n_i, d] each), NaN skipped as
+    ``np.nanmean`` / ``np.nanstd`` skip it; 0 and 0 for a column with no value.
+
+    Rows are gathered into chunks of about ``chunk_values`` values; each chunk's count, mean and sum of
+    squared deviations (float64) are merged into the running ones with Chan, Golub and LeVeque's
+    parallel update, so the result matches the two-pass numpy computation on all rows at once (to
+    float64 rounding) while holding one chunk at a time.
+    """
+    n, mean, m2 = np.zeros(d), np.zeros(d), np.zeros(d)
+
+    def merge(parts: list[np.ndarray]) -> None:
+        x = np.concatenate(parts).astype(np.float64)
+        missing = np.isnan(x)
+        x[missing] = 0.0
+        nb = x.shape[0] - missing.sum(0)
+        mb = x.sum(0) / np.maximum(nb, 1)
+        x -= mb
+        x[missing] = 0.0
+        m2b = np.einsum("ij,ij->j", x, x)
+        total = n + nb
+        delta = mb - mean
+        w = np.divide(nb, total, out=np.zeros(d), where=total > 0)
+        mean[:] += delta * w
+        m2[:] += m2b + delta * delta * n * w
+        n[:] = total
+
+    parts: list[np.ndarray] = []
+    held = 0
+    for block in blocks:
+        if len(block):
+            parts.append(block)
+            held += block.size
+        if held >= chunk_values:
+            merge(parts)
+            parts, held = [], 0
+    if parts:
+        merge(parts)
+    std = np.sqrt(np.divide(m2, n, out=np.zeros(d), where=n > 0))
+    return np.where(n > 0, mean, 0.0), std
 
 
 def delay_steps(delay_s: float, step_rate_hz: float | None) -> int:
