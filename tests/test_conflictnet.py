@@ -27,6 +27,7 @@ def trained(tmp_path_factory):
 def test_trains_with_pcc_selection_and_reports_uar_war(trained):
     res, out, ds = trained
     assert res["selection"]["key"] == "pcc" and res["method"]["ablation"] == "conflictnet"
+    assert res["config"]["loss"] == "pcc"  # what it trains on (1 - PCC), not the mse default (issue 28)
     assert res["method"]["parameters"] == 420_418
     assert {"pcc", "uar", "war"} <= set(res["test"]) and res["test"]["n"] == len(ds.split("test"))
     assert res["val"]["pcc"] > 0.5  # the tone's loudness is the label: learnable in two epochs
@@ -73,4 +74,7 @@ def test_bad_input_is_one_line(tmp_path):
             tiny_waves(n=15))
     with pytest.raises(DataError, match="clips of 500 samples"):
         run(TrainConfig(data=tmp_path, method="conflictnet", out=tmp_path / "c", **FAST), tiny_waves(samples=500))
-    assert not any((tmp_path / n).exists() for n in "abc")
+    with pytest.raises(DataError, match="--loss mse: --method conflictnet trains on 1 - PCC"):
+        run(TrainConfig(data=tmp_path, method="conflictnet", loss="mse", out=tmp_path / "d", **FAST),
+            tiny_waves(n=15))
+    assert not any((tmp_path / n).exists() for n in "abcd")
