@@ -387,10 +387,11 @@ def test_a_model_from_another_opensmile_or_unknown_settings_is_refused(trained: 
     with pytest.raises(DataError, match=r"model\.json: extractor\.set: Input should be"):
         predict_audio(other, root, progress=False)
     shutil.rmtree(other)
-    # Damaged weights: found by the model check that overlaps the extraction; nothing is written.
+    # Damaged weights: found by the model check that overlaps the extraction (their SHA-256 first);
+    # nothing is written.
     other = _with_extractor(model, tmp_path, meta["extractor"])
     (other / "model.safetensors").write_bytes(b"\x80\x04 not safetensors")
-    with pytest.raises(DataError, match=r"model\.safetensors: not a readable safetensors file") as e:
+    with pytest.raises(DataError, match=r"model\.safetensors: SHA-256 differs") as e:
         predict_audio(other, root / "c0.wav", tmp_path / "p.csv", cache=False, progress=False)
     assert "\n" not in str(e.value) and not (tmp_path / "p.csv").exists()
 

@@ -3,6 +3,7 @@
 Modules, each importing only those above it (torch enters at ``onnx``):
 
 - :mod:`stew.deploy.meta`: the folder's files and the ``model.json`` schema (no torch);
+- :mod:`stew.deploy.integrity`: the SHA-256 of every artefact, recorded at writing, checked at loading (no torch);
 - :mod:`stew.deploy.inputs`: what a model reads from a dataset, shared by both engines (no torch);
 - :mod:`stew.deploy.runtime`: the ONNX Runtime engine (no torch);
 - :mod:`stew.deploy.onnx`: ONNX export, checked against torch;

@@ -20,6 +20,7 @@ from stew.config import first_error
 from stew.data.dataset import Dataset, Sequence
 from stew.data.features import MODALITY, ExtractorSettings, extract_all, opensmile_version, resolve_cache
 from stew.data.formats.waveform import audio_files, prepare_clip, read_audio
+from stew.deploy.integrity import verify
 from stew.deploy.meta import META, ONNX, meta_dict, read_json, read_meta
 from stew.deploy.predict import predict_dataset
 from stew.errors import DataError
@@ -67,7 +68,9 @@ def _load_model_meta(model_dir: Path) -> dict:
     """model.json, schema-checked. With model.onnx the ONNX Runtime engine predicts: no torch is imported
     (its session checks the graph); otherwise the torch model is built, which checks the weights too."""
     if (model_dir / ONNX).is_file():
-        return meta_dict(read_meta(model_dir / META))
+        meta = read_meta(model_dir / META)
+        verify(model_dir, meta)  # a damaged folder is refused before any audio is read
+        return meta_dict(meta)
     from stew.deploy.model import load_model  # torch, imported only here: the ONNX path stays torch-free
 
     return load_model(model_dir)[1]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from stew.config import first_error
 from stew.errors import DataError
@@ -22,8 +22,12 @@ from stew.models.specs import FusedSpec, RawAudioSpec, StudentSpec
 
 FORMAT = "stew-model/1"
 WEIGHTS, META, ONNX = "model.safetensors", "model.json", "model.onnx"
+# The files beside model.json that loading reads: model.json records the SHA-256 of each one present
+# (stew.deploy.integrity, docs/choices.md "Untrusted model folders").
+ARTEFACTS = (WEIGHTS, ONNX)
 # A model folder holds these files and nothing else; only such a folder is ever replaced.
-MODEL_FILES = frozenset({WEIGHTS, META, ONNX})
+MODEL_FILES = frozenset({META, *ARTEFACTS})
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class _Stats(BaseModel):
@@ -78,6 +82,9 @@ class ModelMeta(BaseModel):
     # `stew predict` then also writes each prediction in those units.
     label_scale: LabelScale | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
+    # {artefact: SHA-256 hex} of every artefact written beside model.json (stew.deploy.integrity). None: a
+    # folder written before stew recorded them, loaded unverified with a one-line notice.
+    sha256: dict[Literal["model.safetensors", "model.onnx"], Sha256] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelMeta:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from stew.data.dataset import Dataset, Sequence
 from stew.data.preprocess import Standardizer, predict_windows, prepare
 from stew.deploy.inputs import input_modalities, model_inputs
+from stew.deploy.integrity import artefact_digests, notice_unverified, verify
 from stew.deploy.meta import FORMAT, META, MODEL_FILES, ONNX, WEIGHTS, meta_dict, read_json, read_meta
 from stew.deploy.onnx import fused_to_onnx, to_onnx
 from stew.errors import DataError, first_line
@@ -89,7 +90,8 @@ def _write_atomically(out: Path, tensors: dict[str, torch.Tensor] | None, meta: 
             follow_umask(tmp / WEIGHTS)  # safetensors writes 0600: a service account could not read the model
         if graph is not None:
             (tmp / ONNX).write_bytes(graph)
-        (tmp / META).write_text(json.dumps(meta, indent=2))
+        # The digests of what was just written, replacing any copied from the source folder.
+        (tmp / META).write_text(json.dumps({**meta, "sha256": artefact_digests(tmp)}, indent=2))
 
 
 def onnx_exportable(model: SingleModalityModel | FusedModel | RawAudioModel) -> str | None:
@@ -193,8 +195,9 @@ def _check_weights(spec: StudentSpec | FusedSpec | RawAudioSpec, tensors: dict[s
 def load_model(path: Path) -> tuple[SingleModalityModel | FusedModel | RawAudioModel, dict]:
     """The model of a model folder and its metadata; every malformed file is a one-line DataError.
 
-    ``model.json`` is checked against its schema and the weights against the model it declares before
-    the model is built; safetensors never executes code, so a pickle renamed ``.safetensors`` is refused.
+    ``model.json`` is checked against its schema, every artefact against the SHA-256 it records
+    (:mod:`stew.deploy.integrity`), and the weights against the model it declares before the model is
+    built; safetensors never executes code, so a pickle renamed ``.safetensors`` is refused.
     """
     path = Path(path)
     if not path.is_dir():
@@ -203,11 +206,14 @@ def load_model(path: Path) -> tuple[SingleModalityModel | FusedModel | RawAudioM
         if not (path / f).is_file():
             raise DataError("missing file", file=path / f)
     meta = read_meta(path / META)
+    verified = verify(path, meta)  # every artefact's digest, before any is parsed
     tensors = _read_weights(path / WEIGHTS)
     _check_weights(meta.student, tensors, path / WEIGHTS)
     model = build_student(meta.student)
     model.load_state_dict(tensors)
     model.eval()
+    if not verified:
+        notice_unverified(path)
     return model, meta_dict(meta)
 
 

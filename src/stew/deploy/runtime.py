@@ -17,6 +17,7 @@ import numpy as np
 from stew.data.dataset import Sequence
 from stew.data.windows import Standardizer, eval_windows, unshift_predictions
 from stew.deploy.inputs import input_modalities
+from stew.deploy.integrity import notice_unverified, verify
 from stew.deploy.meta import META, ONNX, meta_dict, read_meta
 from stew.errors import DataError, first_line
 from stew.models.specs import FusedSpec, RawAudioSpec, StudentSpec
@@ -57,6 +58,8 @@ class OnnxModel:
         meta = read_meta(path / META)
         if not (path / ONNX).is_file():
             raise DataError("missing file (export with --format onnx or both)", file=path / ONNX)
+        # The whole folder, model.safetensors included, though this engine never parses it.
+        verified = verify(path, meta)
         import onnxruntime as ort  # here, not at the top: see session_options
 
         try:
@@ -75,6 +78,8 @@ class OnnxModel:
             raise DataError(f"the ONNX graph does not match model.json (inputs {list(got)}; model.json implies "
                             f"{want} with feature dimensions {list(dims.values())})", file=path / ONNX)
         self.scaler = Standardizer.from_json(self.meta["standardizer"])
+        if not verified:
+            notice_unverified(path)
 
     @property
     def context(self) -> tuple[int, int]:
