@@ -78,3 +78,62 @@ def test_bad_input_is_one_line(tmp_path):
         run(TrainConfig(data=tmp_path, method="conflictnet", loss="mse", out=tmp_path / "d", **FAST),
             tiny_waves(n=15))
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+# --------------------------------------------------------------------------------------------------
+# The conflictnet section: the spec's knobs from YAML, protocols and --set (issue 28)
+
+KNOBS = {"gate_activation": "hard_sigmoid", "block_order": "conv-pool-bn", "dropout": 0.2, "init": "torch"}
+
+
+def test_knobs_from_a_yaml_config_reach_the_network(tmp_path):
+    import yaml
+
+    from stew.config import load_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"data": str(tmp_path), "method": "conflictnet", "out": str(tmp_path / "r"),
+                                    "conflictnet": KNOBS, **FAST, "max_epochs": 1}))
+    res = run(load_config(path, {}), tiny_waves(n=15))
+    net = load_model(tmp_path / "r" / "model")[0].spec.net
+    assert {k: getattr(net, k) for k in KNOBS} == KNOBS
+    assert res["config"]["conflictnet"] == {**KNOBS, "activation": "identity"}
+    assert res["method"]["parameters"] == 420_418  # none of these knobs changes the count
+
+
+@pytest.mark.parametrize("knobs", [KNOBS, {"activation": "tanh"}, {}])
+def test_knobs_keep_the_paper_parameter_counts(knobs):
+    from stew.config import ConflictNetConfig
+    from stew.models.conflictnet import ConflictNet, count_parameters
+
+    net = ConflictNet(ConflictNetSpec(**ConflictNetConfig(**knobs).model_dump()))
+    assert net.spec.samples == 240_000 and count_parameters(net) == (420_418, 896)
+    assert {k: getattr(net.spec, k) for k in knobs} == knobs
+
+
+def test_protocol_set_reaches_the_config(tmp_path):
+    from stew.experiments.protocols import load_protocol
+    from stew.experiments.reproduce import parse_overrides
+
+    proto = load_protocol("conflict")
+    cfg = proto.config("conflictnet-conflictnet", tmp_path, 0, tmp_path / "o",
+                       parse_overrides(["conflictnet.gate_activation=hard_sigmoid"]))
+    assert cfg.conflictnet.gate_activation == "hard_sigmoid" and cfg.ablation == "conflictnet"
+    with pytest.raises(DataError, match="conflictnet.gate_activation"):
+        proto.config("conflictnet-conflictnet", tmp_path, 0, tmp_path / "o",
+                     parse_overrides(["conflictnet.gate_activation=relu"]))
+
+
+@pytest.mark.parametrize("section, key", [({"gate_activation": "relu"}, "conflictnet.gate_activation"),
+                                          ({"dropout": 1.0}, "conflictnet.dropout"),
+                                          ({"block_order": "bn-conv-pool"}, "conflictnet.block_order"),
+                                          ({"gates": "sigmoid"}, "conflictnet.gates")])
+def test_a_bad_knob_is_one_line_and_writes_nothing(tmp_path, section, key):
+    import yaml
+
+    from tests.test_cli import invoke, one_line_error
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"method": "conflictnet", "conflictnet": section}))
+    line = one_line_error(invoke("train", "--data", tmp_path, "--config", path, "--out", tmp_path / "r"))
+    assert f"invalid config key '{key}'" in line and not (tmp_path / "r").exists()

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stew.errors import DataError
+from stew.models.specs import BlockOrder, GateActivation, Init, OutputActivation
 
 Arch = Literal["classifier", "mlp", "bigru", "bigru-te", "gru4", "gru"]
 Recipe = Literal["stew", "paper"]
@@ -173,6 +174,19 @@ class FusionConfig(Strict):
         return self
 
 
+class ConflictNetConfig(Strict):
+    """ConflictNET's network knobs (docs/methods/conflictnet.md#options); the defaults are the paper's network
+    as the authors' Keras code builds it, with PyTorch's fused sigmoid LSTM gates."""
+
+    # Keras 2.2.4's default (the authors' pin) is hard_sigmoid, clip(0.2 x + 0.5, 0, 1): slower (a Python
+    # loop over time) and not exportable to ONNX.
+    gate_activation: GateActivation = "sigmoid"
+    block_order: BlockOrder = "conv-bn-pool"  # the Keras code's; the thesis text lists conv -> pool -> BN
+    dropout: Prob = 0.0  # before the dense layer [U]; none in the thesis or code
+    activation: OutputActivation = "identity"  # the paper's linear output; tanh bounds it to [-1, 1]
+    init: Init = "keras"  # Keras 2.2.4's initialisers; torch keeps PyTorch's
+
+
 class TrainConfig(Strict):
     data: Path
     method: MethodName = "unimodal"
@@ -245,6 +259,7 @@ class TrainConfig(Strict):
     cermtl: CERMTLConfig = Field(default_factory=CERMTLConfig)
     linear: LinearConfig = Field(default_factory=LinearConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+    conflictnet: ConflictNetConfig = Field(default_factory=ConflictNetConfig)
 
     @property
     def teachers(self) -> list[str]:

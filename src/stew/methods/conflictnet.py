@@ -88,7 +88,9 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> ConflictNetMethod:
         raise DataError(f"--ablation {ablation!r}: ConflictNET's are {', '.join(ABLATIONS)}")
     samples = max(s.length(m) for s in ds.split("train"))
     try:
-        net = ConflictNetSpec(ablation=ablation, samples=samples, n_out=len(bundle.targets))
+        # The conflictnet section's knobs (docs/methods/conflictnet.md#options), validated by TrainConfig.
+        net = ConflictNetSpec(ablation=ablation, samples=samples, n_out=len(bundle.targets),
+                              **cfg.conflictnet.model_dump())
     except ValueError as e:
         raise DataError(f"clips of {samples} samples: {str(e).splitlines()[0]}") from None
     return ConflictNetMethod(RawAudioSpec(modality=m, targets=bundle.targets, net=net))

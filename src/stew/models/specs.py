@@ -242,6 +242,11 @@ class FusedSpec(BaseModel):
 
 
 Ablation = Literal["paranet", "+ap", "+attn", "conflictnet", "+gap"]
+# ConflictNET's knobs that TrainConfig's ``conflictnet`` section sets (docs/methods/conflictnet.md#options).
+GateActivation = Literal["sigmoid", "hard_sigmoid"]
+BlockOrder = Literal["conv-bn-pool", "conv-pool-bn"]
+OutputActivation = Literal["identity", "tanh"]
+Init = Literal["keras", "torch"]
 
 
 class ConflictNetSpec(BaseModel):
@@ -261,13 +266,13 @@ class ConflictNetSpec(BaseModel):
     attention_units: int = 32  # keras-self-attention's default
     dropout: float = 0.0  # none in the thesis or code; stew's choice of where it would go: before the dense layer
     # Keras code: conv -> BN -> pool; the thesis text lists conv -> pool -> BN.
-    block_order: Literal["conv-bn-pool", "conv-pool-bn"] = "conv-bn-pool"
+    block_order: BlockOrder = "conv-bn-pool"
     # LSTM gates: Keras 2.2.4 (the authors' pin) defaults to hard_sigmoid; sigmoid runs the fused kernel.
-    gate_activation: Literal["sigmoid", "hard_sigmoid"] = "sigmoid"
-    activation: Literal["identity", "tanh"] = "identity"  # the paper's output is linear
+    gate_activation: GateActivation = "sigmoid"
+    activation: OutputActivation = "identity"  # the paper's output is linear
     bn_momentum: float = 0.01  # PyTorch convention; Keras momentum 0.99
     bn_eps: float = 1e-3  # Keras default
-    init: Literal["keras", "torch"] = "keras"
+    init: Init = "keras"
 
     @model_validator(mode="after")
     def _check(self) -> ConflictNetSpec:
