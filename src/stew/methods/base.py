@@ -158,6 +158,12 @@ class MethodDef:
     tuning: dict[str, Dim] = field(default_factory=dict)  # what ``stew tune`` searches
     # Settings every ``stew tune`` trial of this method gets before the searched values are applied.
     trial_settings: Callable[[TrainConfig], dict] | None = None
+    # Generic TrainConfig knobs the method does not read (e.g. STUDENT_KNOBS, where its networks have their
+    # own section), and where its own are: a run that sets one explicitly is refused (check_knobs).
+    ignores: frozenset[str] = frozenset()
+    own_knobs: str = ""
+    # Method-specific knobs set but unused by this configuration: (key, why), e.g. fusion.k without knn.
+    unused: Callable[[TrainConfig], list[tuple[str, str]]] | None = None
 
     def candidates(self, cfg: TrainConfig) -> list[TrainConfig]:
         return self.search_space(cfg) if self.search_space is not None else [cfg]
@@ -165,6 +171,18 @@ class MethodDef:
     def check_ablation(self, ablation: str | None) -> None:
         if ablation and ablation not in self.ablations:
             raise DataError(f"unknown {self.name} ablation {ablation!r}; choose from {list(self.ablations)}")
+
+    def check_knobs(self, cfg: TrainConfig) -> None:
+        """Refuse a knob the user set (YAML, option or keyword: pydantic's ``model_fields_set``; defaults
+        never trip it) that this method does not read, instead of ignoring it silently."""
+        unread = sorted(self.ignores & cfg.model_fields_set)
+        if unread:
+            where = f" ({self.own_knobs})" if self.own_knobs else ""
+            names = ", ".join(knob_name(k) for k in unread)
+            raise DataError(f"{names} {'does' if len(unread) == 1 else 'do'} not apply to --method {cfg.method}"
+                            f"{where}; leave {'it' if len(unread) == 1 else 'them'} out")
+        for key, why in self.unused(cfg) if self.unused is not None else []:
+            raise DataError(f"{knob_name(key)} {why}")
 
     def required_modalities(self, cfg: TrainConfig) -> list[str]:
         """The modalities the method reads while training: the student's, plus its teachers if any."""
@@ -183,8 +201,18 @@ class MethodDef:
         return [cfg.modality, *cfg.teachers]
 
 
+def knob_name(key: str) -> str:
+    """A configuration key as a user may have written it: ``--gru-units (gru_units)``, ``--k (fusion.k)``."""
+    return f"--{key.rsplit('.', 1)[-1].replace('_', '-')} ({key})"
+
+
 # --------------------------------------------------------------------------------------------------
 # The unimodal students every method builds on
+
+# The generic knobs of the unimodal encoder and head (student_spec, docs/methods/unimodal.md#encoder): a
+# method with networks of its own (fusion, ConflictNET) declares them in ``MethodDef.ignores``.
+STUDENT_KNOBS = frozenset({"arch", "gru_units", "gru_layers", "d_model", "heads", "ffn", "te_layers", "dropout",
+                           "clf_hidden", "clf_dropout"})
 
 
 def target_names(cfg: TrainConfig, ds: Dataset) -> list[str]:

@@ -29,7 +29,7 @@ from stew.data.bundle import Bundle
 from stew.data.dataset import Dataset
 from stew.data.preprocess import WindowDataset
 from stew.errors import DataError
-from stew.methods.base import Method, MethodDef, prediction_loss
+from stew.methods.base import STUDENT_KNOBS, Method, MethodDef, prediction_loss
 from stew.models.fused import FusedModel, FusedSpec
 from stew.models.fusion import FusionSpec
 
@@ -209,5 +209,18 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
     return cfg.model_copy(update={"fusion": cfg.fusion.model_copy(update={"modalities": modalities})})
 
 
+def unused(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """Fusion knobs set but unused: K without KNN imputation."""
+    f = cfg.fusion
+    if "k" in f.model_fields_set and f.impute != "knn":
+        return [("fusion.k", f"applies to --impute knn, not --impute {f.impute}; leave it out")]
+    return []
+
+
 # Adam at 1e-3, early stopping after 10 epochs without a better validation score (docs/methods/fusion.md).
-METHOD = MethodDef(name="fusion", build=build, fuses=True, lr=1e-3, patience=10, resolve=resolve)
+# The unimodal student's knobs (--arch, --dropout, ...) do not reach its networks: refused if set.
+METHOD = MethodDef(
+    name="fusion", build=build, fuses=True, lr=1e-3, patience=10, resolve=resolve, ignores=STUDENT_KNOBS,
+    own_knobs="its networks are set under fusion: gru_units, heads, attn_dropout, text_dropout, clf_hidden, "
+              "clf_activation", unused=unused,
+)

@@ -65,6 +65,7 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> RunResult:
     and keep the best on validation; the others are recorded in ``metrics.json``.
     """
     t0 = time.time()
+    methods.get(cfg.method).check_knobs(cfg)  # a knob the method ignores is refused before anything is read
     check_run_folder(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
