@@ -115,8 +115,8 @@ class Deployable(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if isinstance(self.model, RawAudioModel):  # one output per clip; mask = the clip's real samples
-            m = self.model
-            return m.net.activate(m.net(x, mask) * m.out_scale + m.out_shift)
+            m = self.model.spec.modality
+            return self.model.predict({"x": {m: x}, "present": {m: mask}})
         out = self.model(x, mask)
         out = out if self.model.spec.activation == "identity" else activate(out, self.model.spec.task)
         # Padded steps read 0. This also keeps ``mask`` an input of every graph: the exporter drops an

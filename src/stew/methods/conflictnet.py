@@ -47,8 +47,8 @@ class ConflictNetMethod(Method):
         self.decay = decay
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # The output is linear (docs/methods/conflictnet.md#architecture): PCC is taken on the raw outputs,
-        # not squashed by tanh.
+        # PCC on the activated outputs before the rescaling: linear, as the paper's (docs/methods/conflictnet.md
+        # #architecture), unless conflictnet.activation is tanh.
         out = self.student.outputs(batch)
         loss = pcc_loss(out, batch["y"], batch["mask"])
         return loss, {"pcc_loss": loss.detach()}
@@ -59,8 +59,8 @@ class ConflictNetMethod(Method):
 
     @torch.no_grad()
     def after_fit(self, bundle: Bundle) -> None:
-        """The paper's min-max rescaling (docs/methods/conflictnet.md#evaluation), fitted on validation
-        predictions instead of test ones."""
+        """The paper's min-max rescaling (docs/methods/conflictnet.md#evaluation), fitted on the activated
+        validation outputs instead of test predictions; the student applies it after its activation."""
         self.student.out_scale.fill_(1.0)
         self.student.out_shift.fill_(0.0)
         pred = np.concatenate(predict_windows(self, bundle.val, bundle.eval_win, bundle.k_delay))

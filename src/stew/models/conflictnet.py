@@ -295,8 +295,8 @@ class RawAudioModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.net = ConflictNet(spec.net)
-        # An affine map of the outputs fitted after training (see methods/conflictnet.py): a PCC loss
-        # leaves the outputs' offset and scale free, and UAR/WAR binarise them at 0.
+        # An affine map of the activated outputs fitted after training (see methods/conflictnet.py): a PCC
+        # loss leaves the outputs' offset and scale free, and UAR/WAR binarise them at 0.
         self.register_buffer("out_scale", torch.ones(spec.net.n_out))
         self.register_buffer("out_shift", torch.zeros(spec.net.n_out))
 
@@ -305,12 +305,15 @@ class RawAudioModel(nn.Module):
         return 0, 0
 
     def outputs(self, batch: dict) -> torch.Tensor:
-        """Pre-activation outputs [B, 1, n_out]."""
+        """The network's activated outputs [B, 1, n_out] (linear unless ``activation: tanh``), before the
+        fitted rescaling: what the PCC loss reads."""
         m = self.spec.modality
-        return self.net(batch["x"][m], batch["present"][m]) * self.out_scale + self.out_shift
+        return self.net.activate(self.net(batch["x"][m], batch["present"][m]))
 
     def predict(self, batch: dict) -> torch.Tensor:
-        return self.net.activate(self.outputs(batch))
+        """Predictions: the activated outputs, then the affine map fitted on them (after the tanh, not
+        before it, so the map's [min, max] is the one it was fitted to)."""
+        return self.outputs(batch) * self.out_scale + self.out_shift
 
     def latents(self, batch: dict) -> torch.Tensor:
         """The clip's summary vector [B, 1, u2] (what `stew report` projects)."""
