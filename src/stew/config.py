@@ -245,6 +245,11 @@ class TrainConfig(Strict):
     max_epochs: Count = 200
     min_epochs: Annotated[int, Field(ge=0)] = 1
     patience: Annotated[int, Field(ge=0)] = 20
+    # The learning rate: constant ("none"), or ReduceLROnPlateau on the validation loss ("plateau": times
+    # plateau_factor after plateau_patience epochs without a lower one; the fusion thesis's 0.1 and 10).
+    lr_scheduler: Literal["none", "plateau"] = "none"
+    plateau_factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    plateau_patience: Annotated[int, Field(ge=0)] = 10
     threads: Count | None = None
     progress: bool = True
     resume: bool = False

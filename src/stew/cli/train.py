@@ -59,6 +59,9 @@ def train(
     cv: Annotated[int | None, typer.Option(help="grouped K-fold over training groups")] = None,
     max_epochs: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
+    lr_scheduler: Annotated[str | None, typer.Option(
+        help="none (default: constant) | plateau (ReduceLROnPlateau on the validation loss: plateau_factor 0.1 "
+             "after plateau_patience 10 epochs without a lower one)")] = None,
     resume: Annotated[
         bool | None, typer.Option(help="continue the run in a non-empty --out from its checkpoints/last.ckpt")
     ] = None,
@@ -115,6 +118,7 @@ def train(
     options = dict(
         modality=modality, teacher=teacher, target=target, targets=_comma_list(targets), arch=arch, recipe=recipe,
         unlabelled=unlabelled, loss=loss, ablation=ablation, seed=seed, cv=cv, max_epochs=max_epochs, lr=lr,
+        lr_scheduler=lr_scheduler,
         resume=resume, postprocess=postprocess, overwrite=overwrite or None, fold=fold, fusion=fusion_opts or None,
         val_from=val_from, val_groups=val_groups,
         flagged=None if flagged is None else [] if flagged.strip() == "none" else _comma_list(flagged),

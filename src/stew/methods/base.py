@@ -46,6 +46,11 @@ class Method(nn.Module):
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def validation_loss(self, batch: dict) -> torch.Tensor:
+        """The loss of a validation batch, which ``lr_scheduler: plateau`` watches: the training loss, called
+        in eval mode (so no random modality drops or dropout)."""
+        return self.training_loss(batch)[0]
+
     def predict(self, batch: dict) -> torch.Tensor:
         """Activated outputs of the deployable student on its own modality."""
         return self.student.predict(batch)
@@ -181,7 +186,11 @@ class MethodDef:
             names = ", ".join(knob_name(k) for k in unread)
             raise DataError(f"{names} {'does' if len(unread) == 1 else 'do'} not apply to --method {cfg.method}"
                             f"{where}; leave {'it' if len(unread) == 1 else 'them'} out")
-        for key, why in self.unused(cfg) if self.unused is not None else []:
+        unused = self.unused(cfg) if self.unused is not None else []
+        unused += [(k, "applies to --lr-scheduler plateau; leave it out")
+                   for k in ("plateau_factor", "plateau_patience")
+                   if k in cfg.model_fields_set and cfg.lr_scheduler != "plateau"]
+        for key, why in unused:
             raise DataError(f"{knob_name(key)} {why}")
 
     def required_modalities(self, cfg: TrainConfig) -> list[str]:
@@ -213,6 +222,8 @@ def knob_name(key: str) -> str:
 # method with networks of its own (fusion, ConflictNET) declares them in ``MethodDef.ignores``.
 STUDENT_KNOBS = frozenset({"arch", "gru_units", "gru_layers", "d_model", "heads", "ffn", "te_layers", "dropout",
                            "clf_hidden", "clf_dropout"})
+# The learning-rate schedule on the validation loss: a method with its own schedule (Method.lr_factor) ignores it.
+PLATEAU_KNOBS = frozenset({"lr_scheduler", "plateau_factor", "plateau_patience"})
 
 
 def target_names(cfg: TrainConfig, ds: Dataset) -> list[str]:

@@ -30,7 +30,7 @@ from stew.data.bundle import Bundle
 from stew.data.dataset import Dataset
 from stew.data.preprocess import predict_windows
 from stew.errors import DataError
-from stew.methods.base import STUDENT_KNOBS, Method, MethodDef
+from stew.methods.base import PLATEAU_KNOBS, STUDENT_KNOBS, Method, MethodDef
 from stew.models.conflictnet import ConflictNetSpec, RawAudioModel, RawAudioSpec
 from stew.objectives import pcc_loss
 
@@ -107,5 +107,6 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
 # Early stopping after 10 epochs without a better validation PCC; lr 1e-2 with Keras's decay per update;
 # the loss 1 - PCC, recorded as metrics.json's config.loss "pcc".
 METHOD = MethodDef(name="conflictnet", build=build, ablations={a: {} for a in ABLATIONS}, lr=1e-2, patience=10,
-                   regression_loss="pcc", resolve=resolve, ignores=STUDENT_KNOBS,
-                   own_knobs="its network is set under conflictnet: and by --ablation")
+                   regression_loss="pcc", resolve=resolve, ignores=STUDENT_KNOBS | PLATEAU_KNOBS,
+                   own_knobs="its network is set under conflictnet: and by --ablation, its learning rate decays "
+                             "per update as Keras's")

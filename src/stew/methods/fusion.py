@@ -47,7 +47,7 @@ class Fusion(Method):
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         masks = self.student.masks(batch)
-        if self.moddrop_p:
+        if self.moddrop_p and self.training:  # never on a validation batch (Method.validation_loss)
             masks = self._drop_at_random(masks)
         out = self.student.outputs(batch, masks)
         loss = prediction_loss(out, batch["y"], batch["mask"], self.student.spec.task, self.loss_name)

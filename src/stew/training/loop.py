@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from stew.config import TrainConfig
 from stew.data.bundle import Bundle
 from stew.data.preprocess import WindowDataset, context_of, loader
+from stew.errors import DataError
 from stew.methods.base import Method
 from stew.training.evaluate import predict_sequences, score, selection_key
 from stew.util import progress
@@ -55,10 +56,33 @@ class StewModule(L.LightningModule):
         m = score(predict_sequences(self.method, self.bundle.val, self.bundle), self.bundle.val, self.bundle)
         val = m[self.selection]
         self.log("val_score", val, prog_bar=True)
-        self.history.append({"epoch": self.current_epoch, "val_score": val})
+        entry = {"epoch": self.current_epoch, "val_score": val, "lr": self.optimizers().param_groups[0]["lr"]}
+        if self.cfg.lr_scheduler == "plateau":
+            # Logged before Lightning steps the plateau schedule at the end of this epoch (it monitors val_loss).
+            entry["val_loss"] = self.validation_loss()
+            self.log("val_loss", entry["val_loss"])
+        self.history.append(entry)
         if val > self.best_score:
             self.best_score, self.best_epoch = val, self.current_epoch
             self.best_state = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """The method's loss on the validation windows (:meth:`Method.validation_loss`, eval mode), the mean
+        over batches weighted by their windows. The RNG is left as it was, so that computing it changes
+        nothing in training."""
+        method, bundle = self.method, self.bundle
+        was = method.training
+        method.eval()
+        windows = WindowDataset.for_evaluation(bundle.val, bundle.eval_win, context_of(method))
+        total, n = 0.0, 0
+        with torch.random.fork_rng(devices=[]):
+            for batch in loader(windows, self.cfg.batch_size, shuffle=False):
+                k = int(batch["mask"].shape[0])
+                total += float(method.validation_loss(batch)) * k
+                n += k
+        method.train(was)
+        return total / max(n, 1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         params = list(self.method.trainable_parameters())
@@ -68,6 +92,14 @@ class StewModule(L.LightningModule):
         else:
             opt = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         factor = self.method.lr_factor()
+        if self.cfg.lr_scheduler == "plateau":
+            if factor is not None:  # MethodDef.ignores refuses it before the run starts (PLATEAU_KNOBS)
+                raise DataError("lr_scheduler plateau does not combine with the method's own per-update schedule")
+            # ReduceLROnPlateau on the validation loss (docs/methods/fusion.md#defaults), stepped once an epoch.
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=self.cfg.plateau_factor, patience=self.cfg.plateau_patience)
+            return {"optimizer": opt,
+                    "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss", "interval": "epoch"}}
         if factor is None:
             return opt
         # A per-update learning-rate factor (ConflictNET's Keras-style decay): stepped every batch.

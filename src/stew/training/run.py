@@ -182,6 +182,10 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> RunResult:
         module = fit(method, cfg, bundle, fit_dir)
         method.after_fit(bundle)
         selection = {"key": key, "best_epoch": module.best_epoch, "epochs_run": len(module.history)}
+        if cfg.lr_scheduler == "plateau":  # the epochs whose learning rate the plateau schedule lowered
+            h = module.history
+            selection["lr_reduced_at"] = [b["epoch"] for a, b in zip(h, h[1:], strict=False)
+                                          if b.get("lr", 0.0) < a.get("lr", 0.0)]
     record: dict[str, Any] = {"val": {}, "test": {}}
     result = RunResult(metrics=record, model=method, bundle=bundle, cfg=cfg)
     raw = {sp: predict_sequences(method, getattr(bundle, sp), bundle) for sp in ("val", "test") if getattr(bundle, sp)}
