@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -54,15 +55,80 @@ def test_two_label_columns_train_selected_on_mean_pcc(corpus, tmp_path):
     assert {"pred_conflict", "pred_dominance"} <= set(preds.columns)
 
 
-def test_explain_writes_sorted_segments_and_a_spectrogram(corpus):
-    labels = pd.read_csv(corpus / "data" / "labels.csv")
-    clip = corpus / "data" / labels["file"].iloc[0]
-    res = invoke("explain", corpus / "model", clip, "--out", corpus / "explain", "--samples", "40")
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory):
+    """A model of 12 s clips, and a 9 s clip of its corpus: padded and masked by predict, three super-samples."""
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("conflict12")
+    assert invoke("data", "synth", "--kind", "conflict", "--clips", "8", "--clip-s", "12",
+                  "--out", root / "data").exit_code == 0
+    res = invoke("train", "--data", root / "data", "--method", "conflictnet", "--max-epochs", "1",
+                 "--out", root / "run")
     assert res.exit_code == 0, res.output
-    expl = json.loads((corpus / "explain" / "explanation.json").read_text())
-    segs = expl["segments"]
-    assert len(segs) == 1 and segs[0]["start_s"] == 0  # a 3 s clip is one 3 s super-sample
-    assert (corpus / "explain" / "explanation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert invoke("export", root / "run", "--out", root / "model").exit_code == 0
+    x, sr = sf.read(next((root / "data").glob("*.wav")), dtype="float32")
+    sf.write(root / "short.wav", x[: 9 * sr], sr)
+    return root
+
+
+def _explain(long_model, out, *args):
+    res = invoke("explain", long_model / "model", long_model / "short.wav", "--out", out, "--samples", "40", *args)
+    assert res.exit_code == 0, res.output
+    return json.loads((out / "explanation.json").read_text())
+
+
+def test_explain_predicts_a_short_clip_as_stew_predict(long_model, tmp_path):
+    """Issue 28: a clip shorter than clip_s is padded and masked as `stew predict` does it, so LIME's unperturbed
+    prediction is predict's (it was predicted unmasked); the super-samples cover its 9 real seconds."""
+    res = invoke("predict", long_model / "model", "--audio", long_model / "short.wav", "--out", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    want = pd.read_csv(tmp_path / "p.csv")["pred_conflict"].iloc[0]
+    expl = _explain(long_model, tmp_path / "e", "--target-kind", "score")
+    assert expl["target"] == "score" and expl["prediction"] == pytest.approx(want, abs=1e-5)
+    assert sorted((s["start_s"], s["end_s"]) for s in expl["segments"]) == [(0, 3), (3, 6), (6, 9)]
+    assert (tmp_path / "e" / "explanation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_weights_are_the_ridge_fit_of_the_models_probability(long_model, tmp_path):
+    """The default explains P(positive) = (1 + y) / 2 (thesis eq. 3.7); its weights are the weighted ridge fit
+    of the model's own predictions of the perturbed clips, recomputed here with scikit-learn."""
+    import torch
+    from sklearn.linear_model import Ridge
+
+    from stew.data.formats.waveform import prepare_clip, read_audio
+    from stew.deploy import load_model
+
+    expl = _explain(long_model, tmp_path / "e")
+    assert expl["target"] == "p_pos" and expl["n_samples"] == 40
+    model, meta = load_model(long_model / "model")
+    n = meta["extractor"]["clip_samples"]
+    clip, real = prepare_clip(read_audio(long_model / "short.wav", 8000)[0], n)
+    masks = np.random.default_rng(expl["seed"]).integers(0, 2, size=(40, 3), dtype=np.int8)  # LIME's draw
+    masks[0] = 1
+    x = torch.from_numpy(clip).repeat(40, 1)
+    x[:, :real] *= torch.from_numpy(np.repeat(masks, 3 * 8000, axis=1).astype(np.float32))
+    present = torch.from_numpy(np.arange(n) < real).expand(40, -1)
+    with torch.no_grad():
+        y = model.predict({"x": {"audio": x[..., None]}, "present": {"audio": present}})[:, 0, 0].numpy()
+    d = 1 - np.sqrt(masks.sum(1) / 3)
+    ridge = Ridge(alpha=1.0).fit(masks, (1 + y) / 2, sample_weight=np.exp(-(d**2) / 25.0**2))
+    got = {s["index"]: s["weight"] for s in expl["segments"]}
+    np.testing.assert_allclose([got[i] for i in range(3)], ridge.coef_, rtol=1e-4, atol=1e-7)
+    assert [s["index"] for s in expl["segments"]] == list(np.argsort(-np.abs(ridge.coef_), kind="stable"))
+    # the score's explanation: the same fit on y, every weight twice as large
+    score = _explain(long_model, tmp_path / "s", "--target-kind", "score")
+    score = {s["index"]: s["weight"] for s in score["segments"]}
+    np.testing.assert_allclose([score[i] for i in range(3)], [2 * got[i] for i in range(3)], rtol=1e-6)
+
+
+def test_explain_refuses_a_bad_target_kind(long_model, tmp_path):
+    line = one_line_error(invoke("explain", long_model / "model", long_model / "short.wav", "--out", tmp_path / "e",
+                                 "--target-kind", "logit"))
+    assert "--target-kind 'logit'" in line and not (tmp_path / "e").exists()
+    line = one_line_error(invoke("explain", long_model / "run", "--analysis", "--target-kind", "score", "--out",
+                                 tmp_path / "a"))
+    assert "--target-kind" in line and not (tmp_path / "a").exists()
 
 
 def test_explain_refuses_a_model_that_does_not_read_waveforms(corpus, tmp_path):

@@ -181,6 +181,9 @@ def explain(
         help="instead: a run's true vs predicted plot with the epsilon bands (docs/methods/conflictnet.md#evaluation)",
     )] = False,
     split: Annotated[str, typer.Option(help="--analysis: the split to plot")] = "test",
+    target_kind: Annotated[str | None, typer.Option(
+        help="what LIME explains: probability (default: P(positive) = (1 + y) / 2, the thesis's eq. 3.7) | score (y)",
+    )] = None,
 ) -> None:
     """Which 3 s segments of a clip drive the model's prediction (LIME); --analysis: a run's true vs predicted."""
     from stew.eval.explain import analysis_run, explain_model
@@ -190,6 +193,8 @@ def explain(
     if analysis:
         if audio_file is not None:
             raise DataError("--analysis reads a run's predictions.csv: give the run folder only, no audio file")
+        if target_kind is not None:
+            raise DataError("--target-kind applies to explaining an audio file, not to --analysis")
         png = analysis_run(model, out, split)
         counts = json.loads((png.parent / "analysis.json").read_text())["counts"]
         console.print(f"{counts}\nwritten to {png} and {png.parent / 'analysis.json'}")
@@ -197,9 +202,11 @@ def explain(
     if audio_file is None:
         raise DataError("give an audio file to explain (or --analysis with a run folder)")
 
-    expl, json_path, png_path = explain_model(model, audio_file, out, n_samples=samples, seed=seed)
+    expl, json_path, png_path = explain_model(model, audio_file, out, n_samples=samples, seed=seed,
+                                              target_kind=target_kind or "probability")
     top = ", ".join(f"{s['start_s']:g}-{s['end_s']:g} s ({s['weight']:+.3g})" for s in expl.segments[:3])
-    console.print(f"prediction {expl.prediction:.4g}; most relevant segments: {top}")
+    what = "P(positive)" if expl.target == "p_pos" else "the score"
+    console.print(f"prediction {expl.prediction:.4g}; segments most relevant to {what}: {top}")
     console.print(f"written to {json_path} and {png_path}")
 
 

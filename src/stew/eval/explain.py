@@ -427,13 +427,20 @@ def audio_file_for(data_dir: Path, sequence: str) -> Path | None:
     return None
 
 
+TARGET_KINDS = ("probability", "score")
+
+
 def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples: int = 2000, seed: int = 0,
-                  top: int = 3) -> tuple[Explanation, Path, Path]:
+                  top: int = 3, target_kind: str = "probability") -> tuple[Explanation, Path, Path]:
     """``stew explain``: LIME over a raw-audio model's prediction for one file.
 
-    The clip is read as the model was trained (sample rate, clip length, RMS normalisation, from
-    model.json's ``extractor``); perturbed clips are predicted in batches without renormalising, as the
-    thesis zero-filled the normalised input.
+    The clip is read as the model was trained and as ``stew predict`` reads it (sample rate, clip length,
+    RMS normalisation, from model.json's ``extractor``), and predicted with the same mask: a clip shorter
+    than the model's clip length is zero-padded and the padding masked, so the unperturbed prediction is
+    ``stew predict``'s. The super-samples cover the real samples only (padding has no effect to explain).
+    Perturbed clips are predicted in batches without renormalising, as the thesis zero-filled the
+    normalised input. ``target_kind``: ``probability`` explains P(positive) = (1 + y) / 2 (thesis eq. 3.7),
+    ``score`` the prediction y itself (weights twice as large, same order).
     """
     import torch
 
@@ -443,6 +450,8 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
     from stew.models.conflictnet import RawAudioModel
     from stew.util.atomic import check_output_folder
 
+    if target_kind not in TARGET_KINDS:
+        raise DataError(f"--target-kind {target_kind!r}: choose {' or '.join(TARGET_KINDS)}")
     check_output_folder(Path(out_dir), replaceable={"explanation.json", "explanation.png"})
     model, meta = load_model(Path(model_dir))
     ext = meta.get("extractor") or {}
@@ -450,7 +459,9 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
         raise DataError("stew explain needs a raw-audio model (--method conflictnet)", file=Path(model_dir))
     sr, samples = int(ext["sample_rate"]), ext.get("clip_samples")
     wave, _ = read_audio(Path(audio_file), sr)
-    wave, _ = prepare_clip(wave, int(samples) if samples else None)  # cut, normalise, pad: as in training
+    clip, real = prepare_clip(wave, int(samples) if samples else None)  # cut, normalise, pad: as in training
+    wave = clip[:real]  # what LIME perturbs; predict pads it back to the clip length
+    present = torch.from_numpy(np.arange(len(clip)) < real)  # stew.deploy.audio's mask
     m = model.spec.modality
 
     # 2,000 forward passes of a 30 s clip take minutes on a CPU: a line every 10 s says how far along.
@@ -458,9 +469,10 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
 
     @torch.inference_mode()
     def predict(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(-1)
-        present = torch.ones(x.shape[:2], dtype=torch.bool)
-        out = model.predict({"x": {m: x}, "present": {m: present}})[:, 0, 0].numpy()
+        x = torch.zeros(len(batch), len(clip), 1)
+        x[:, :real, 0] = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        mask = present.expand(len(batch), -1)
+        out = model.predict({"x": {m: x}, "present": {m: mask}})[:, 0, 0].numpy()
         done[0] += len(batch)
         now = time.monotonic()
         if now - last[0] >= 10 or done[0] == n_samples:
@@ -468,6 +480,7 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
             progress.say(f"LIME: {done[0]}/{n_samples} perturbations · {progress.so_far(t0, done[0], n_samples)}")
         return out
 
-    expl = explain_clip(predict, wave, sr, n_samples=n_samples, seed=seed)
+    expl = explain_clip(predict, wave, sr, n_samples=n_samples, seed=seed,
+                        positive_probability=target_kind == "probability")
     json_path, png_path = write_explanation(expl, wave, sr, Path(out_dir), top=top)
     return expl, json_path, png_path
