@@ -151,12 +151,17 @@ def test_ccc_per_sequence_differs_from_concatenated() -> None:
         metrics.ccc_per_sequence(trues, preds[:1])
 
 
-def test_rescale_to_range() -> None:
-    p = np.array([-2.0, 0.0, 6.0])
-    r = metrics.rescale_to_range(p, -10.0, 10.0)
-    np.testing.assert_allclose(r, [-10.0, -5.0, 10.0])
-    assert metrics.pcc(p, r) == pytest.approx(1.0)
-    np.testing.assert_allclose(metrics.rescale_to_range(np.full(3, 7.0), 0.0, 4.0), [2.0, 2.0, 2.0])
+def test_range_map_is_conflictnets_rescaling() -> None:
+    """The map ConflictNET's after_fit stores (methods/conflictnet.py): [min, max] of each column onto [lo, hi]."""
+    p = np.array([[-2.0, 1.0], [0.0, 1.0], [6.0, 1.0]])  # column 1 constant
+    scale, shift = metrics.range_map(p, [-10.0, 0.0], [10.0, 4.0])
+    r = p * scale + shift
+    np.testing.assert_allclose(r[:, 0], [-10.0, -5.0, 10.0])
+    np.testing.assert_allclose(r[:, 1], [2.0, 2.0, 2.0])  # no range to map: the midpoint, scale 1
+    assert scale[1] == 1.0 and metrics.pcc(p[:, 0], r[:, 0]) == pytest.approx(1.0)
+    scale, shift = metrics.range_map(np.array([0.5, 0.25, 0.75]), -1.0, 1.0)  # one target, scalar bounds
+    np.testing.assert_allclose(np.array([0.5, 0.25, 0.75]) * scale + shift, [0.0, -1.0, 1.0])
+    assert scale.shape == shift.shape == (1,)
 
 
 # --------------------------------------------------------------------------------------------------

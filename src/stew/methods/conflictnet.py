@@ -33,6 +33,7 @@ from stew.errors import DataError
 from stew.methods.base import PLATEAU_KNOBS, STUDENT_KNOBS, Method, MethodDef
 from stew.models.conflictnet import ConflictNetSpec, RawAudioModel, RawAudioSpec
 from stew.objectives import pcc_loss
+from stew.scoring.metrics import range_map
 
 ABLATIONS = ("paranet", "+ap", "+attn", "conflictnet", "+gap")
 DECAY = 0.6  # Keras's legacy per-update decay (docs/methods/conflictnet.md#defaults)
@@ -65,10 +66,9 @@ class ConflictNetMethod(Method):
         self.student.out_shift.fill_(0.0)
         pred = np.concatenate(predict_windows(self, bundle.val, bundle.eval_win, bundle.k_delay))
         y = np.concatenate([s.source.targets[:, bundle.target_cols] for s in bundle.train])
-        lo, hi = pred.min(0), pred.max(0)
-        scale = np.where(hi > lo, (y.max(0) - y.min(0)) / np.where(hi > lo, hi - lo, 1.0), 1.0)
+        scale, shift = range_map(pred, y.min(0), y.max(0))
         self.student.out_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
-        self.student.out_shift.copy_(torch.as_tensor(y.min(0) - lo * scale, dtype=torch.float32))
+        self.student.out_shift.copy_(torch.as_tensor(shift, dtype=torch.float32))
 
     def extra_record(self) -> dict:
         spec = self.student.spec.net

@@ -40,7 +40,7 @@ __all__ = [
     "mean_std",
     "paired_ttest",
     "pcc",
-    "rescale_to_range",
+    "range_map",
     "selection_metric",
     "sign_accuracy",
     "task_metrics",
@@ -131,17 +131,23 @@ def sign_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     return float(np.mean((t > 0.0) == (p > 0.0)))
 
 
-def rescale_to_range(pred: ArrayLike, lo: float, hi: float) -> np.ndarray:
-    """Min-max map predictions onto ``[lo, hi]``, the training-label range (docs/methods/conflictnet.md#evaluation).
+def range_map(pred: ArrayLike, lo: ArrayLike, hi: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The affine map ``pred * scale + shift`` taking each column's ``[min(pred), max(pred)]`` onto ``[lo, hi]``,
+    the training labels' range (ConflictNET's rescaling, docs/methods/conflictnet.md#evaluation).
 
-    ``[min(pred), max(pred)]`` goes to ``[lo, hi]``, as in the ConflictNET code. A constant
-    prediction has no range to map and goes to the midpoint ``(lo + hi) / 2``.
+    ``pred`` is ``[N]`` or ``[N, k]``, ``lo``/``hi`` scalars or ``[k]``; returns ``(scale, shift)``, each
+    ``[k]``. A constant column has no range to map: scale 1, and it goes to the midpoint ``(lo + hi) / 2``.
+    PCC is unchanged by the map (the scale is positive).
     """
     p = np.asarray(pred, dtype=np.float64)
-    pmin, pmax = float(p.min()), float(p.max())
-    if pmax == pmin:
-        return np.full_like(p, (lo + hi) / 2.0)
-    return lo + (p - pmin) * (hi - lo) / (pmax - pmin)
+    p = p.reshape(len(p), -1)
+    pmin, pmax = p.min(0), p.max(0)
+    lo = np.broadcast_to(np.asarray(lo, np.float64), pmin.shape)
+    hi = np.broadcast_to(np.asarray(hi, np.float64), pmin.shape)
+    spread = pmax > pmin
+    scale = np.where(spread, (hi - lo) / np.where(spread, pmax - pmin, 1.0), 1.0)
+    shift = np.where(spread, lo - pmin * scale, (lo + hi) / 2.0 - pmin)
+    return scale, shift
 
 
 # --------------------------------------------------------------------------------------------------
