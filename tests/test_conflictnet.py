@@ -52,10 +52,25 @@ def test_export_and_predict_reproduce_the_run(trained):
     np.testing.assert_allclose(again.loc[preds.index, "pred_conflict"], preds["pred_conflict"], atol=1e-4)
 
 
-def test_keras_decay_per_update():
+def test_keras_decay_per_update(tmp_path, monkeypatch):
+    """The learning rate each update trains with is lr / (1 + 0.6 t), t the updates before it: the scheduler
+    steps every batch (not every epoch), and across epochs."""
+    from stew.training.loop import StewModule
+
+    seen: list[float] = []
+    step = StewModule.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(StewModule, "training_step", recording)
+    ds = tiny_waves(n=15)  # 9 training clips: 3 updates per epoch at batch 3
+    run(TrainConfig(data=tmp_path, method="conflictnet", out=tmp_path / "r", **{**FAST, "batch_size": 3}), ds)
+    assert len(seen) == 6
+    np.testing.assert_allclose(seen, [1e-2 / (1 + DECAY * t) for t in range(6)], rtol=1e-6)
     spec = RawAudioSpec(modality="audio", targets=["y"], net=ConflictNetSpec(samples=8000))
-    factor = ConflictNetMethod(spec).lr_factor()
-    assert factor(0) == 1.0 and factor(3) == pytest.approx(1 / (1 + 3 * DECAY))
+    assert ConflictNetMethod(spec).decay == DECAY == 0.6
 
 
 @pytest.mark.parametrize("ablation, params", [("paranet", 412_161), ("+gap", 420_418)])

@@ -51,6 +51,38 @@ def test_known_segments_rank_first_with_signs() -> None:
     assert len(expl.segments) == 10
 
 
+def test_distances_kernel_and_surrogate_are_the_thesis_eqs_3_5_and_3_6() -> None:
+    """Each perturbation z' is weighted by exp(-D(1, z')^2 / sigma^2), D the cosine distance (eq. 3.5), and the
+    surrogate is the weighted ridge of the scores on z' (eq. 3.6): recomputed with scikit-learn from the
+    perturbations predict() saw. A narrow kernel, so that the weights matter (at sigma = 25 they are flat)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics.pairwise import cosine_distances
+
+    seen: list[np.ndarray] = []
+
+    def nonlinear(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.copy())
+        e = np.abs(batch).reshape(len(batch), -1, SEG).mean(axis=2)
+        return (e[:, 2] + e[:, 7]) ** 2 - e[:, 4] * e[:, 1]
+
+    width = 0.4
+    expl = explain_clip(nonlinear, _clip(), SR, n_samples=300, kernel_width=width)
+    rows = np.concatenate(seen)
+    masks = (np.abs(rows.reshape(len(rows), 10, SEG)).sum(axis=2) > 0).astype(np.float64)
+    y = nonlinear(rows)
+    d = cosine_distances(masks, np.ones((1, 10)))[:, 0]  # the all-off mask: 1, as sklearn gives it
+    w = np.exp(-(d**2) / width**2)
+    assert w.min() < 0.1  # the kernel is far from flat here
+    ridge = Ridge(alpha=1.0).fit(masks, y, sample_weight=w)
+    got = {s["index"]: s["weight"] for s in expl.segments}
+    np.testing.assert_allclose([got[i] for i in range(10)], ridge.coef_, rtol=1e-4, atol=1e-7)
+    assert expl.intercept == pytest.approx(ridge.intercept_, rel=1e-4)
+    assert expl.local_prediction == pytest.approx(float(ridge.predict(np.ones((1, 10)))[0]), rel=1e-4)
+    assert expl.score == pytest.approx(ridge.score(masks, y, sample_weight=w), rel=1e-4)
+    # ... and the weighting changes the answer: an unweighted fit gives other coefficients
+    assert not np.allclose(Ridge(alpha=1.0).fit(masks, y).coef_, ridge.coef_, rtol=1e-3)
+
+
 def test_first_perturbation_is_the_clip_and_call_count() -> None:
     wave, rec = _clip(), Recorder()
     expl = explain_clip(rec, wave, SR, n_samples=100, batch_size=32)
