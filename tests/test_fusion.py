@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 import yaml
 
@@ -16,9 +15,11 @@ from stew.data.dataset import modality_subsets as subsets
 from stew.data.formats.native import write_native
 from stew.data.preprocess import WindowDataset
 from stew.deploy import load_model, predict_dataset
-from stew.eval.missing import evaluate_missing
+from stew.eval.missing import evaluate_missing, missing_file
+from stew.experiments.protocols import parse_imputation
+from stew.methods import get as get_method
 from stew.methods.base import STUDENT_KNOBS
-from stew.methods.fusion import ModDropWindows, fusion_pairs, training_vectors
+from stew.methods.fusion import Fusion, ModDropWindows, fusion_pairs, training_vectors
 from stew.training.resolve import make_bundle, resolve
 from stew.training.run import run
 from tests.conftest import FAST, tiny_clips, tiny_utterances
@@ -59,18 +60,46 @@ def test_step_level_fusion_predicts_every_step(tmp_path):
     assert meta["dims"] == {"text": 3, "audio": 4} and not model.spec.fusion.pool_time
 
 
+def built(tmp_path, ds, **fusion):
+    """The fusion method as a run builds it, with its bundle (nothing trained)."""
+    cfg = resolve(TrainConfig(data=tmp_path, method="fusion", **{**SMALL, "fusion": {**SMALL["fusion"], **fusion}}),
+                  ds)
+    bundle = make_bundle(cfg, ds, cfg.fusion.modalities)
+    return get_method("fusion").build(cfg, bundle, tmp_path), bundle
+
+
 def test_moddrop_trains_on_m_plus_one_versions(tmp_path):
     ds = tiny_clips()
-    cfg = resolve(TrainConfig(data=tmp_path, method="fusion", **SMALL), ds)
-    bundle = make_bundle(cfg, ds, ["long", "short"])
+    method, bundle = built(tmp_path, ds, moddrop=True)
     base = WindowDataset.for_training(bundle.train, None, None)
-    windows = ModDropWindows(base, ["long", "short"])
+    windows = ModDropWindows(base, ["long", "short"], method.student.remove)
     assert len(windows) == 3 * len(base)  # spec §4.7: 4 x N_train with three modalities
     batch = windows.collate([windows[i] for i in range(len(windows))])
     n = len(base)
     assert not batch["present"]["long"][n : 2 * n].any() and batch["present"]["short"][n : 2 * n].any()
     assert not batch["present"]["short"][2 * n :].any() and not batch["x"]["short"][2 * n :].any()
-    res, _ = train(tmp_path, ds, moddrop=True)
+
+
+def test_moddrop_is_what_the_loop_trains_on(tmp_path, monkeypatch):
+    # End to end: every epoch the loss sees each training clip 3 times, once with 'long' absent and
+    # once with 'short' absent (clips without 'short' in the data lack it in two versions).
+    ds = tiny_clips()
+    seen = []
+    loss = Fusion.training_loss
+
+    def spy(self, batch):
+        seen.append({m: batch["present"][m].any(1) for m in ("long", "short")})
+        return loss(self, batch)
+
+    monkeypatch.setattr(Fusion, "training_loss", spy)
+    cfg = TrainConfig(data=tmp_path / "unused", method="fusion", out=tmp_path / "run",
+                      **{**SMALL, "max_epochs": 1, "fusion": {**SMALL["fusion"], "moddrop": True}})
+    res = run(cfg, ds)
+    n = len(res.bundle.train)
+    no_short = sum(not s.present["short"].any() for s in res.bundle.train)
+    present = {m: torch.cat([b[m] for b in seen]) for m in ("long", "short")}
+    assert len(present["long"]) == 3 * n
+    assert int((~present["long"]).sum()) == n and int((~present["short"]).sum()) == n + 2 * no_short
     assert res["method"]["moddrop"] is True
 
 
@@ -106,9 +135,26 @@ def test_missing_table_has_every_subset_and_the_full_one_matches_the_run(tmp_pat
     assert table["short"]["val"]["acc"] < table["long"]["val"]["acc"]  # 'short' is the weak modality
     on_disk = json.loads((tmp_path / "run" / "missing.json").read_text())
     assert on_disk == json.loads(json.dumps(table)) and (tmp_path / "run" / "missing-zero.json").is_file()
-    knn = evaluate_missing(tmp_path / "run", "knn", 3)
-    assert knn["long+short"] == table["long+short"]  # nothing is absent: imputation changes nothing
+    evaluate_missing(tmp_path / "run", "knn", 3)
     assert (tmp_path / "run" / "missing-knn-k3.json").is_file()
+
+
+def test_knn_changes_nothing_where_nothing_is_absent_and_fills_what_is(tmp_path):
+    # Probabilities, not metrics: a metric can stay the same while the imputation changes outputs.
+    ds = tiny_clips()
+    res, out = train(tmp_path, ds, impute="knn", k=3)
+    model, _ = load_model(out / "model")
+    bundle = res.bundle
+    seqs = bundle.val + bundle.test
+    windows = WindowDataset.for_evaluation(seqs, None)
+    batch = windows.collate([windows[i] for i in range(len(windows))])
+    knn = model.predict(batch)[:, 0]
+    model.spec = model.spec.model_copy(update={"impute": "zero"})
+    zero = model.predict(batch)[:, 0]
+    whole = batch["present"]["short"].any(1)  # every 8th clip lacks 'short' in the data
+    assert bool(whole.any()) and bool((~whole).any())
+    torch.testing.assert_close(knn[whole], zero[whole], rtol=0, atol=0)
+    assert (knn[~whole] - zero[~whole]).abs().amax(1).min() > 1e-4  # each clip lacking 'short' got one
 
 
 def test_subsets_of_three():
@@ -139,6 +185,13 @@ def test_cli_train_evaluate_export_predict(tmp_path):
     res = invoke("evaluate", tmp_path / "run", "--missing", "--format", "json")
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout.splitlines()[0])["rows"]) == 3
+    res = invoke("evaluate", tmp_path / "run", "--missing", "--absent", "zero-input", "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "missing-zero-input.json").is_file()
+    assert (tmp_path / "run" / "missing-zero.json").is_file()
+    for args, match in [(["--absent", "nope"], "--absent must be mask or zero-input"),
+                        (["--absent", "zero-input", "--impute", "knn"], "give it with --impute zero")]:
+        assert match in one_line_error(invoke("evaluate", tmp_path / "run", "--missing", *args))
     assert invoke("export", tmp_path / "run", "--out", tmp_path / "model").exit_code == 0
     short_only = write_native(tiny_clips().select_modalities(["short"]), tmp_path / "short")
     res = invoke("predict", tmp_path / "model", "--data", short_only, "--out", tmp_path / "p.csv")
@@ -157,6 +210,8 @@ def test_cli_bad_fusion_input(tmp_path):
         (["--method", "fusion", "--fusion", "cross", "--modalities", "long"], "at least two modalities"),
         (["--method", "fusion", "--modality", "long"], "reads --modalities"),
         (["--method", "fusion", "--fold", "2"], "no folds"),
+        (["--method", "fusion", "--absent", "zero-input"], "--absent (fusion.absent) applies to --moddrop"),
+        (["--method", "fusion", "--moddrop", "--absent", "zeros"], "invalid config key 'fusion.absent'"),
     ]:
         line = one_line_error(invoke("train", "--data", data, *args, "--out", out))
         assert match in line, line
@@ -185,10 +240,29 @@ def test_evaluate_missing_refuses_a_single_modality_run(tmp_path):
     assert "nothing to evaluate" in one_line_error(invoke("evaluate", tmp_path / "run"))
 
 
-@pytest.mark.parametrize("p", [0.3])
-def test_random_moddrop_never_drops_everything(tmp_path, p):
-    res, _ = train(tmp_path, tiny_clips(), moddrop_p=p)
-    assert res["method"]["moddrop_p"] == p
+def test_random_moddrop_drops_in_training_and_never_everything(tmp_path, monkeypatch):
+    # p = 0.9 drops both modalities of about 81 % of the draws, and every 8th clip lacks 'short' in the
+    # data, so a missing guard shows at once; what the loss sees is checked, not the config echoed.
+    ds = tiny_clips()
+    method, bundle = built(tmp_path, ds, moddrop_p=0.9)
+    windows = WindowDataset.for_training(bundle.train, None, None)
+    batch = windows.collate([windows[i] for i in range(len(windows))])
+    seen = []
+    outputs = method.student.outputs
+    monkeypatch.setattr(method.student, "outputs", lambda b, masks=None: seen.append(b) or outputs(b, masks))
+    method.train()
+    for _ in range(30):
+        method.training_loss(batch)
+    have = {m: batch["present"][m].any(1) for m in ("long", "short")}
+    kept = {m: torch.stack([b["present"][m].any(1) for b in seen]) for m in ("long", "short")}
+    assert bool((kept["long"] | kept["short"]).all())  # never a sample without any modality
+    for m in ("long", "short"):
+        dropped = have[m] & ~kept[m]
+        assert 0.05 < float(dropped.float().mean()) < 0.5  # modalities are dropped, not just echoed in the config
+    method.eval()
+    seen.clear()
+    method.training_loss(batch)  # a validation batch (Method.validation_loss): nothing dropped
+    assert all(bool((seen[0]["present"][m] == batch["present"][m]).all()) for m in ("long", "short"))
 
 
 def test_cli_iemocap_bad_input_is_one_line_and_writes_nothing(tmp_path):
@@ -201,3 +275,60 @@ def test_cli_iemocap_bad_input_is_one_line_and_writes_nothing(tmp_path):
     np.save(labels, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
     line = one_line_error(invoke("train", "--data", data, "--method", "fusion", "--fold", "2", "--out", out))
     assert "dev_label.npy" in line and not out.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# An absent modality as the thesis defines it: an all-zero input through the encoders (Table 4.4)
+
+
+def test_zero_input_is_an_all_zero_input_of_the_fixed_length_marked_real(tmp_path):
+    ds = tiny_clips()
+    res, out = train(tmp_path, ds)
+    model, _ = load_model(out / "model")
+    model.requires_grad_(False)
+    windows = WindowDataset.for_evaluation(res.bundle.test, None)
+    batch = windows.collate([windows[i] for i in range(len(windows))])
+    n = batch["mask"].shape[0]
+    model.zero_steps = {"long": 30, "short": 9}  # wider than any clip's 'short' (2-6 steps): padded
+    model.absent = frozenset({"short"})
+    masked = model.predict(batch)
+    model.absent_as = "zero-input"
+    zero_input = model.predict(batch)
+    model.absent = frozenset()
+    by_hand = model.predict({**batch, "x": {**batch["x"], "short": torch.zeros(n, 9, 3)},
+                             "present": {**batch["present"], "short": torch.ones(n, 9, dtype=torch.bool)}})
+    torch.testing.assert_close(zero_input, by_hand)
+    # A zero input still passes the GRU and the attention: not the same as masking the modality out.
+    assert float((zero_input - masked).abs().max()) > 1e-3
+    model.absent_as = "mask"
+    none = torch.zeros_like(batch["present"]["short"])
+    lacking = model.predict({**batch, "present": {**batch["present"], "short": none}})
+    torch.testing.assert_close(masked, lacking)  # masked: as if the data lacked it
+
+
+def test_moddrop_with_zero_input_feeds_zeros_of_the_longest_training_length(tmp_path):
+    ds = tiny_clips()
+    method, bundle = built(tmp_path, ds, moddrop=True, absent="zero-input")
+    steps = {m: max(s.x[m].shape[0] for s in bundle.train) for m in ("long", "short")}
+    assert method.student.zero_steps == steps and method.student.absent_as == "zero-input"
+    windows = method.training_windows(WindowDataset.for_training(bundle.train, None, None))
+    batch = windows.collate([windows[i] for i in range(len(windows))])
+    n = len(bundle.train)
+    long_dropped = slice(n, 2 * n)
+    assert bool(batch["present"]["long"][long_dropped, : steps["long"]].all())
+    assert not batch["x"]["long"][long_dropped].any() and batch["x"]["short"][long_dropped].any()
+    assert bool(batch["present"]["short"][2 * n :, : steps["short"]].all()) and not batch["x"]["short"][2 * n :].any()
+
+
+def test_evaluate_missing_with_zero_input_and_the_protocol_entry(tmp_path):
+    ds = tiny_clips()
+    data = write_native(ds, tmp_path / "data")
+    res = run(TrainConfig(data=data, method="fusion", out=tmp_path / "run", **SMALL))
+    masked = evaluate_missing(tmp_path / "run")
+    zero_input = evaluate_missing(tmp_path / "run", absent="zero-input")
+    assert zero_input["long+short"]["test"] == res["test"]  # nothing removed: the same scores
+    assert zero_input != masked
+    assert json.loads((tmp_path / "run" / "missing-zero-input.json").read_text()) == json.loads(json.dumps(zero_input))
+    assert parse_imputation("zero-input") == ("zero", None, "zero-input")
+    assert parse_imputation("zero") == ("zero", None, "mask") and parse_imputation("knn5") == ("knn", 5, "mask")
+    assert missing_file(*parse_imputation("zero-input")) == "missing-zero-input.json"

@@ -15,7 +15,7 @@ from stew.config import TrainConfig
 from stew.data.synth.iemocap import write_synthetic_iemocap
 from stew.errors import DataError
 from stew.eval.missing import missing_file
-from stew.experiments.protocols import load_protocol, parse_protocol
+from stew.experiments.protocols import load_protocol, parse_imputation, parse_protocol
 from stew.experiments.reproduce import check_data, reproduce, synthesize
 from stew.experiments.store import RunStore
 from stew.report import write_report
@@ -36,7 +36,7 @@ def reduced(**changes) -> dict:
                tables=[{"title": "T+V+A", "metrics": ["recall_mean", "acc"], "rows": [
                    {"label": "cross", "group": "fusion-cross-TVA"},
                    {"label": "intra", "group": "fusion-intra-TVA", "baseline": "fusion-cross-TVA"}]}])
-    raw["groups"]["fusion-intra-TVA"] = {"missing": ["zero", "knn5"]}
+    raw["groups"]["fusion-intra-TVA"] = {"missing": ["zero-input", "zero", "knn5"]}
     raw["base"]["max_epochs"] = 2
     raw.update(changes)
     return raw
@@ -150,10 +150,11 @@ def test_runs_cover_seeds_times_folds_with_missing_files(fusion_out):
     for row in rows:
         assert row["config"]["fold"] == row["seed"] % 2 + 1 and row["config"]["seed"] == row["seed"]
         run_dir = out / row["run_dir"]
-        expected = {"fusion-intra-TVA": ["zero", "knn5"], "fusion-cross-TVA": ["zero"]}.get(row["group"], [])
+        expected = {"fusion-intra-TVA": ["zero-input", "zero", "knn5"],
+                    "fusion-cross-TVA": ["zero-input", "zero"]}.get(row["group"], [])
         assert sorted(row["metrics"].get("missing", {})) == sorted(expected)
         for entry in expected:
-            f = run_dir / missing_file(*(("zero", None) if entry == "zero" else ("knn", 5)))
+            f = run_dir / missing_file(*parse_imputation(entry))
             assert f.is_file() and json.loads(f.read_text()) == row["metrics"]["missing"][entry]
             assert len(row["metrics"]["missing"][entry]) == 7
 
@@ -167,7 +168,10 @@ def test_missing_table_in_the_console(fusion_out):
     assert marks == [("●", "●", "●"), ("●", "●", "○"), ("●", "○", "●"), ("○", "●", "●"),
                      ("●", "○", "○"), ("○", "●", "○"), ("○", "○", "●")]
     cols = missing["columns"]
-    zero = next(c for c in cols if c.startswith("Intra (zero) acc"))
+    zero = next(c for c in cols if c.startswith("Intra (zero input) acc"))
+    masked = next(c for c in cols if c.startswith("Intra (masked) acc"))
+    # The thesis's zero input and stew's mask are two definitions: some subset scores differently.
+    assert [r[zero] for r in missing["rows"][1:]] != [r[masked] for r in missing["rows"][1:]]
     orig = next(c for c in cols if c.startswith("Cross-orig acc"))
     assert all(re.fullmatch(r"\d+\.\d ± \d+\.\d", r[zero]) for r in missing["rows"])  # 4 runs each
     # Only the full set's cross model is in the reduced protocol: the pairs' cross models are N.A.
@@ -211,5 +215,5 @@ def test_resume_keeps_missing_files_and_adds_new_entries(fusion_out, tmp_path):
     assert [f.stat().st_mtime_ns for f in zero_files] == stamps
     with RunStore(copy / "store.sqlite", readonly=True) as store:
         intra = [r for r in store.runs() if r["group"] == "fusion-intra-TVA"]
-    assert all(set(r["metrics"]["missing"]) == {"zero", "knn5", "knn10"} for r in intra)
+    assert all(set(r["metrics"]["missing"]) == {"zero-input", "zero", "knn5", "knn10"} for r in intra)
     assert TrainConfig.model_validate(intra[0]["config"]).fusion.gru_units == 4

@@ -149,6 +149,9 @@ class FusionConfig(Strict):
     sp: bool = True  # statistical pooling; False: the -noSP variant (vectors concatenated)
     moddrop: bool = False  # every training sample also with each single modality absent (M + 1 versions)
     moddrop_p: Prob = 0.0  # instead: drop each modality of each training sample with this probability
+    # How ModDrop removes a modality: masked out (stew's, as `stew evaluate --missing` and predict do) or an
+    # all-zero input through the encoders (the thesis's, docs/methods/fusion.md#missing-modalities).
+    absent: Literal["mask", "zero-input"] = "mask"
     # An absent modality at evaluation/prediction: masked out ("zero" vectors) or imputed from the K
     # nearest training samples' vectors ("knn", intra only).
     impute: Literal["zero", "knn"] = "zero"

@@ -89,6 +89,9 @@ def train(
     moddrop_p: Annotated[
         float | None, typer.Option(help="--method fusion: instead drop each modality at random with this probability")
     ] = None,
+    absent: Annotated[str | None, typer.Option(
+        help="--moddrop / --moddrop-p: a dropped modality is masked out (mask, default) or fed as an all-zero input "
+             "(zero-input, the thesis's)")] = None,
     impute: Annotated[
         str | None, typer.Option(help="--method fusion: an absent modality is zero (masked) or knn-imputed")
     ] = None,
@@ -112,7 +115,7 @@ def train(
         raise DataError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     fusion_opts = {
         "kind": fusion, "modalities": _comma_list(modalities), "pairs": _comma_list(pairs), "sp": sp,
-        "moddrop": moddrop, "moddrop_p": moddrop_p, "impute": impute, "k": k,
+        "moddrop": moddrop, "moddrop_p": moddrop_p, "absent": absent, "impute": impute, "k": k,
     }
     fusion_opts = {key: v for key, v in fusion_opts.items() if v is not None}
     options = dict(
@@ -148,6 +151,9 @@ def evaluate(
         str | None, typer.Option(help="absent modalities: zero (masked out) | knn (default: as the model was trained)")
     ] = None,
     k: Annotated[int | None, typer.Option("--k", min=1, help="--impute knn: neighbours")] = None,
+    absent: Annotated[str | None, typer.Option(
+        help="--impute zero: absent modalities masked out (mask) or fed as an all-zero input through the encoders "
+             "(zero-input, the thesis's Table 4.4); default: as the run's ModDrop, else mask")] = None,
     fmt: FormatOpt = TableFormat.table,
 ) -> None:
     """Re-score a run; with --missing, write RUN/missing.json and print the missing-modality table."""
@@ -159,12 +165,15 @@ def evaluate(
         raise DataError(f"--impute must be zero or knn, not {impute!r}")
     if k is not None and impute != "knn":
         raise DataError("--k applies to --impute knn")
-    res = evaluate_missing(run_dir, impute, k)
+    if absent not in (None, "mask", "zero-input"):
+        raise DataError(f"--absent must be mask or zero-input, not {absent!r}")
+    res = evaluate_missing(run_dir, impute, k, absent=absent)
     # The run's selection metric (weighted F1, accuracy, CCC) heads the table.
     first = next(iter(res.values()))["val"]
     key = next(k for k in ("f1_weighted", "acc", "ccc", "ccc_mean", "pcc") if k in first)
     c = table_console(fmt)
-    c.print(missing_table(res, key, f"{run_dir} · ● present ○ absent · {impute or 'as trained'}"))
+    how = " ".join(v for v in (impute, absent) if v) or "as trained"
+    c.print(missing_table(res, key, f"{run_dir} · ● present ○ absent · {how}"))
     c.print(f"written to {run_dir / 'missing.json'}")
 
 

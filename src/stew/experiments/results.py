@@ -247,7 +247,7 @@ def subset_scores(row: dict[str, Any], entry: str, subset: tuple[str, ...]) -> d
 
 def missing_tables(protocol: Protocol, collected: dict[str, dict[int, dict[str, Any]]]) -> list[MissingTableResult]:
     """The protocol's ``missing_tables``: each subset x column cell from the store rows' ``metrics["missing"]``
-    (zero, knnK) or, for ``orig``, the subset's own group's scores; test when every cell's runs have it."""
+    (zero, zero-input, knnK) or, for ``orig``, the subset's own group's scores; test when every cell's runs have it."""
     names = set(protocol.group_names())
     out = []
     for spec in protocol.missing_tables:
@@ -300,7 +300,10 @@ def missing_note(t: MissingTableResult) -> str:
     imputes = {c.impute for c in t.columns}
     parts = ["●: modality present, ○: absent at evaluation"]
     if "zero" in imputes:
-        parts.append("zero: a model trained on every modality, absent inputs masked out (the thesis's zero-filling)")
+        parts.append("zero: a model trained on every modality, absent modalities masked out (stew's definition)")
+    if "zero-input" in imputes:
+        parts.append("zero-input: a model trained on every modality, each absent modality fed as an all-zero input "
+                     "through its encoder (the thesis's definition, Table 4.4)")
     if any(i.startswith("knn") for i in imputes):
         parts.append("knnK: an intra model, absent modality vectors imputed as the mean of the K nearest training "
                      "samples' vectors")

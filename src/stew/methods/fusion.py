@@ -20,6 +20,7 @@ frames: attention runs across the steps, and SP and the classifier run at every 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from stew.data.dataset import Dataset
 from stew.data.preprocess import WindowDataset
 from stew.errors import DataError
 from stew.methods.base import STUDENT_KNOBS, Method, MethodDef, prediction_loss
-from stew.models.fused import FusedModel, FusedSpec
+from stew.models.fused import Absent, FusedModel, FusedSpec
 from stew.models.fusion import FusionSpec
 
 # docs/methods/fusion.md#encoders: the time-step Conv1d of the IEMOCAP inputs (audio 1000 -> 500 steps, video 32 -> 25),
@@ -39,32 +40,36 @@ IEMOCAP_STEP_RATIO = {"audio": 500 / 1000, "video": 25 / 32}
 
 
 class Fusion(Method):
-    def __init__(self, spec: FusedSpec, loss: str, moddrop: bool, moddrop_p: float, seed: int) -> None:
+    def __init__(self, spec: FusedSpec, loss: str, moddrop: bool, moddrop_p: float, seed: int,
+                 absent: Absent = "mask", zero_steps: dict[str, int] | None = None) -> None:
         super().__init__()
         self.student = FusedModel(spec)
+        # How ModDrop removes a modality: masked out (stew's) or an all-zero input (the thesis's).
+        self.student.absent_as, self.student.zero_steps = absent, dict(zero_steps or {})
         self.loss_name, self.moddrop, self.moddrop_p = loss, moddrop, moddrop_p
         self._rng = torch.Generator().manual_seed(seed)
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        masks = self.student.masks(batch)
         if self.moddrop_p and self.training:  # never on a validation batch (Method.validation_loss)
-            masks = self._drop_at_random(masks)
-        out = self.student.outputs(batch, masks)
+            batch = self.student.remove(batch, self.drop_at_random(batch))
+        out = self.student.outputs(batch)
         loss = prediction_loss(out, batch["y"], batch["mask"], self.student.spec.task, self.loss_name)
         return loss, {"prediction": loss.detach()}
 
-    def _drop_at_random(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each sample loses each modality with probability p; one it would lose entirely keeps them all."""
-        mods = list(masks)
-        n = next(iter(masks.values())).shape[0]
-        drop = torch.rand(n, len(mods), generator=self._rng) < self.moddrop_p
-        drop[drop.all(1)] = False
-        return {m: masks[m] & ~drop[:, j : j + 1] for j, m in enumerate(mods)}
+    def drop_at_random(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Which samples lose each modality ([B] bool per modality): each with probability p, except that
+        a sample about to be left with no modality (counting those its data lack) keeps them all."""
+        mods = self.student.spec.modalities
+        mask = batch["mask"]
+        drop = (torch.rand(mask.shape[0], len(mods), generator=self._rng) < self.moddrop_p).to(mask.device)
+        have = torch.stack([batch["present"][m].any(1) for m in mods], 1)
+        drop[~(have & ~drop).any(1)] = False
+        return {m: drop[:, j] for j, m in enumerate(mods)}
 
     def training_windows(self, windows: WindowDataset) -> WindowDataset:
         if not self.moddrop:
             return windows
-        return ModDropWindows(windows, self.student.spec.modalities)
+        return ModDropWindows(windows, self.student.spec.modalities, self.student.remove)
 
     @torch.no_grad()
     def after_fit(self, bundle: Bundle) -> None:
@@ -77,18 +82,22 @@ class Fusion(Method):
         spec = self.student.spec
         return {
             "fusion": spec.fusion.fusion, "modalities": spec.modalities, "pairs": spec.fusion.pair_names,
-            "sp": spec.fusion.sp, "moddrop": self.moddrop, "moddrop_p": self.moddrop_p, "impute": spec.impute,
+            "sp": spec.fusion.sp, "moddrop": self.moddrop, "moddrop_p": self.moddrop_p,
+            "absent": self.student.absent_as, "impute": spec.impute,
             "k": spec.k, "parameters": sum(p.numel() for p in self.student.net.parameters()),
         }
 
 
 class ModDropWindows(WindowDataset):
-    """The training windows M + 1 times: as they are, then with each single modality absent."""
+    """The training windows M + 1 times: as they are, then with each single modality absent, removed by
+    ``remove`` (the model's :meth:`FusedModel.remove`: masked out or an all-zero input)."""
 
-    def __init__(self, base: WindowDataset, modalities: list[str]) -> None:
+    def __init__(self, base: WindowDataset, modalities: list[str],
+                 remove: Callable[[dict, dict[str, torch.Tensor]], dict]) -> None:
         super().__init__(base.seqs, base.spans, base.context)
         self.modalities = modalities
         self.versions = [None, *modalities]
+        self.remove = remove
 
     def __len__(self) -> int:
         return len(self.spans) * len(self.versions)
@@ -98,11 +107,8 @@ class ModDropWindows(WindowDataset):
 
     def collate(self, items: list) -> dict:
         batch = super().collate([span for span, _ in items])
-        for j, (_, dropped) in enumerate(items):
-            if dropped is not None:
-                batch["x"][dropped][j] = 0.0
-                batch["present"][dropped][j] = False
-        return batch
+        drop = {m: torch.tensor([dropped == m for _, dropped in items]) for m in self.modalities}
+        return self.remove(batch, drop)
 
 
 @torch.no_grad()
@@ -172,7 +178,7 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Fusion:
     if step_conv is None:
         # The thesis's time-step conv (docs/methods/fusion.md#encoders) mixes a fixed number of steps: only for
         # data laid out that way (IEMOCAP).
-        fixed = ds.meta.get("max_steps", {}) if ds.meta.get("format") == "iemocap-amh" else {}
+        fixed = fixed_steps(ds)
         step_conv = {m: (fixed[m], max(1, round(fixed[m] * r))) for m, r in IEMOCAP_STEP_RATIO.items() if m in fixed}
     step_conv = {m: tuple(v) for m, v in step_conv.items() if m in mods}
     text_dropout = {m: f.text_dropout for m in mods if m == "text" and f.text_dropout}
@@ -192,7 +198,19 @@ def build(cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Fusion:
     if f.kind == "intra":  # every intra model keeps its bank, so `stew evaluate --impute knn` can use it
         bank = _bank_size(bundle, net.used_modalities, sequence_level)
     spec = FusedSpec(task=ds.task, targets=bundle.targets, fusion=net, impute=f.impute, k=f.k, bank_size=bank)
-    return Fusion(spec, cfg.loss, f.moddrop, f.moddrop_p, cfg.seed)
+    return Fusion(spec, cfg.loss, f.moddrop, f.moddrop_p, cfg.seed, f.absent, zero_input_steps(bundle))
+
+
+def fixed_steps(ds: Dataset) -> dict[str, int]:
+    """The padded length of each modality where the data fix one (the IEMOCAP AMH release), else none."""
+    return ds.meta.get("max_steps", {}) if ds.meta.get("format") == "iemocap-amh" else {}
+
+
+def zero_input_steps(bundle: Bundle) -> dict[str, int]:
+    """The length of the thesis's all-zero input per modality (absent as ``zero-input``): the data's fixed
+    padded length (IEMOCAP AMH: audio 1,000, video 32, text 128), else the longest training sequence's."""
+    fixed = fixed_steps(bundle.ds)
+    return {m: int(fixed.get(m) or max(s.x[m].shape[0] for s in bundle.train)) for m in bundle.modalities}
 
 
 def _bank_size(bundle: Bundle, mods: list[str], sequence_level: bool) -> int:
@@ -210,11 +228,15 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
 
 
 def unused(cfg: TrainConfig) -> list[tuple[str, str]]:
-    """Fusion knobs set but unused: K without KNN imputation."""
+    """Fusion knobs set but unused: K without KNN imputation, how ModDrop removes a modality without ModDrop."""
     f = cfg.fusion
+    out = []
     if "k" in f.model_fields_set and f.impute != "knn":
-        return [("fusion.k", f"applies to --impute knn, not --impute {f.impute}; leave it out")]
-    return []
+        out.append(("fusion.k", f"applies to --impute knn, not --impute {f.impute}; leave it out"))
+    if "absent" in f.model_fields_set and not (f.moddrop or f.moddrop_p):
+        out.append(("fusion.absent", "applies to --moddrop or --moddrop-p (how training drops a modality); "
+                                     "score a run with `stew evaluate RUN --missing --absent ...`"))
+    return out
 
 
 # Adam at 1e-3, early stopping after 10 epochs without a better validation score (docs/methods/fusion.md).

@@ -7,7 +7,10 @@ the batch layout of stew's trainer, and what to do with an absent modality:
 - ``zero``: the absent modality is masked out, so every vector that reads it is zero at the input of
   statistical pooling (see fusion.py). The thesis zero-fills the *raw input* instead, which still
   flows through the conv bias and the GRU; stew's inputs are standardised, so a zero input would be
-  the training mean, not "absent". docs/choices.md has the reasoning.
+  the training mean, not "absent". docs/choices.md has the reasoning. ``absent_as = "zero-input"``
+  (``stew evaluate --missing --absent zero-input``, ``fusion.absent`` for ModDrop) feeds the thesis's
+  definition instead: an all-zero input of the modality's fixed length, every step marked real
+  (:meth:`FusedModel.remove`).
 - ``knn``: the absent modality's vector is the mean of its K nearest training neighbours' vectors
   (Euclidean, on the present modalities' vectors concatenated), from a memory bank of the training
   samples' per-modality vectors saved with the weights (docs/methods/fusion.md#knn-imputation). Intra
@@ -19,12 +22,17 @@ data, at the steps where its mask is False.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from stew.models.fusion import FusionModel
 from stew.models.specs import FusedSpec, Impute  # noqa: F401 - re-exported (old import path
 from stew.models.student import activate
+
+Absent = Literal["mask", "zero-input"]
 
 
 class FusedModel(nn.Module):
@@ -37,6 +45,10 @@ class FusedModel(nn.Module):
             self.register_buffer(f"bank_{m}", torch.zeros(spec.bank_size, width))
         # Modalities treated as absent whatever the data say: `stew evaluate --missing` sets this.
         self.absent: frozenset[str] = frozenset()
+        # How a removed modality (self.absent, ModDrop) is fed: masked out, or the thesis's all-zero input of
+        # zero_steps[m] steps (the data's fixed length; see remove). Not part of the deployed spec.
+        self.absent_as: Absent = "mask"
+        self.zero_steps: dict[str, int] = {}
 
     @property
     def context(self) -> tuple[int, int]:
@@ -44,16 +56,51 @@ class FusedModel(nn.Module):
 
     def masks(self, batch: dict) -> dict[str, torch.Tensor]:
         """Each modality's step mask: its own clock (pooled over time) or the label steps' grid."""
-        out = {}
-        for m in self.spec.modalities:
-            mask = batch["present"][m] if self.spec.fusion.pool_time else batch["present"][m] & batch["mask"]
-            out[m] = torch.zeros_like(mask) if m in self.absent else mask
-        return out
+        pool_time = self.spec.fusion.pool_time
+        return {m: batch["present"][m] if pool_time else batch["present"][m] & batch["mask"]
+                for m in self.spec.modalities}
+
+    def remove(self, batch: dict, drop: dict[str, torch.Tensor]) -> dict:
+        """``batch`` with modality m removed from the samples where ``drop[m]`` ([B] bool) is True, as
+        ``absent_as`` says: ``mask``: values zeroed and every step masked; ``zero-input`` (the thesis's
+        Table 4.4 and ModDrop): an all-zero input with its steps marked real, ``zero_steps[m]`` long on
+        sequence-level data (the data's fixed padded length, so the absent modality's own length says
+        nothing; a time-step conv's T_in, else the batch's width, when not set), the label steps on
+        step-level data. The batch given is not changed."""
+        x, present = dict(batch["x"]), dict(batch["present"])
+        for m, rows in drop.items():
+            if not bool(rows.any()):
+                continue
+            xm, pm = x[m].clone(), present[m].clone()
+            xm[rows] = 0.0
+            pm[rows] = False
+            if self.absent_as == "zero-input":
+                if self.spec.fusion.pool_time:
+                    conv = self.spec.fusion.step_conv.get(m)
+                    t = self.zero_steps.get(m) or (conv[0] if conv else xm.shape[1])
+                    if t > xm.shape[1]:  # wider than the batch: pad every sample (masked) to t steps
+                        pm = torch.cat([pm, pm.new_zeros(pm.shape[0], t - pm.shape[1])], 1)
+                        xm = F.pad(xm, (0, 0, 0, t - xm.shape[1]))
+                    pm[rows, :t] = True
+                else:
+                    pm[rows] = batch["mask"][rows]
+            x[m], present[m] = xm, pm
+        return {**batch, "x": x, "present": present}
+
+    def _with_absent(self, batch: dict) -> dict:
+        """``batch`` with the modalities of ``self.absent`` removed from every sample."""
+        if not self.absent:
+            return batch
+        n = batch["mask"].shape[0]
+        every = torch.ones(n, dtype=torch.bool, device=batch["mask"].device)
+        return self.remove(batch, {m: every for m in self.spec.modalities if m in self.absent})
 
     def vectors(self, batch: dict, masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The vectors at the input of SP, absent modalities imputed when the model says so (never while
         training: the memory bank is filled after training)."""
-        masks = self.masks(batch) if masks is None else masks
+        if masks is None:
+            batch = self._with_absent(batch)
+            masks = self.masks(batch)
         vectors = self.net.vectors(batch["x"], masks)
         if self.spec.impute == "knn" and not self.training:
             vectors = self.impute(vectors, masks)

@@ -57,17 +57,21 @@ class Synthetic(_Strict):
     layout: Literal["native", "avec"] = "native"
 
 
-# A missing-modality evaluation: absent modalities masked out (zero) or imputed from the K nearest
-# training samples (knnK, intra fusion models only).
-IMPUTATION = r"zero|knn[1-9][0-9]*"
+# A missing-modality evaluation: absent modalities masked out (zero, stew's), fed as an all-zero input
+# through the encoders (zero-input, the thesis's Table 4.4) or imputed from the K nearest training
+# samples (knnK, intra fusion models only).
+IMPUTATION = r"zero|zero-input|knn[1-9][0-9]*"
 Imputation = Annotated[str, Field(pattern=f"^({IMPUTATION})$")]
 
 
-def parse_imputation(name: str) -> tuple[str, int | None]:
-    """``"zero"`` -> ("zero", None); ``"knn10"`` -> ("knn", 10)."""
+def parse_imputation(name: str) -> tuple[str, int | None, str]:
+    """(impute, k, absent) for stew.eval.missing: ``"zero"`` -> ("zero", None, "mask"); ``"zero-input"`` ->
+    ("zero", None, "zero-input"); ``"knn10"`` -> ("knn", 10, "mask")."""
     if not re.fullmatch(IMPUTATION, name):
-        raise ValueError(f"unknown imputation {name!r}: write zero or knnK (e.g. knn10)")
-    return ("zero", None) if name == "zero" else ("knn", int(name[3:]))
+        raise ValueError(f"unknown imputation {name!r}: write zero, zero-input or knnK (e.g. knn10)")
+    if name.startswith("knn"):
+        return "knn", int(name[3:]), "mask"
+    return "zero", None, "zero-input" if name == "zero-input" else "mask"
 
 
 class GroupSpec(_Strict):
@@ -306,7 +310,8 @@ class Protocol(_Strict):
         if self.folds:
             run["fold"] = self.fold_of(seed)
         # A protocol reproduces its paper: CM-StEW runs take the paper recipe unless the protocol names one.
-        raw = _merge({"recipe": "paper"}, _merge(fields, {**(overrides or {}), **run}))
+        # Tracked runs land in one experiment named after the protocol unless --set experiment=... names another.
+        raw = _merge({"recipe": "paper", "experiment": self.name}, _merge(fields, {**(overrides or {}), **run}))
         try:
             return TrainConfig.model_validate(raw)
         except ValidationError as e:
