@@ -3,13 +3,21 @@ which modalities a run standardises is a documented option (``standardize``)."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
 import pytest
 
+import stew
+from stew.config import TrainConfig
 from stew.data.dataset import Sequence
+from stew.data.formats.native import write_native
 from stew.data.windows import Standardizer, moments
+from stew.errors import DataError
+from stew.training.resolve import make_bundle, resolve
+from tests.conftest import tiny_clips
+from tests.test_cli import invoke, one_line_error
 
 
 def numpy_fit(blocks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -67,3 +75,44 @@ def test_standardizer_fit_matches_the_old_computation_on_present_steps():
                         masks={"a": np.zeros(2, bool)}, targets=np.zeros((1, 1), np.float32), step_ids=["0"])]
     empty = Standardizer.fit(nothing, ["a"])  # no present step: centred at 0, unscaled
     np.testing.assert_array_equal(empty.mean["a"], 0.0) and np.testing.assert_array_equal(empty.std["a"], 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Which modalities a run standardises (docs/choices.md, "Standardisation")
+
+
+@pytest.mark.parametrize("standardize, scaled", [("all", {"long", "short"}), (["long"], {"long"}), ([], set())])
+def test_standardize_chooses_the_modalities_that_are_z_scored(tmp_path, standardize, scaled):
+    ds = tiny_clips()
+    cfg = resolve(TrainConfig(data=tmp_path, method="fusion", standardize=standardize), ds)
+    bundle = make_bundle(cfg, ds, ["long", "short"])
+    for m in ("long", "short"):
+        raw = np.concatenate([s.source.features[m][s.source.masks[m]] for s in bundle.train])
+        got = np.concatenate([s.x[m].numpy()[s.present[m].numpy()] for s in bundle.train])
+        if m in scaled:
+            np.testing.assert_allclose(got.mean(0), 0, atol=1e-5)
+            np.testing.assert_allclose(got.std(0), 1, atol=1e-4)
+        else:  # fed as it is, and deployed that way (the model folder's standardiser is the identity)
+            np.testing.assert_array_equal(got, raw)
+            assert not bundle.scaler.mean[m].any() and (bundle.scaler.std[m] == 1).all()
+
+
+def test_standardize_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    data = write_native(tiny_clips(), tmp_path / "data")
+    out = tmp_path / "run"
+    line = one_line_error(invoke("train", "--data", data, "--method", "fusion", "--standardize", "long,nope",
+                                 "--out", out))
+    assert "--standardize names nope, which the data does not have" in line and not out.exists()
+    with pytest.raises(DataError, match="standardize"):
+        stew.train(tiny_clips(), "fusion", out=out, standardize="some")
+    assert not out.exists()
+
+
+def test_cli_standardize_none_reaches_the_run_and_the_model_folder(tmp_path):
+    data = write_native(tiny_clips(), tmp_path / "data")
+    res = invoke("train", "--data", data, "--method", "fusion", "--standardize", "none", "--max-epochs", "1",
+                 "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["standardize"] == []
+    scaler = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["standardizer"]
+    assert all(set(v["mean"]) == {0.0} and set(v["std"]) == {1.0} for v in scaler.values())

@@ -227,6 +227,9 @@ class TrainConfig(Strict):
     eval_window_s: Pos | None = None  # None: window_s; 3 s for SEW (per-step models ignore context)
     feature_set: str | None = None  # AVEC RECOLA: arousal or valence feature set (default: the target)
     fold: Annotated[int, Field(ge=1, le=5)] | None = None  # IEMOCAP AMH folds: which of fold01..fold05 (default 1)
+    # Which modalities are z-scored on the present training steps: "all" (every modality the run reads), or a
+    # list of them, the others fed as they are ([]: none). docs/choices.md, "Standardisation".
+    standardize: Literal["all"] | list[str] = "all"
 
     # model
     gru_units: Count | None = None  # None: the input dimension (docs/methods/unimodal.md#encoder)

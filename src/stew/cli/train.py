@@ -97,6 +97,9 @@ def train(
     ] = None,
     k: Annotated[int | None, typer.Option("--k", help="--impute knn: neighbours (default 10)")] = None,
     fold: Annotated[int | None, typer.Option(help="IEMOCAP AMH data: fold 1-5 (default 1)")] = None,
+    standardize: Annotated[str | None, typer.Option(
+        help="modalities z-scored on the training steps: all (default) | none | a comma-separated list (e.g. audio: "
+             "the thesis's IEMOCAP, MFCCs only)")] = None,
     val_from: Annotated[str | None, typer.Option(
         help="validation from: train (whole groups carved from it) | test (whole groups of a labelled test "
              "split, test reported on the others) | auto (default: test when a modality the run reads looks "
@@ -124,6 +127,8 @@ def train(
         lr_scheduler=lr_scheduler,
         resume=resume, postprocess=postprocess, overwrite=overwrite or None, fold=fold, fusion=fusion_opts or None,
         val_from=val_from, val_groups=val_groups,
+        standardize=None if standardize is None else "all" if standardize.strip() == "all"
+        else [] if standardize.strip() == "none" else _comma_list(standardize),
         flagged=None if flagged is None else [] if flagged.strip() == "none" else _comma_list(flagged),
     )
     cfg = api.train_config(data, method, out=out, config=config, **options)

@@ -51,6 +51,10 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
             raise DataError(f"unknown modality {name!r}; the data has {mods}")
     if cfg.target is not None and cfg.target not in ds.targets:
         raise DataError(f"unknown target {cfg.target!r}; the data has {ds.targets}")
+    if cfg.standardize != "all":
+        unknown = [m for m in cfg.standardize if m not in ds.modalities]
+        if unknown:
+            raise DataError(f"--standardize names {', '.join(unknown)}, which the data does not have ({mods})")
     if cfg.loss is None:
         upd["loss"] = {"regression": d.regression_loss or "mse", "binary": "bce", "multiclass": "ce"}[ds.task]
     elif (cfg.loss in ("bce",)) != (ds.task == "binary") or (cfg.loss == "ce") != (ds.task == "multiclass"):
@@ -106,9 +110,12 @@ def make_bundle(cfg: TrainConfig, ds: Dataset, modalities: list[str]) -> Bundle:
             raise DataError(f"dataset {ds.name!r} has an empty {sp!r} split")
     targets = target_names(cfg, ds)
     cols = [ds.targets.index(t) for t in targets]
-    # A waveform is left as it is (RMS-normalised per clip when read): z-scoring raw samples would
-    # need every training sample in memory twice and changes nothing the model cares about.
-    scaler = Standardizer.fit(ds.split("train"), modalities, unscaled=ds.meta.get("unscaled", ()))
+    # A waveform is left as it is (RMS-normalised per clip when read): z-scoring raw samples changes nothing
+    # the model cares about. `standardize` leaves others as they are too (docs/choices.md, "Standardisation").
+    unscaled = set(ds.meta.get("unscaled", ()))
+    if cfg.standardize != "all":
+        unscaled |= set(modalities) - set(cfg.standardize)
+    scaler = Standardizer.fit(ds.split("train"), modalities, unscaled=unscaled)
     rate = ds.step_rate_hz if ds.label_level == "step" else None  # one label per sequence: no windows
     k = delay_steps(cfg.label_delay_s or 0.0, rate)
     parts = {sp: prepare(ds.split(sp), modalities, cols, scaler, k) for sp in ("train", "val", "test")}

@@ -269,7 +269,8 @@ def read_iemocap(root: Path, fold: int = 1) -> Dataset:
 
     The MFCCs are not standardised here: the trainer z-scores every modality with statistics of the
     present training steps (``stew.data.preprocess.Standardizer``), which is the standardisation the
-    thesis describes (the released code computed it but discarded the result).
+    thesis describes for the MFCCs (the released code computed it but discarded the result); video and
+    text are z-scored too unless ``standardize`` names only some modalities (docs/choices.md).
     """
     root = Path(root)
     fold_dir = _fold_dir(root, fold)
