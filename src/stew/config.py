@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stew.errors import DataError
 from stew.models.specs import BlockOrder, GateActivation, Init, OutputActivation
@@ -30,7 +30,9 @@ NonNeg = Annotated[float, Field(ge=0)]
 Pos = Annotated[float, Field(gt=0)]
 Count = Annotated[int, Field(ge=1)]
 Prob = Annotated[float, Field(ge=0, lt=1)]  # dropout: 1 would zero every unit
+Precision = Literal["32", "bf16-mixed", "16-mixed"]
 SEED_MAX = 2**32 - 1  # numpy and Lightning seed with a uint32
+DEFAULT_MLFLOW_DB = "mlruns.db"  # --tracker mlflow without --tracking-uri: this SQLite file in the working folder
 TRAIN_VAL_GROUPS = 10  # validation groups carved from train unless val_groups says otherwise (the papers')
 
 
@@ -264,6 +266,18 @@ class TrainConfig(Strict):
     overwrite: bool = False
     postprocess: bool = False  # AVEC chain (median filter, centring, scaling, shift) searched on validation
 
+    # Where a run trains (docs/devices.md). Checked against the machine when the run starts, not here: a
+    # protocol's configuration is built where the sweep starts and may run on another machine.
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"  # auto: a CUDA GPU when torch sees one, else the CPU
+    devices: Count = 1  # stew trains a run on one device: more are refused (docs/devices.md#devices)
+    precision: Precision = "32"  # bf16-mixed on CPU or GPU; 16-mixed on a GPU only
+    # Run tracking (docs/tracking.md): parameters, per-epoch losses and metrics, the run folder as artefacts.
+    tracker: Literal["none", "mlflow", "tensorboard"] = "none"
+    # mlflow: a tracking URI (default sqlite:///<working folder>/mlruns.db, fixed when the configuration is
+    # made); tensorboard: a folder (default <run>/logs/tensorboard).
+    tracking_uri: str | None = None
+    experiment: Annotated[str, Field(min_length=1)] | None = None  # None: "stew"; a protocol's runs: its name
+
     sew: SEWConfig = Field(default_factory=SEWConfig)
     cmstew: CMStEWConfig = Field(default_factory=CMStEWConfig)
     emobed: EmoBedConfig = Field(default_factory=EmoBedConfig)
@@ -276,6 +290,11 @@ class TrainConfig(Strict):
     def teachers(self) -> list[str]:
         """The stronger modalities: ``--teacher text,video`` names several (CM-StEW)."""
         return [t.strip() for t in self.teacher.split(",")] if self.teacher else []
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # YAML and --set read 32 as a number
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -293,6 +312,12 @@ class TrainConfig(Strict):
             raise ValueError(f"teacher {self.teacher!r} must differ from modality {self.modality!r}")
         if self.resume and self.overwrite:
             raise ValueError("give resume (continue the run folder) or overwrite (replace it), not both")
+        if self.tracker == "none" and self.tracking_uri is not None:
+            raise ValueError("tracking_uri applies to tracker mlflow or tensorboard")
+        if self.tracker == "mlflow" and self.tracking_uri is None:
+            # Fixed now, where the configuration is made: every run of a sweep then writes to the same store,
+            # wherever its process starts (docs/tracking.md).
+            self.tracking_uri = f"sqlite:///{Path.cwd().absolute() / DEFAULT_MLFLOW_DB}"
         return self
 
 

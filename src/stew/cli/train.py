@@ -109,6 +109,18 @@ def train(
     flagged: Annotated[str | None, typer.Option(
         help="modalities whose training features are fitted on their own labels, comma-separated, or 'none' "
              "(default: the leakage probe decides)")] = None,
+    accelerator: Annotated[str | None, typer.Option(
+        help="auto (default: a CUDA GPU when torch sees one, else the CPU) | cpu | gpu")] = None,
+    devices: Annotated[int | None, typer.Option(help="devices per run: 1 (stew trains a run on one device)")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="32 (default) | bf16-mixed (CPU or GPU) | 16-mixed (GPU only)")] = None,
+    tracker: Annotated[str | None, typer.Option(
+        help="none (default) | mlflow | tensorboard: parameters, per-epoch metrics, the run folder "
+             "(pip install 'stew[tracking]')")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="mlflow: tracking URI (default sqlite:///mlruns.db in the working folder); tensorboard: a folder "
+             "(default RUN/logs/tensorboard)")] = None,
+    experiment: Annotated[str | None, typer.Option(help="the tracker's experiment (default stew)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train one model; write RUN/metrics.json, RUN/predictions.csv and RUN/model/."""
@@ -130,6 +142,8 @@ def train(
         standardize=None if standardize is None else "all" if standardize.strip() == "all"
         else [] if standardize.strip() == "none" else _comma_list(standardize),
         flagged=None if flagged is None else [] if flagged.strip() == "none" else _comma_list(flagged),
+        accelerator=accelerator, devices=devices, precision=precision, tracker=tracker, tracking_uri=tracking_uri,
+        experiment=experiment,
     )
     cfg = api.train_config(data, method, out=out, config=config, **options)
     if fusion_opts and not methods.get(cfg.method).fuses:

@@ -139,11 +139,33 @@ def stitch(lengths: list[int], spans: torch.Tensor, outputs: torch.Tensor) -> li
     return full
 
 
-def loader(ds: WindowDataset, batch_size: int, shuffle: bool, seed: int = 0) -> torch.utils.data.DataLoader:
+def loader(
+    ds: WindowDataset, batch_size: int, shuffle: bool, seed: int = 0, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """Batches of ``ds``; the shuffle draws from its own CPU generator, so the order is one per seed on every
+    device. ``pin_memory`` (for a GPU): page-locked batches copy to the device asynchronously."""
     g = torch.Generator().manual_seed(seed)
+    # No worker processes: the sequences are in memory and a batch is a few tensor copies, cheaper than a
+    # worker's start-up (a fresh process importing torch) and the pickling of every batch it hands back.
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, collate_fn=ds.collate, generator=g, num_workers=0
+        ds, batch_size=batch_size, shuffle=shuffle, collate_fn=ds.collate, generator=g, num_workers=0,
+        pin_memory=pin_memory,
     )
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights live (the CPU for a model without any)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """``batch`` (nested dicts of tensors, as :meth:`WindowDataset.collate` makes them) on ``device``."""
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True)
+            if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def context_of(model: torch.nn.Module) -> tuple[int, int]:
@@ -165,10 +187,11 @@ def predict_windows(
     was_training = model.training
     model.eval()
     wds = WindowDataset.for_evaluation(seqs, win, context_of(model))
+    device = device_of(model)  # the batches follow the model; the outputs come back to the CPU
     spans, outs = [], []
-    for batch in loader(wds, batch_size, shuffle=False):
+    for batch in loader(wds, batch_size, shuffle=False, pin_memory=device.type == "cuda"):
         spans.append(batch["spans"])
-        outs.append(model.predict(batch))
+        outs.append(model.predict(to_device(batch, device)).float().cpu())
     model.train(was_training)
     t_max = max(o.shape[1] for o in outs)
     outs = [torch.nn.functional.pad(o, (0, 0, 0, t_max - o.shape[1])) for o in outs]

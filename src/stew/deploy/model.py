@@ -77,7 +77,8 @@ def save_model(
         "label_scale": bundle.ds.meta.get("label_scale") if bundle.task == "regression" else None,
         "provenance": {"method": cfg.method, "teacher": cfg.teacher, "seed": cfg.seed, "data": str(cfg.data)},
     }
-    _write_atomically(out, {k: v.detach().contiguous() for k, v in student.state_dict().items()}, meta)
+    # Weights on the CPU whatever device trained them: a model folder loads anywhere.
+    _write_atomically(out, {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}, meta)
     return out
 
 

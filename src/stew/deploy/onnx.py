@@ -170,9 +170,17 @@ def _quiet_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+def on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself when its weights are on the CPU, else a CPU copy: an export traces and checks on the
+    CPU, whatever device trained the model, and leaves the caller's model where it is."""
+    if all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers())):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
 def to_onnx(model: SingleModalityModel | RawAudioModel) -> bytes:
     """The ONNX graph of ``model`` (eval mode), checked against torch; a DataError if it cannot be made."""
-    model = model.eval()
+    model = on_cpu(model.eval())
     wrapper = Deployable(model if isinstance(model, RawAudioModel) else dense_copy(model)).eval()
     # A padded batch: the trace must take the masked path (see the module docstring).
     x, mask = example_inputs(model, [6, 3])
@@ -338,7 +346,7 @@ def fused_example_inputs(model: FusedModel, lengths: list[int], seed: int = 0) -
 
 def fused_to_onnx(model: FusedModel) -> bytes:
     """The ONNX graph of a fusion model, checked against torch (see :func:`export_copy_fused`)."""
-    model = model.eval()
+    model = on_cpu(model.eval())
     wrapper = DeployableFused(export_copy_fused(model)).eval()
     names = input_names(model.spec)
     args = fused_example_inputs(model, [6, 4, 3])

@@ -34,8 +34,11 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 
-# Fields that change where or how fast a run executes, not what it computes.
-_NOT_IN_KEY = ("out", "progress", "threads", "resume", "overwrite", "data")
+# Fields that change where or how fast a run executes, or where it is tracked, not what it computes. (A GPU's
+# results are not bit-identical to the CPU's, docs/devices.md, but a sweep resumed on other hardware keeps its
+# finished runs; precision changes the arithmetic and stays in the key.)
+_NOT_IN_KEY = ("out", "progress", "threads", "resume", "overwrite", "data", "accelerator", "devices", "tracker",
+               "tracking_uri", "experiment")
 
 
 def run_key(config: dict[str, Any], data_fingerprint: str, teacher_key: str | None = None) -> str:

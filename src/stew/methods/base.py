@@ -87,6 +87,7 @@ class Method(nn.Module):
 
 def prediction_loss(out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, task: Task, loss: str) -> torch.Tensor:
     """L_p on pre-activation outputs ``out`` [B, T, k]; padded and unlabelled (NaN) steps are excluded."""
+    out = out.float()  # mixed precision: the loss and its correlations in float32, not bfloat16/float16
     labelled = torch.isfinite(y).all(-1)
     if not bool(labelled.all()):
         mask, y = mask & labelled, torch.nan_to_num(y)

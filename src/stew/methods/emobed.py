@@ -33,7 +33,7 @@ import torch
 
 from stew.config import EmoBedConfig, TrainConfig
 from stew.data.bundle import Bundle
-from stew.data.preprocess import WindowDataset
+from stew.data.preprocess import WindowDataset, to_device
 from stew.errors import DataError
 from stew.methods.base import DROPOUT, LR_1E3, Dim, Method, MethodDef, prediction_loss, student_spec
 from stew.models.encoders import EncoderSpec, build_encoder
@@ -105,7 +105,8 @@ class EmoBed(Method):
             return batch
         n = batch["mask"].shape[0]
         picks = torch.randint(len(self.aux_pool), (n,), generator=self.generator).tolist()
-        return self.aux_pool.collate([self.aux_pool[i] for i in picks])
+        # Drawn and collated on the CPU (one stream of draws per seed on every device), then moved to the batch's.
+        return to_device(self.aux_pool.collate([self.aux_pool[i] for i in picks]), batch["mask"].device)
 
     def _classes(self, y: torch.Tensor) -> torch.Tensor:
         if self.student.spec.task != "regression":

@@ -28,7 +28,7 @@ import torch
 from stew.config import TrainConfig
 from stew.data.bundle import Bundle
 from stew.data.dataset import Dataset
-from stew.data.preprocess import WindowDataset
+from stew.data.preprocess import WindowDataset, device_of, to_device
 from stew.errors import DataError
 from stew.methods.base import STUDENT_KNOBS, Method, MethodDef, prediction_loss
 from stew.models.fused import Absent, FusedModel, FusedSpec
@@ -119,7 +119,9 @@ def training_vectors(model: FusedModel, bundle: Bundle, batch_size: int = 64) ->
     windows = WindowDataset.for_evaluation(bundle.train, bundle.eval_win)
     parts: dict[str, list[torch.Tensor]] = {m: [] for m in model.spec.modalities}
     loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, collate_fn=windows.collate)
+    device = device_of(model)  # the GPU that trained it: the memory bank is filled there
     for batch in loader:
+        batch = to_device(batch, device)
         masks = model.masks(batch)
         vectors = model.net.vectors(batch["x"], masks)
         keep = torch.stack([model._present(masks[m]) for m in parts], -1).all(-1)

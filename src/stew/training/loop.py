@@ -15,9 +15,11 @@ from lightning.pytorch.loggers import CSVLogger
 
 from stew.config import TrainConfig
 from stew.data.bundle import Bundle
-from stew.data.preprocess import WindowDataset, context_of, loader
+from stew.data.preprocess import WindowDataset, context_of, loader, to_device
 from stew.errors import DataError
 from stew.methods.base import Method
+from stew.training import tracking
+from stew.training.devices import resolve_device, used_by
 from stew.training.evaluate import predict_sequences, score, selection_key
 from stew.util import progress
 
@@ -40,6 +42,8 @@ class StewModule(L.LightningModule):
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict] = []
+        self.tracked: dict | None = None  # where the tracker logged this fit (stew.training.tracking.describe)
+        self.device_used: dict | None = None  # where it trained (stew.training.devices.used_by), for metrics.json
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, parts = self.method.training_loss(batch)
@@ -79,7 +83,7 @@ class StewModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             for batch in loader(windows, self.cfg.batch_size, shuffle=False):
                 k = int(batch["mask"].shape[0])
-                total += float(method.validation_loss(batch)) * k
+                total += float(method.validation_loss(to_device(batch, self.device))) * k
                 n += k
         method.train(was)
         return total / max(n, 1)
@@ -220,18 +224,18 @@ def _progress_callbacks(cfg: TrainConfig) -> list[Callback]:
 
 def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> StewModule:
     """Train ``method`` and leave it holding the weights of its best validation epoch."""
+    device = resolve_device(cfg)
     module = StewModule(method, cfg, bundle)
+    trackers = tracking.loggers(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     resuming = cfg.resume and last.is_file()
     # A resumed run logs beside the original logs instead of overwriting them.
     version = f"resumed-{len(list((run_dir / 'logs').glob('resumed-*')))}" if resuming else ""
     trainer = L.Trainer(
-        max_epochs=cfg.max_epochs, min_epochs=cfg.min_epochs, accelerator="cpu", devices=1,
-        # torch's deterministic mode slows CPU GRUs ~40x; CPU runs are bit-identical per seed without it
-        # (tests/test_training.py::test_deterministic_for_a_seed).
-        deterministic=False,
-        logger=CSVLogger(run_dir, name="logs", version=version), enable_model_summary=False,
+        max_epochs=cfg.max_epochs, min_epochs=cfg.min_epochs,
+        **device.trainer_args(),  # accelerator, devices, precision, deterministic (stew.training.devices)
+        logger=[CSVLogger(run_dir, name="logs", version=version), *trackers], enable_model_summary=False,
         enable_progress_bar=cfg.progress and progress.console().is_terminal,
         num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1,
         callbacks=[
@@ -243,9 +247,13 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
     train_ds = method.training_windows(
         WindowDataset.for_training(bundle.train, bundle.win, bundle.hop, context_of(method)))
     ckpt = str(last) if resuming else None
-    trainer.fit(module, train_dataloaders=loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed), ckpt_path=ckpt)
+    batches = loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, pin_memory=device.gpu)
+    trainer.fit(module, train_dataloaders=batches, ckpt_path=ckpt)
+    module.tracked, module.device_used = tracking.describe(cfg, trackers), used_by(trainer).to_json()
     if module.best_state is not None:
         method.load_state_dict(module.best_state)
+    # Lightning hands the module back on the CPU; the run's evaluation runs where its training ran.
+    method.to(trainer.strategy.root_device)
     return module
 
 

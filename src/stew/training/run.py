@@ -28,7 +28,8 @@ from stew.data.splits import add_unlabelled, grouped_folds
 from stew.deploy import save_model
 from stew.errors import DataError
 from stew.scoring.postprocess import apply_chains, fit_chains
-from stew.training import stages
+from stew.training import stages, tracking
+from stew.training.devices import CPU, resolve_device
 from stew.training.evaluate import predict_sequences, predictions_frame, score, selection_key, validation_latents
 from stew.training.loop import fit
 from stew.training.resolve import carve, choose_validation, fuse_inputs, make_bundle, resolve
@@ -66,7 +67,9 @@ def run(cfg: TrainConfig, ds: Dataset | None = None) -> RunResult:
     """
     t0 = time.time()
     methods.get(cfg.method).check_knobs(cfg)  # a knob the method ignores is refused before anything is read
+    resolve_device(cfg)  # a device this machine lacks, too
     check_run_folder(cfg)
+    tracking.check_tracker(cfg)  # last: a usable MLflow store is opened (made if new)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     from_folder = ds is None
@@ -137,6 +140,7 @@ def fit_and_write(
     if out is not None:
         _write_run(result, out)
         result.folder = out
+    tracking.finish(result.metrics, out)
     return result
 
 
@@ -178,8 +182,10 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> RunResult:
         # The label offset found on validation plays the label delay's part from here on (predict, export).
         bundle = replace(bundle, k_delay=offset)
         selection = {"key": key, "best_epoch": None, "epochs_run": 0}
+        device, tracked = CPU.to_json(), tracking.closed_form(cfg, fit_dir)
     else:
         module = fit(method, cfg, bundle, fit_dir)
+        device, tracked = module.device_used, module.tracked
         method.after_fit(bundle)
         selection = {"key": key, "best_epoch": module.best_epoch, "epochs_run": len(module.history)}
         if cfg.lr_scheduler == "plateau":  # the epochs whose learning rate the plateau schedule lowered
@@ -189,6 +195,7 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> RunResult:
     record: dict[str, Any] = {"val": {}, "test": {}}
     result = RunResult(metrics=record, model=method, bundle=bundle, cfg=cfg)
     raw = {sp: predict_sequences(method, getattr(bundle, sp), bundle) for sp in ("val", "test") if getattr(bundle, sp)}
+    method.cpu()  # the result keeps its model in host memory: a sweep may hold many, and GPU memory is scarcer
     if cfg.postprocess:
         # The AVEC chain is searched on validation only, then applied unchanged to test.
         cols = bundle.target_cols
@@ -208,6 +215,9 @@ def _fit_one(cfg: TrainConfig, ds: Dataset, fit_dir: Path) -> RunResult:
         result.frames.append(predictions_frame(split, final, seqs, bundle, raw=preds if result.chains else None))
     record["config"] = json.loads(cfg.model_dump_json())
     record["selection"] = selection
+    record["device"] = device  # where it trained (config.accelerator says what was asked)
+    if tracked is not None:
+        record["tracking"] = tracked
     record["method"] = {"name": cfg.method, **method.extra_record()}
     if definition.stage1_teachers:
         # One stage-1 run, or None: cross-fitted teachers live in <run>/teacher/<modality>/fold<k>.
@@ -245,6 +255,7 @@ def _run_cv(cfg: TrainConfig, ds: Dataset, out: Path | None, record: dict) -> Ru
         summary[split] = {k: float(np.mean([r[split][k] for r in results])) for k in keys}
         summary[f"{split}_std"] = {k: float(np.std([r[split][k] for r in results], ddof=1)) for k in keys}
     summary["folds"] = [{"val": r["val"], "test": r["test"]} for r in results]
+    summary["device"] = results[0].metrics.get("device")
     summary.update(record)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
