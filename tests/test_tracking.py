@@ -174,3 +174,20 @@ def test_tensorboard_needs_a_run_folder_or_a_folder_of_its_own(utt_dir):
 
     with pytest.raises(DataError, match="give --out, or a folder with --tracking-uri"):
         stew.train(utt_dir, "unimodal", modality="audio", tracker="tensorboard", **FAST)
+
+
+def test_workers_opening_a_new_sqlite_store_at_once_share_it(tmp_path):
+    """stew reproduce's workers start their first runs together: they must not make a new store's tables at
+    the same time (that leaves it half-made) nor the experiment twice."""
+    import subprocess
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    start = time.time() + 6  # every process imported by then: they open the store together
+    code = ("import sys, time; from stew.training.tracking import mlflow_experiment\n"
+            "while time.time() < float(sys.argv[1]): time.sleep(0.001)\n"
+            "print(mlflow_experiment(sys.argv[2], 'sweep'))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(start), uri], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-300:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1

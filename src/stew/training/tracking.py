@@ -9,11 +9,11 @@ of ``stew reproduce``)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -123,13 +123,28 @@ def _check_sqlite(uri: str, db: Path) -> None:
             raise DataError(f"--tracking-uri {uri}: {db} is not a SQLite database ({e})") from None
 
 
+@contextmanager
+def _folder_lock(folder: Path | None) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (none for None), held while a SQLite store is opened: MLflow makes a new
+    store's tables in several steps, and two processes making them at once leave it half-made."""
+    if folder is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @cache
 def mlflow_experiment(uri: str, name: str) -> str:
     """The id of experiment ``name`` in the MLflow store at ``uri``, made if new; checked once per process.
 
-    Runs starting at once in several processes (``stew reproduce``'s workers) may race to make a new SQLite
-    store or the experiment: a few tries settle it. Artefacts of a SQLite store's experiment go to ``mlruns/``
-    beside the database file, as MLflow's own default does for a database in the working folder."""
+    Runs starting at once in several processes on one machine (``stew reproduce``'s workers) open a SQLite
+    store one at a time. Artefacts of a SQLite store's experiment go to ``mlruns/`` beside the database file,
+    as MLflow's own default does for a database in the working folder."""
     import mlflow
 
     for name_ in ("mlflow", "alembic"):  # "creating initial MLflow database tables" and migrations: not news
@@ -138,24 +153,19 @@ def mlflow_experiment(uri: str, name: str) -> str:
     if db is not None:
         _check_sqlite(uri, db)
     artefacts = (db.parent / "mlruns").as_uri() if db is not None else None
-    tries = 5 if db is not None else 1
-    for attempt in range(tries):
-        try:
-            with _quick_http():
-                client = mlflow.MlflowClient(tracking_uri=uri)
-                found = client.get_experiment_by_name(name)
-                if found is not None and found.lifecycle_stage != "deleted":
-                    return found.experiment_id
-                if found is not None:
-                    raise DataError(f"--experiment {name}: deleted in {uri}; restore it or choose another name")
-                return client.create_experiment(name, artifact_location=artefacts)
-        except DataError:
-            raise
-        except Exception as e:  # mlflow, SQLAlchemy and requests raise many types: one line names the failure
-            if attempt + 1 == tries:
-                raise DataError(f"--tracking-uri {uri}: cannot use it as an MLflow store: {first_line(e)}") from None
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+    try:
+        with _quick_http(), _folder_lock(db.parent if db is not None else None):
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            found = client.get_experiment_by_name(name)
+            if found is not None and found.lifecycle_stage != "deleted":
+                return found.experiment_id
+            if found is not None:
+                raise DataError(f"--experiment {name}: deleted in {uri}; restore it or choose another name")
+            return client.create_experiment(name, artifact_location=artefacts)
+    except DataError:
+        raise
+    except Exception as e:  # mlflow, SQLAlchemy and requests raise many types: one line names the failure
+        raise DataError(f"--tracking-uri {uri}: cannot use it as an MLflow store: {first_line(e)}") from None
 
 
 def loggers(cfg: TrainConfig, fit_dir: Path) -> list[Logger]:
