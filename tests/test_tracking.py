@@ -191,3 +191,14 @@ def test_workers_opening_a_new_sqlite_store_at_once_share_it(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-300:] for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 1
+
+
+def test_artefacts_leave_out_checkpoints_and_the_runs_inside_a_run(tmp_path):
+    from stew.training.tracking import artefacts
+
+    for f in ("metrics.json", "model/model.json", "checkpoints/last.ckpt", "grid/a/checkpoints/last.ckpt",
+              "grid/a/logs/metrics.csv", "teacher/audio/fold0/metrics.json", "teacher/audio/fold0/model/model.json"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("x")
+    got = [f.relative_to(tmp_path).as_posix() for f in artefacts(tmp_path)]
+    assert got == ["grid/a/logs/metrics.csv", "metrics.json", "model/model.json"]

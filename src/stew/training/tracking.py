@@ -216,6 +216,15 @@ def closed_form(cfg: TrainConfig, fit_dir: Path) -> dict[str, Any] | None:
     return describe(cfg, trackers)
 
 
+def artefacts(out: Path) -> list[Path]:
+    """The files of a run folder that go to its tracked run: not its checkpoints, nor the folders of the runs
+    inside it (CM-StEW's teachers and guard folds, grid candidates, --cv folds), which are tracked runs of their
+    own with their own artefacts."""
+    nested = {m.parent for m in out.rglob("metrics.json") if m.parent != out}
+    return [f for f in sorted(out.rglob("*")) if f.is_file() and not SKIPPED & set(f.relative_to(out).parts[:-1])
+            and not any(d in f.parents for d in nested)]
+
+
 def finish(metrics: dict[str, Any], out: Path | None) -> None:
     """Once the run folder is written: its final validation and test scores and, for MLflow, the folder
     (less its checkpoints) as the tracked run's artefacts."""
@@ -231,10 +240,9 @@ def finish(metrics: dict[str, Any], out: Path | None) -> None:
         for k, v in final.items():
             client.log_metric(where["run_id"], k, v)
         if out is not None:
-            for f in sorted(Path(out).rglob("*")):
+            for f in artefacts(Path(out)):
                 rel = f.relative_to(out)
-                if f.is_file() and not SKIPPED & set(rel.parts[:-1]):
-                    client.log_artifact(where["run_id"], str(f), rel.parent.as_posix() if rel.parent.parts else None)
+                client.log_artifact(where["run_id"], str(f), rel.parent.as_posix() if rel.parent.parts else None)
     else:
         from torch.utils.tensorboard import SummaryWriter
 
