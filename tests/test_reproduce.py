@@ -464,7 +464,7 @@ def test_workers_receive_only_the_fields_the_protocol_set():
     sent = []
 
     class Pool:
-        def submit(self, fn, cfg_json, key, missing):
+        def submit(self, fn, cfg_json, key, missing, **device_hint):  # the engine's accelerator hint
             sent.append(TrainConfig.model_validate_json(cfg_json))
 
     submit(Pool(), Job("n", "cmstew-audio-stew", 0, None, cfg, "k"))

@@ -12,8 +12,10 @@ from typing import Annotated
 import typer
 
 from stew.cli.base import (
+    AddressOpt,
     ConfigOpt,
     DataOpt,
+    EngineOpt,
     FormatOpt,
     MethodOpt,
     ModalityOpt,
@@ -52,17 +54,21 @@ def rank(
     ] = False,
     config: ConfigOpt = None,
     fmt: FormatOpt = TableFormat.table,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Train every modality's unimodal (or linear) model over seeds and print the ranking (validation decides)."""
     from stew.config import load_config
+    from stew.experiments.engines import open_engine
     from stew.experiments.rank import rank_modalities, render_ranking
 
     cfg = load_config(config, dict(data=data, method=method, arch=arch, target=target, max_epochs=max_epochs,
                                    overwrite=overwrite or None))
+    eng = open_engine(engine, address, threads=cfg.threads)
     if out is not None:  # before any data are loaded: an earlier result is never replaced by accident
         check_output_folder(out, overwrite=cfg.overwrite)
     c = table_console(fmt)
-    res = rank_modalities(cfg, list(range(seeds)), out, c)
+    res = rank_modalities(cfg, list(range(seeds)), out.absolute() if out else None, c, eng)
     render_ranking(res, c)
 
 
@@ -86,17 +92,21 @@ def transfer_cmd(
     ] = None,
     config: ConfigOpt = None,
     fmt: FormatOpt = TableFormat.table,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Rank the modalities, run every clear stronger-to-weaker pair, compare with the weaker unimodal."""
     from stew.config import load_config
+    from stew.experiments.engines import open_engine
     from stew.experiments.transfer import transfer
 
     if method != "cmstew":
         raise DataError("stew transfer supports --method cmstew")
     cfg = load_config(config, dict(data=data, overwrite=overwrite or None, recipe=recipe))
+    eng = open_engine(engine, address, threads=cfg.threads)
     if out is not None:  # before any data are loaded: an earlier result is never replaced by accident
         check_output_folder(out, overwrite=cfg.overwrite)
-    transfer(cfg, list(range(seeds)), out, table_console(fmt), gap)
+    transfer(cfg, list(range(seeds)), out.absolute() if out else None, table_console(fmt), gap, eng)
 
 
 @app.command()
@@ -180,9 +190,11 @@ def reproduce_cmd(
     seeds: Annotated[int | None, typer.Option(
         min=1, help="seeds 0..N-1 (per fold: runs 0..N*folds-1 where the protocol has folds); default the protocol's"
     )] = None,
-    workers: Annotated[int, typer.Option(min=1, help="runs in parallel, each in its own process")] = 2,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="runs in parallel: local, each in its own process (default 2); ray, at most this many in "
+                    "flight (default: as many as the cluster places)")] = None,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="torch threads per run; default cores // workers")
+        int | None, typer.Option(min=1, help="torch threads (ray: CPUs) per run; default cores // workers (ray: 1)")
     ] = None,
     tuned: Annotated[
         str | None, typer.Option(help="storage URL of stew tune studies the protocol's groups name")
@@ -196,6 +208,8 @@ def reproduce_cmd(
     ] = None,
     list_: Annotated[bool, typer.Option("--list", help="list the shipped protocols and exit")] = False,
     fmt: FormatOpt = TableFormat.table,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Run a whole paper table: every run over seeds, resumable; prints the tables (see stew report)."""
     from stew.experiments.protocols import available, load_protocol
@@ -216,15 +230,16 @@ def reproduce_cmd(
     p = load_protocol(protocol)
     sigterm_as_interrupt()
     c = table_console(fmt)
+    if workers is None and engine == "local":
+        workers = 2
     summary = reproduce(p, data, out, seeds=seeds, workers=workers, tuned_storage=tuned,
                         overrides=parse_overrides(set_ or []), only=only, threads=threads,
-                        console=c)
+                        console=c, engine=engine, address=address)
     proto, store = results.load(out)
     with store:
         results.render(results.tables(proto, results.collect(store)), c)
     c.print(f"{summary['done']}/{summary['runs']} runs done ({summary['trained']} trained now, "
-            f"{summary['skipped']} already finished) in {summary['wall_s']:.0f}s with {summary['workers']} "
-            f"workers x {summary['threads']} threads -> {out}")
+            f"{summary['skipped']} already finished) in {summary['wall_s']:.0f}s with {summary['ran_on']} -> {out}")
     if summary["failed"]:
         for name, err in summary["failed"].items():
             typer.echo(f"error: run {name} failed: {err}", err=True)
@@ -251,7 +266,7 @@ def tune(
     params: Annotated[
         str | None, typer.Option(help="comma-separated subset of the method's search space, e.g. alpha,beta,dropout")
     ] = None,
-    trials: Annotated[int, typer.Option(help="trials this worker runs")] = 20,
+    trials: Annotated[int, typer.Option(help="trials this worker runs (--engine ray: all its workers together)")] = 20,
     storage: Annotated[
         str | None,
         typer.Option(help="SQLAlchemy URL; default sqlite:///OUT/tune.sqlite; postgresql+psycopg://... to share"),
@@ -263,24 +278,37 @@ def tune(
     timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
     max_epochs: Annotated[int | None, typer.Option()] = None,
     config: ConfigOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="with --engine ray: this many tune workers as Ray tasks sharing the study, --trials split "
+                    "among them (default 1)")] = None,
 ) -> None:
     """Search hyper-parameters on validation (Optuna TPE); write OUT/best.json."""
     import optuna
 
     from stew.config import load_config
-    from stew.experiments.tune import render_summary
+    from stew.experiments.engines import open_engine
+    from stew.experiments.tune import render_summary, tune_on
     from stew.experiments.tune import tune as do_tune
 
     if timeout is not None and not timeout > 0:
         raise DataError(f"--timeout must be a positive number of seconds, not {timeout:g}")
+    if workers is not None and engine != "ray":
+        raise DataError("--workers needs --engine ray (or run several stew tune commands on one --storage)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = load_config(config, dict(
         data=data, method=method, modality=modality, teacher=teacher, target=target, ablation=ablation,
         max_epochs=max_epochs,
     ))
+    eng = open_engine(engine, address, threads=cfg.threads)
     names = params.split(",") if params is not None else None
-    summary = do_tune(cfg, study=study, out=out, trials=trials, storage=storage, seed=seed, params=names,
-                      timeout=timeout, console=console)
+    if eng.kind == "ray":
+        summary = tune_on(eng, cfg, study=study, out=out, trials=trials, workers=workers or 1, storage=storage,
+                          seed=seed, params=names, timeout=timeout)
+    else:
+        summary = do_tune(cfg, study=study, out=out, trials=trials, storage=storage, seed=seed, params=names,
+                          timeout=timeout, console=console)
     render_summary(summary, console)
     console.print(f"best parameters -> {out / 'best.json'}")
 

@@ -13,12 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from stew.config import TrainConfig
-from stew.data.io import data_fingerprint, load_dataset
+from stew.data.io import data_fingerprint
 from stew.data.leakage import warning_line
 from stew.errors import DataError
+from stew.experiments.engines import LocalEngine, RayEngine, run_configs
+from stew.experiments.workers import dataset
 from stew.scoring import metrics
 from stew.training.resolve import choose_validation
-from stew.training.run import run
 from stew.util.atomic import write_text_atomic
 from stew.util.progress import Runs
 
@@ -51,11 +52,21 @@ class RankResult:
         }
 
 
-def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, console: Console) -> RankResult:
-    """Rank with ``base.method``: ``unimodal`` (the deep baseline) or ``linear`` (seconds per modality)."""
+def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, console: Console,
+                    engine: LocalEngine | RayEngine | None = None) -> RankResult:
+    """Rank with ``base.method``: ``unimodal`` (the deep baseline) or ``linear`` (seconds per modality).
+
+    The runs execute on ``engine`` (default: one after another in this process; stew.experiments.engines).
+    """
     if base.method not in ("unimodal", "linear"):
         raise DataError(f"modalities are ranked by --method unimodal or linear, not {base.method}")
-    first = load_dataset(base.data, feature_set=base.feature_set or base.target)
+    with engine or LocalEngine() as eng:  # started (a cluster reached) before the data are read
+        return _rank(base, seeds, out, console, eng)
+
+
+def _rank(base: TrainConfig, seeds: list[int], out: Path | None, console: Console,
+          eng: LocalEngine | RayEngine) -> RankResult:
+    first = dataset(str(base.data), base.feature_set or base.target, base.fold)  # runs in this process reuse it
     targets: list[str | None] = [base.target] if base.target else list(first.targets)
     if first.task != "regression":
         targets = [None]
@@ -66,30 +77,40 @@ def rank_modalities(base: TrainConfig, seeds: list[int], out: Path | None, conso
     warning = warning_line(verdict, modalities)
     if warning:
         console.print(warning, markup=False, highlight=False)
-    # Loaded once per target: AVEC RECOLA keeps a separate feature set per target.
-    data = {t: first if (base.feature_set or t) == (base.feature_set or base.target) else
-            load_dataset(base.data, feature_set=base.feature_set or t) for t in targets}
     jobs = [(t, m, s) for t in targets for m in modalities for s in seeds]
-    res: RankResult | None = None
+    runs = [(f"{t or 'label'} / {m} / seed {s}", base.model_copy(update={
+        "method": base.method, "modality": m, "target": t, "seed": s, "progress": False,
+        "out": (out / (t or "label") / m / f"seed{s}") if out else None,
+    })) for t, m, s in jobs]
+    res = RankResult(metric="", leakage=verdict.to_json(),
+                     validation={"val_from": base.val_from, "val_groups": base.val_groups})
+
+    def key_of(r: dict, t: str | None) -> str:
+        # The run's own selection record; a --cv summary has none (same rule as stew.experiments.tune).
+        return r.get("selection", {}).get("key") or metrics.selection_metric(first.task, [t] if t else first.targets)
+
     # Runs done / total, time elapsed and time left (a line per run off a terminal): a 5-seed ranking
     # of deep models takes minutes.
     with Runs(console, "ranking modalities", len(jobs)) as bar:
-        for t, m, s in jobs:
-            bar.describe(f"{t or 'label'} / {m} / seed {s}")
-            cfg = base.model_copy(update={
-                "method": base.method, "modality": m, "target": t, "seed": s, "progress": False,
-                "out": (out / (t or "label") / m / f"seed{s}") if out else None,
-            })
-            r = run(cfg, data[t])
-            key = metrics.selection_metric(r.bundle.task, r.bundle.targets)
-            res = res or RankResult(metric=key, leakage=verdict.to_json(),
-                                    validation={"val_from": base.val_from, "val_groups": base.val_groups})
-            tk = t or "label"
-            res.val.setdefault(tk, {}).setdefault(m, []).append(r["val"][key])
-            if r["test"]:
-                res.test.setdefault(tk, {}).setdefault(m, []).append(r["test"][key])
-            bar.advance(f"val {key} {r['val'][key]:.3f}")
-    assert res is not None
+        if eng.capacity == 1:
+            bar.describe(runs[0][0])
+
+        def done(name: str, r: dict) -> None:
+            i = next(k for k, (n, _) in enumerate(runs) if n == name)
+            t = jobs[i][0]
+            bar.label = name
+            bar.advance(f"val {key_of(r, t)} {r['val'][key_of(r, t)]:.3f}")
+            if eng.capacity == 1 and i + 1 < len(runs):
+                bar.describe(runs[i + 1][0])
+
+        results = run_configs(eng, runs, done)
+    for (t, m, _), r in zip(jobs, results, strict=True):
+        key = key_of(r, t)
+        res.metric = res.metric or key
+        tk = t or "label"
+        res.val.setdefault(tk, {}).setdefault(m, []).append(r["val"][key])
+        if r["test"]:
+            res.test.setdefault(tk, {}).setdefault(m, []).append(r["test"][key])
     for t in res.val:
         res.test.setdefault(t, {})
     if out is not None:

@@ -32,11 +32,12 @@ from stew.data.io import load_dataset
 from stew.data.leakage import leakage_verdict, warning_line
 from stew.data.synth import write_synthetic
 from stew.errors import DataError
+from stew.experiments.engines import LocalEngine, RayEngine, open_engine
 from stew.experiments.plan import Job, Plan, select_groups
 from stew.experiments.protocols import Protocol
 from stew.experiments.store import RunStore
 from stew.experiments.tune import redact
-from stew.experiments.workers import pool_of, submit, threads_per_worker
+from stew.experiments.workers import submit, threads_per_worker
 from stew.util.atomic import check_writable_parent, write_text_atomic
 from stew.util.progress import Runs
 
@@ -49,24 +50,28 @@ from stew.util.progress import Runs
 
 
 def reproduce(
-    protocol: Protocol, data: Path | None, out: Path, *, seeds: int | None = None, workers: int = 1,
+    protocol: Protocol, data: Path | None, out: Path, *, seeds: int | None = None, workers: int | None = None,
     tuned_storage: str | None = None, overrides: dict[str, Any] | None = None, only: list[str] | None = None,
-    threads: int | None = None, console: Console | None = None,
+    threads: int | None = None, console: Console | None = None, engine: str = "local", address: str | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished run of ``protocol``; return a summary (counts, wall time, failures).
 
     Without ``data`` the protocol's synthetic dataset is written once into ``out/data``.
     ``overrides`` (TrainConfig fields) apply to every run after the protocol's own settings.
-    ``threads`` per run defaults to cores // workers.
+    ``engine`` "local": ``workers`` processes (default 1) of ``threads`` threads (default cores // workers);
+    "ray": Ray tasks of ``threads`` CPUs (default 1) on the cluster at ``address`` (default a local Ray
+    instance), at most ``workers`` in flight (default no cap); see stew.experiments.engines.
     """
     console = console or Console()
-    out = Path(out)
+    # Absolute: a Ray worker on another node reads the data and writes the runs where the driver means.
+    out = Path(out).absolute()
     # With folds, --seeds counts seeds per fold: the runs are seeds x folds (stew.experiments.protocols).
     seed_list = protocol.run_seeds(seeds)
     if not seed_list:
         raise DataError("--seeds must be at least 1")
-    if workers < 1:
-        raise DataError("--workers must be at least 1")
+    if threads is None and engine == "local":
+        threads = threads_per_worker(workers or 1)
+    eng = open_engine(engine, address, workers=workers, threads=threads)
     # Everything that can be checked without the data is checked before anything is written (no
     # synthetic data, no store.sqlite): the output path, the store already there, --set and --only
     # (every run's configuration is built once), and the --tuned studies (read-only lookups).
@@ -80,9 +85,19 @@ def reproduce(
                               out / "runs" / group / f"seed{seed_list[0]}", overrides)
         check_missing(protocol, group, spec.missing, cfg)
     tuned = tuned_params(protocol, tuned_storage)
-    data = Path(data) if data is not None else synthesize(protocol, out / "data", console)
+    # Started (a cluster reached) before anything is written: an unreachable --address leaves no --out.
+    with eng:
+        return _drive(protocol, data, out, seed_list, eng, tuned, tuned_storage, overrides, only, console)
+
+
+def _drive(
+    protocol: Protocol, data: Path | None, out: Path, seed_list: list[int], eng: LocalEngine | RayEngine,
+    tuned: dict[str, dict[str, Any]], tuned_storage: str | None, overrides: dict[str, Any] | None,
+    only: list[str] | None, console: Console,
+) -> dict[str, Any]:
+    """The run loop of :func:`reproduce`, after every check, with the engine started."""
+    data = Path(data).absolute() if data is not None else synthesize(protocol, out / "data", console)
     check_data(protocol, data, only)
-    threads = threads or threads_per_worker(workers)
     t0 = time.time()
     with RunStore(out / "store.sqlite") as store:
         plan = Plan(protocol, data, out, seed_list, store, tuned, overrides, only)
@@ -90,22 +105,22 @@ def reproduce(
         store.set_meta(protocol=protocol.name, protocol_yaml=protocol.model_dump_json(), data=str(data.resolve()),
                        data_fingerprint=plan.fingerprint, seeds=json.dumps(seed_list),
                        overrides=json.dumps(overrides or {}), only=json.dumps(only or []),
-                       tuned=(redact(tuned_storage) or tuned_storage) if tuned_storage else "", workers=str(workers))
+                       tuned=(redact(tuned_storage) or tuned_storage) if tuned_storage else "",
+                       engine=eng.kind, workers=str(eng.capacity or ""))
         skipped = plan.done_count()
         failures: dict[str, str] = {}
         trained = 0
         # A bar on a terminal; one line per finished run (done / total, elapsed, time left) elsewhere.
-        with Runs(console, protocol.name, plan.total, transient=False, done=skipped) as bar, \
-                pool_of(workers, threads) as pool:
+        with Runs(console, protocol.name, plan.total, transient=False, done=skipped) as bar:
             running: dict[Future, Job] = {}
             while True:
                 busy = {j.key for j in running.values()}
                 for job in plan.ready():
                     if job.key in busy or _blocked(job, failures):
                         continue
-                    if len(running) >= workers:
+                    if eng.capacity is not None and len(running) >= eng.capacity:
                         break
-                    running[submit(pool, job)] = job
+                    running[submit(eng, job)] = job
                     busy.add(job.key)
                 if bar.console.is_terminal:
                     bar.describe(f"{len(running)} running")
@@ -132,8 +147,8 @@ def reproduce(
                     bar.advance()
         done = plan.done_count()
     summary = {"protocol": protocol.name, "runs": plan.total, "done": done, "skipped": skipped, "trained": trained,
-               "failed": failures, "wall_s": round(time.time() - t0, 1), "workers": workers, "threads": threads,
-               "leakage": leakage}
+               "failed": failures, "wall_s": round(time.time() - t0, 1), "engine": eng.kind,
+               "workers": eng.capacity, "threads": eng.threads, "ran_on": eng.describe(), "leakage": leakage}
     write_text_atomic(out / "reproduce.json", json.dumps(summary, indent=2))
     return summary
 

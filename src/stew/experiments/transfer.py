@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from stew.config import TrainConfig
+from stew.errors import DataError
+from stew.experiments.engines import LocalEngine, RayEngine, run_configs
 from stew.experiments.rank import RankResult, rank_modalities, render_ranking
 from stew.methods.cmstew import STEW_ARCH
 from stew.scoring import metrics
@@ -98,11 +100,8 @@ def run_over_seeds(
     results: list[dict] = []
     for s in seeds:
         cfg = config_for_seed(s)
-        if cfg.method == "cmstew" and results:
-            # From the config, not the method record: the stew recipe's guard may have shipped unimodal.
-            first = results[0]["config"]["cmstew"]
-            cfg = cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(
-                update={"alpha": first["alpha"], "beta": first["beta"]})})
+        if results:
+            cfg = fix_grid(cfg, results[0])
         finished = cfg.out / "metrics.json" if cfg.out is not None else None
         # Only the public record is kept: every run's model and prepared data would pile up in memory.
         results.append(json.loads(finished.read_text()) if reuse and finished and finished.exists()
@@ -112,64 +111,94 @@ def run_over_seeds(
     return results
 
 
+def fix_grid(cfg: TrainConfig, first: dict) -> TrainConfig:
+    """A later seed's CM-StEW configuration with the alpha and beta the first seed's run chose on validation."""
+    if cfg.method != "cmstew":
+        return cfg
+    # From the config, not the method record: the stew recipe's guard may have shipped unimodal.
+    chosen = first["config"]["cmstew"]
+    return cfg.model_copy(update={"cmstew": cfg.cmstew.model_copy(
+        update={"alpha": chosen["alpha"], "beta": chosen["beta"]})})
+
+
 def _test_scores(runs: list[dict], metric: str) -> list[float]:
     """``metric`` on test per run; none where the data has no labelled test split."""
     return [r["test"][metric] for r in runs if metric in (r.get("test") or {})]
 
 
 def transfer(
-    base: TrainConfig, seeds: list[int], out: Path | None, console: Console, gap: float | None = None
+    base: TrainConfig, seeds: list[int], out: Path | None, console: Console, gap: float | None = None,
+    engine: LocalEngine | RayEngine | None = None,
 ) -> list[PairResult]:
+    """Rank, then run every clear pair; the runs execute on ``engine`` (default: one after another here).
+
+    The runs of all pairs go to the engine together, in two waves: every linear floor and every pair's
+    first seed (which searches CM-StEW's grid), then the other seeds with the chosen alpha and beta.
+    """
+    engine = engine or LocalEngine()
+    if out is None and engine.kind == "ray":
+        raise DataError("--engine ray needs --out: a folder every node of the cluster sees (the runs' folders)")
     work = out or Path(tempfile.mkdtemp(prefix="stew-transfer-"))
     stew_recipe = base.recipe == "stew"
     if stew_recipe and "arch" not in base.model_fields_set:
         # The ranking's unimodal runs are the comparison arm: the same architecture as the recipe's student.
         base = base.model_copy(update={"arch": STEW_ARCH})
-    ranked = rank_modalities(base, seeds, work / "rank", console)
-    # Every CM-StEW run validates where the ranking's unimodal runs did: the comparison is on the same groups.
-    base = base.model_copy(update={**(ranked.validation or {}), "flagged": (ranked.leakage or {}).get("flagged")})
-    render_ranking(ranked, console)
-    gap = DEFAULT_GAP.get(ranked.metric, 0.05) if gap is None else gap
-    console.print(f"transfer pairs: stronger beats weaker by >= {gap:g} validation {ranked.metric}")
+    with engine:
+        ranked = rank_modalities(base, seeds, work / "rank", console, engine)
+        # Every CM-StEW run validates where the ranking's unimodal runs did: the comparison is on the same groups.
+        base = base.model_copy(update={**(ranked.validation or {}), "flagged": (ranked.leakage or {}).get("flagged")})
+        render_ranking(ranked, console)
+        gap = DEFAULT_GAP.get(ranked.metric, 0.05) if gap is None else gap
+        console.print(f"transfer pairs: stronger beats weaker by >= {gap:g} validation {ranked.metric}")
+        pairs = [(target, strong, weak) for target in ranked.val for strong, weak in clear_pairs(ranked, target, gap)]
+        floors = list(dict.fromkeys((target, weak) for target, _, weak in pairs))
+
+        def floor_cfg(target: str, weak: str, s: int) -> TrainConfig:
+            # The floor a transfer must clear: the linear model on the weaker modality, same seeds and carves.
+            return base.model_copy(update={
+                "method": "linear", "modality": weak, "teacher": None, "seed": s, "progress": False,
+                "target": None if target == "label" else target, "out": work / "linear" / target / weak / f"seed{s}",
+            })
+
+        def pair_cfg(target: str, strong: str, weak: str, s: int) -> TrainConfig:
+            return base.model_copy(update={
+                "method": "cmstew", "modality": weak, "teacher": strong, "seed": s, "progress": False,
+                "target": None if target == "label" else target,
+                "out": work / "cmstew" / target / f"{weak}+{strong}" / f"seed{s}",
+                # The paper recipe's teacher is the ranking's run; the stew recipe cross-fits its own.
+                "cmstew": base.cmstew if stew_recipe else base.cmstew.model_copy(
+                    update={"teacher_run": work / "rank" / target / strong / f"seed{s}"}),
+            })
+
+        with Runs(console, "transfer runs", (len(pairs) + len(floors)) * len(seeds)) as bar:
+            def tick(name: str, _r: dict) -> None:
+                bar.label = name
+                bar.advance()
+
+            # Wave 1: the floors and each pair's first seed (it also searches the alpha/beta grid: the longest).
+            wave1 = [(f"{t}: linear floor on {w} / seed {s}", floor_cfg(t, w, s)) for t, w in floors for s in seeds]
+            wave1 += [(f"{t}: CM-StEW {w} (+{st}) / seed {seeds[0]}", pair_cfg(t, st, w, seeds[0]))
+                      for t, st, w in pairs]
+            done1 = run_configs(engine, wave1, tick)
+            floor_runs = {fw: done1[i * len(seeds):(i + 1) * len(seeds)] for i, fw in enumerate(floors)}
+            first = dict(zip(pairs, done1[len(floors) * len(seeds):], strict=True))
+            # Wave 2: the other seeds, with the alpha and beta the first seed chose on validation.
+            wave2 = [(f"{t}: CM-StEW {w} (+{st}) / seed {s}", fix_grid(pair_cfg(t, st, w, s), first[t, st, w]))
+                     for t, st, w in pairs for s in seeds[1:]]
+            done2 = iter(run_configs(engine, wave2, tick))
     results = []
-    floors: dict[tuple[str, str], list[dict]] = {}
-    pairs = [(target, strong, weak) for target in ranked.val for strong, weak in clear_pairs(ranked, target, gap)]
-    n_floors = len({(target, weak) for target, _, weak in pairs})
-    with Runs(console, "transfer runs", (len(pairs) + n_floors) * len(seeds)) as bar:
-        tick = bar.advance
-        for target, strong, weak in pairs:
-            if (target, weak) not in floors:
-                bar.describe(f"{target}: linear floor on {weak}")
-                # The floor a transfer must clear: the linear model on the weaker modality, same seeds and carves.
-                floors[target, weak] = run_over_seeds(lambda s, weak=weak, target=target: base.model_copy(update={
-                    "method": "linear", "modality": weak, "teacher": None, "seed": s, "progress": False,
-                    "target": None if target == "label" else target,
-                    "out": work / "linear" / target / weak / f"seed{s}",
-                }), seeds, done=tick)
-            floor = floors[target, weak]
-
-            def config(s: int, weak: str = weak, strong: str = strong, target: str = target) -> TrainConfig:
-                return base.model_copy(update={
-                    "method": "cmstew", "modality": weak, "teacher": strong, "seed": s, "progress": False,
-                    "target": None if target == "label" else target,
-                    "out": work / "cmstew" / target / f"{weak}+{strong}" / f"seed{s}",
-                    # The paper recipe's teacher is the ranking's run; the stew recipe cross-fits its own.
-                    "cmstew": base.cmstew if stew_recipe else base.cmstew.model_copy(
-                        update={"teacher_run": work / "rank" / target / strong / f"seed{s}"}),
-                })
-
-            # The first seed also searches CM-StEW's alpha/beta grid on validation: the longest run.
-            bar.describe(f"{target}: CM-StEW {weak} (+{strong})")
-            runs = run_over_seeds(config, seeds, done=tick)
-            scores = [r["val"][ranked.metric] for r in runs]
-            chosen = {"alpha": runs[0]["config"]["cmstew"]["alpha"], "beta": runs[0]["config"]["cmstew"]["beta"]}
-            results.append(PairResult(
-                target, weak, strong, ranked.val[target][weak], scores, **chosen,
-                unimodal_test=ranked.test[target].get(weak, []), transfer_test=_test_scores(runs, ranked.metric),
-                linear=[r["val"][ranked.metric] for r in floor], linear_test=_test_scores(floor, ranked.metric),
-                shipped=[r.get("recipe", {}).get("guard", {}).get("shipped", "transfer") for r in runs],
-                flagged=[m for m in (weak, strong) if m in base.flagged],
-            ))
+    for target, strong, weak in pairs:
+        runs = [first[target, strong, weak], *(next(done2) for _ in seeds[1:])]
+        floor = floor_runs[target, weak]
+        scores = [r["val"][ranked.metric] for r in runs]
+        chosen = {"alpha": runs[0]["config"]["cmstew"]["alpha"], "beta": runs[0]["config"]["cmstew"]["beta"]}
+        results.append(PairResult(
+            target, weak, strong, ranked.val[target][weak], scores, **chosen,
+            unimodal_test=ranked.test[target].get(weak, []), transfer_test=_test_scores(runs, ranked.metric),
+            linear=[r["val"][ranked.metric] for r in floor], linear_test=_test_scores(floor, ranked.metric),
+            shipped=[r.get("recipe", {}).get("guard", {}).get("shipped", "transfer") for r in runs],
+            flagged=[m for m in (weak, strong) if m in base.flagged],
+        ))
     render_transfer(results, ranked.metric, console)
     if out is not None:
         # "unimodal"/"transfer" are validation scores, "*_test" test scores; p_value is on "split".

@@ -22,6 +22,7 @@ import socket
 import time
 import warnings
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -294,14 +295,11 @@ def trial_base(cfg: TrainConfig) -> TrainConfig:
     return apply_params(cfg, upd)
 
 
-def tune(
-    cfg: TrainConfig, *, study: str, out: Path, trials: int, storage: str | None = None, seed: int = 0,
-    params: Iterable[str] | None = None, timeout: float | None = None, console: Console | None = None,
-) -> dict[str, Any]:
-    """Run ``trials`` trials of ``study`` in this process; return (and write ``out/best.json``) the summary.
-
-    Trial N trains ``run(cfg + its parameters)`` into ``out/trials/<study>/trial<N>``.
-    """
+def check_study(
+    cfg: TrainConfig, study: str, trials: int, params: Iterable[str] | None, out: Path,
+) -> tuple[dict[str, Dim], Dataset, str]:
+    """Everything checked before a study writes anything: its name, ``trials``, the search space, the
+    configuration against the data, ``out``. Returns the space, the data and the fallback selection key."""
     if not _STUDY_NAME.match(study):
         raise DataError(f"--study {study!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
     if trials < 1:
@@ -313,6 +311,19 @@ def tune(
     if out.exists() and not out.is_dir():
         raise DataError("--out exists and is not a folder", file=out)
     check_writable_parent(out)
+    return space, ds, fallback_key
+
+
+def tune(
+    cfg: TrainConfig, *, study: str, out: Path, trials: int, storage: str | None = None, seed: int = 0,
+    params: Iterable[str] | None = None, timeout: float | None = None, console: Console | None = None,
+) -> dict[str, Any]:
+    """Run ``trials`` trials of ``study`` in this process; return (and write ``out/best.json``) the summary.
+
+    Trial N trains ``run(cfg + its parameters)`` into ``out/trials/<study>/trial<N>``.
+    """
+    space, ds, fallback_key = check_study(cfg, study, trials, params, out)
+    out = Path(out)
     if storage is None:
         out.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{out.resolve() / 'tune.sqlite'}"
@@ -360,6 +371,39 @@ def tune(
     summary = {**study_summary(st), "storage": _shown(storage), "space": {k: d.path for k, d in space.items()}}
     if summary["best_value"] is None:
         raise DataError(f"no trial of study {study!r} has completed (all failed or still running)")
+    write_text_atomic(out / "best.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def tune_on(
+    engine: Any, cfg: TrainConfig, *, study: str, out: Path, trials: int, workers: int, storage: str | None = None,
+    seed: int = 0, params: Iterable[str] | None = None, timeout: float | None = None,
+) -> dict[str, Any]:
+    """``workers`` stew tune workers as tasks of ``engine`` (stew.experiments.engines: a Ray cluster), sharing
+    one study through ``storage``; ``trials`` in all, split among them, worker i sampling with ``seed + i``.
+
+    Each worker is :func:`tune` itself (heartbeats, its own stage-1 teacher), as when several machines share a
+    PostgreSQL study. The default SQLite file in ``out`` serves one machine or shared storage; PostgreSQL
+    serves any cluster. Everything is checked here first (one line, nothing written), and the storage's
+    tables are made once before the workers meet them.
+    """
+    if workers < 1 or trials < workers:
+        raise DataError(f"--trials ({trials}) must be at least --workers ({workers}): each worker runs one or more")
+    out = Path(out).absolute()
+    names = list(params) if params is not None else None
+    space = check_study(cfg, study, trials, names, out)[0]
+    with engine:
+        if storage is None:
+            out.mkdir(parents=True, exist_ok=True)
+            storage = f"sqlite:///{out / 'tune.sqlite'}"
+        open_storage(storage)  # its tables, once, before the workers meet them
+        share = [trials // workers + (i < trials % workers) for i in range(workers)]
+        futures = [engine.submit(partial(tune, cfg, study=study, out=out, trials=n, storage=storage, seed=seed + i,
+                                         params=names, timeout=timeout)) for i, n in enumerate(share)]
+        for fut in futures:
+            fut.result()
+    summary = {**study_summary(load_study(storage, study)), "storage": _shown(storage),
+               "space": {k: d.path for k, d in space.items()}}
     write_text_atomic(out / "best.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

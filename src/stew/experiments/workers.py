@@ -1,5 +1,6 @@
-"""Where ``stew reproduce``'s runs execute: worker processes with a fixed number of torch threads each
-(or this process, with one worker), one run each, resumed from its checkpoint after a kill."""
+"""What one run of ``stew reproduce`` (or rank, transfer) executes, and the local engine's processes: worker
+processes with a fixed number of torch threads each (or this process, with one worker), one run each,
+resumed from its checkpoint after a kill. A Ray task runs the same functions (stew.experiments.engines)."""
 
 from __future__ import annotations
 
@@ -29,18 +30,44 @@ def threads_per_worker(workers: int) -> int:
     return max(1, cores() // max(1, workers))
 
 
-def _init_worker(threads: int) -> None:
+def init_worker(threads: int | None) -> None:
+    """``threads`` torch and BLAS threads in this process (None: their settings are left alone).
+
+    BLAS too: the linear method's solves would otherwise use every core in this process but one thread in a
+    Ray worker (Ray starts it with OMP_NUM_THREADS=1), and differ in the last digits between engines.
+    """
+    if threads is None:
+        return
     import torch
+    from threadpoolctl import threadpool_limits
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 @lru_cache(maxsize=4)
-def _dataset(path: str, feature_set: str | None, fold: int | None = None):
+def dataset(path: str, feature_set: str | None, fold: int | None = None):
+    """The dataset a run reads, loaded once per worker process (a worker serves many runs)."""
     from stew.data.io import load_dataset
 
     return load_dataset(path, feature_set=feature_set, fold=fold)
+
+
+def run_metrics(cfg: TrainConfig) -> dict[str, Any]:
+    """Train one configuration as ``rank`` and ``transfer`` do (no resume); its metrics.json record."""
+    from stew.training.run import run
+
+    return dict(run(cfg, dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)).metrics)
+
+
+def accelerator_of(cfg: TrainConfig) -> str:
+    """What the run asks of its device: "cpu", "gpu" or "auto" (an engine reserves a GPU for "gpu").
+
+    Hook for issue 26, item 1: TrainConfig has no ``accelerator`` field yet, so every run is "cpu" (CPU
+    threads only); once the field exists, a Ray task of a run that asks for a GPU reserves one.
+    """
+    return str(getattr(cfg, "accelerator", None) or "cpu")
 
 
 def execute(cfg_json: str, key: str, missing: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -78,7 +105,7 @@ def _train(cfg: TrainConfig, key: str) -> dict[str, Any]:
             pass  # killed while writing it: train again from the checkpoint
     write_text_atomic(job_file, json.dumps({"key": key}))
     t0 = time.time()
-    ds = _dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)
+    ds = dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)
     run(cfg.model_copy(update={"resume": True}), ds)
     return {"metrics": json.loads(done.read_text()), "wall_s": time.time() - t0}
 
@@ -99,7 +126,7 @@ def missing_scores(cfg: TrainConfig, missing: tuple[str, ...]) -> dict[str, dict
         else:
             found[entry] = result
     if todo:
-        ds = _dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)
+        ds = dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)
         computed = evaluate_imputations(out, [parse_imputation(e) for e in todo], ds)
         found.update(zip(todo, computed, strict=True))
     return {e: found[e] for e in missing}
@@ -136,12 +163,12 @@ class _Workers(ProcessPoolExecutor):
         return super().__exit__(exc_type, *rest)
 
 
-def pool_of(workers: int, threads: int) -> Any:
+def pool_of(workers: int, threads: int | None) -> Any:
     if workers == 1:
-        _init_worker(threads)
+        init_worker(threads)
         return _Inline()
     # spawn: a forked child would inherit torch's thread pools and can deadlock.
-    return _Workers(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,))
+    return _Workers(workers, mp_context=get_context("spawn"), initializer=init_worker, initargs=(threads,))
 
 
 def sigterm_as_interrupt() -> None:
@@ -159,7 +186,10 @@ def sigterm_as_interrupt() -> None:
 def submit(pool: Any, job: Job) -> Future:
     # Only the fields the protocol set travel: a recipe's defaults apply to what was left open (the stew
     # recipe's per-step student), which a full dump would mark as set.
-    return pool.submit(execute, job.cfg.model_dump_json(exclude_unset=True), job.key, job.missing)
+    # A run that asks for a GPU tells the engine (a Ray task then reserves one); the default is CPU only.
+    accelerator = accelerator_of(job.cfg)
+    hint = {} if accelerator == "cpu" else {"accelerator": accelerator}
+    return pool.submit(execute, job.cfg.model_dump_json(exclude_unset=True), job.key, job.missing, **hint)
 
 
 JOB_FILE = "stew-job.json"

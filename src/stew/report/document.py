@@ -67,8 +67,9 @@ def _header(rep: Report) -> str:
     if summary.is_file():
         try:
             last = json.loads(summary.read_text())
-            items.append(("last reproduce", f"{_duration(float(last['wall_s']))} elapsed with {last['workers']} "
-                                            f"worker(s); {last['done']}/{last['runs']} runs done, "
+            ran_on = last.get("ran_on") or f"{last['workers']} worker(s)"  # ran_on: since the Ray engine
+            items.append(("last reproduce", f"{_duration(float(last['wall_s']))} elapsed with {ran_on}; "
+                                            f"{last['done']}/{last['runs']} runs done, "
                                             f"{len(last.get('failed') or {})} failed"))
         except (ValueError, KeyError, TypeError):
             pass
@@ -137,6 +138,8 @@ def _footer(rep: Report, dest: Path) -> str:
         cmd += ["--only", pattern]
     if meta.get("tuned"):
         cmd += ["--tuned", meta["tuned"]]
+    if meta.get("engine") == "ray":  # the cluster's --address is left to whoever regenerates it
+        cmd += ["--engine", "ray"]
     if meta.get("workers"):
         cmd += ["--workers", meta["workers"]]
     report_cmd = ["stew", "report", str(rep.folder), "--out", str(dest)]
