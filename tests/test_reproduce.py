@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -469,4 +470,5 @@ def test_workers_receive_only_the_fields_the_protocol_set():
 
     submit(Pool(), Job("n", "cmstew-audio-stew", 0, None, cfg, "k"))
     assert sent == [cfg] and "arch" not in sent[0].model_fields_set
-    assert apply_recipe(sent[0]).arch == "mlp"
+    mosi_like = types.SimpleNamespace(step_rate_hz=None)  # utterance-level data: the recipe's Bi-GRU student
+    assert apply_recipe(sent[0], mosi_like).arch == "bigru"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,12 @@ def _cfg(**kw) -> TrainConfig:
 def test_recipes_fill_only_what_the_user_left_open():
     ds = tiny_utterances()
     stew = resolve(TrainConfig(data="x", method="cmstew", modality="audio", teacher="text"), ds)
+    # Utterance-level data: a Bi-GRU over each recording's utterances; at a frame rate: per-frame MLP.
     assert (stew.arch, stew.cmstew.teacher_folds, stew.cmstew.guard_folds, stew.cmstew.teacher_arch) == (
-        "mlp", 5, 5, "mlp")
+        "bigru", 5, 5, "bigru")
+    at_frame_rate = apply_recipe(TrainConfig(data="x", method="cmstew", modality="audio", teacher="text"),
+                                 types.SimpleNamespace(step_rate_hz=25.0))
+    assert (at_frame_rate.arch, at_frame_rate.cmstew.teacher_arch) == ("mlp", "mlp")
     assert (stew.cmstew.alpha, stew.cmstew.beta) == (0.1, 0.1)
     paper = resolve(TrainConfig(data="x", method="cmstew", modality="audio", teacher="text", recipe="paper"), ds)
     assert (paper.arch, paper.cmstew.teacher_folds, paper.cmstew.guard_folds) == ("bigru-te", 1, 0)
@@ -54,7 +59,7 @@ def test_recipes_fill_only_what_the_user_left_open():
                                cmstew=CMStEWConfig(alpha=0.5, guard_folds=0)), ds)
     assert (mine.arch, mine.cmstew.alpha, mine.cmstew.guard_folds) == ("bigru", 0.5, 0)
     with pytest.raises(DataError, match="--arch mlp, bigru or bigru-te"):
-        apply_recipe(TrainConfig(data="x", method="cmstew", modality="audio", teacher="text", arch="classifier"))
+        apply_recipe(TrainConfig(data="x", method="cmstew", modality="audio", teacher="text", arch="classifier"), ds)
 
 
 def test_cross_fitted_teacher_never_sees_its_fold(tmp_path, monkeypatch):
@@ -324,11 +329,11 @@ def test_default_recipe_end_to_end_with_progress(tmp_path):
                  "--config", cfg, "--out", tmp_path / "run")
     assert res.exit_code == 0, res.output
     out = res.output
-    assert "guard: CM-StEW vs unimodal (mlp) on 2 grouped folds" in out
+    assert "guard: CM-StEW vs unimodal (bigru) on 2 grouped folds" in out
     assert re.search(r"guard fold 2/2 unimodal: held-out f1_weighted [\d.]+ · ", out), out
     rec = json.loads((tmp_path / "run" / "metrics.json").read_text())
     shipped = rec["recipe"]["guard"]["shipped"]
-    assert f"final fit: {shipped} (audio, mlp)" in out and rec["test"]
+    assert f"final fit: {shipped} (audio, bigru)" in out and rec["test"]
     assert rec["method"]["name"] == {"transfer": "cmstew", "unimodal": "unimodal"}[shipped]
     # Interrupted after the guard: --resume reads its finished runs back instead of training them again.
     guard_runs = sorted((tmp_path / "run" / "guard").rglob("fold*/*/metrics.json"))
@@ -357,7 +362,7 @@ def test_cross_fitted_stage_one_announces_each_teacher(tmp_path):
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         run(cfg)
     text = buf.getvalue()
-    assert "stage 1: 3 teacher run(s) (text, mlp) cross-fitted over 3 grouped folds" in text, text
+    assert "stage 1: 3 teacher run(s) (text, bigru) cross-fitted over 3 grouped folds" in text, text
     assert re.search(r"teacher 3/3 \(text, fold 3/3\) · \d+:\d\d elapsed", text), text
 
 
@@ -373,7 +378,7 @@ def test_transfer_command_under_the_stew_recipe(tmp_path):
     assert len(pair["shipped"]) == 1 and pair["shipped"][0] in ("transfer", "unimodal")
     assert "guard shipped" in res.output
     rank_run = json.loads((tmp_path / "t" / "rank" / "label" / pair["weak"] / "seed0" / "metrics.json").read_text())
-    assert rank_run["config"]["arch"] == "mlp"  # the comparison arm is the recipe's student architecture
+    assert rank_run["config"]["arch"] == "bigru"  # the comparison arm: the recipe's student on utterances
     cm = tmp_path / "t" / "cmstew" / "label" / f"{pair['weak']}+{pair['strong']}" / "seed0"
     rec = json.loads((cm / "metrics.json").read_text())
     assert rec["recipe"]["guard"]["folds"] == 2 and rec["config"]["cmstew"]["teacher_run"] is None

@@ -28,7 +28,8 @@ from stew.config import TrainConfig
 from stew.errors import DataError
 from stew.experiments.engines import LocalEngine, RayEngine, run_configs
 from stew.experiments.rank import RankResult, rank_modalities, render_ranking
-from stew.methods.cmstew import STEW_ARCH
+from stew.experiments.workers import dataset
+from stew.methods.cmstew import recipe_arch
 from stew.scoring import metrics
 from stew.training.run import run
 from stew.util.atomic import write_text_atomic
@@ -142,7 +143,8 @@ def transfer(
     stew_recipe = base.recipe == "stew"
     if stew_recipe and "arch" not in base.model_fields_set:
         # The ranking's unimodal runs are the comparison arm: the same architecture as the recipe's student.
-        base = base.model_copy(update={"arch": STEW_ARCH})
+        data = dataset(str(base.data), base.feature_set or base.target, base.fold)  # cached: rank reuses it
+        base = base.model_copy(update={"arch": recipe_arch(data)})
     with engine:
         ranked = rank_modalities(base, seeds, work / "rank", console, engine)
         # Every CM-StEW run validates where the ranking's unimodal runs did: the comparison is on the same groups.
