@@ -48,6 +48,15 @@ def test_defaults_and_a_reloaded_config_pass(tmp_path):
     get("fusion").check_knobs(cfg)
     get("unimodal").check_knobs(TrainConfig(data=tmp_path, arch="gru", dropout=0.5, gru_units=4))
     assert {"arch", "dropout"} <= TrainConfig.model_validate(cfg.model_dump()).model_fields_set
+    # A whole configuration dumped and read back (reproduce's workers, metrics.json's "config") sets every
+    # field at its default: it passes; a value moved off its default is still refused.
+    for method in ("fusion", "conflictnet", "unimodal"):
+        whole = TrainConfig.model_validate_json(TrainConfig(data=tmp_path, method=method).model_dump_json())
+        assert {"arch", "plateau_factor"} <= whole.model_fields_set
+        get(method).check_knobs(whole)
+    moved = TrainConfig.model_validate_json(TrainConfig(data=tmp_path, method="fusion", dropout=0.5).model_dump_json())
+    with pytest.raises(DataError, match="dropout"):
+        get("fusion").check_knobs(moved)
 
 
 def test_cli_refuses_in_one_line_and_writes_nothing(tmp_path):

@@ -321,6 +321,13 @@ class TrainConfig(Strict):
         return self
 
 
+def moved_fields(model: BaseModel) -> set[str]:
+    """The fields given a value other than their default. A whole configuration dumped and read back
+    (metrics.json's ``config``, reproduce's workers) sets every field; a default value changes nothing."""
+    fields = type(model).model_fields
+    return {k for k in model.model_fields_set if getattr(model, k) != fields[k].get_default(call_default_factory=True)}
+
+
 def first_error(e: ValidationError) -> tuple[str, str]:
     """(dotted location, message) of a pydantic error's first problem: what our one-line errors name."""
     err = e.errors()[0]

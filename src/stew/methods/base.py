@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from stew.config import TrainConfig
+from stew.config import TrainConfig, moved_fields
 from stew.data.bundle import Bundle
 from stew.data.dataset import Dataset, Task
 from stew.data.preprocess import WindowDataset
@@ -181,7 +181,8 @@ class MethodDef:
     def check_knobs(self, cfg: TrainConfig) -> None:
         """Refuse a knob the user set (YAML, option or keyword: pydantic's ``model_fields_set``; defaults
         never trip it) that this method does not read, instead of ignoring it silently."""
-        unread = sorted(self.ignores & cfg.model_fields_set)
+        moved = moved_fields(cfg)
+        unread = sorted(self.ignores & moved)
         if unread:
             where = f" ({self.own_knobs})" if self.own_knobs else ""
             names = ", ".join(knob_name(k) for k in unread)
@@ -190,7 +191,7 @@ class MethodDef:
         unused = self.unused(cfg) if self.unused is not None else []
         unused += [(k, "applies to --lr-scheduler plateau; leave it out")
                    for k in ("plateau_factor", "plateau_patience")
-                   if k in cfg.model_fields_set and cfg.lr_scheduler != "plateau"]
+                   if k in moved and cfg.lr_scheduler != "plateau"]
         for key, why in unused:
             raise DataError(f"{knob_name(key)} {why}")
 

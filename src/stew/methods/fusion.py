@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from stew.config import TrainConfig
+from stew.config import TrainConfig, moved_fields
 from stew.data.bundle import Bundle
 from stew.data.dataset import Dataset
 from stew.data.preprocess import WindowDataset, device_of, to_device
@@ -231,11 +231,11 @@ def resolve(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
 
 def unused(cfg: TrainConfig) -> list[tuple[str, str]]:
     """Fusion knobs set but unused: K without KNN imputation, how ModDrop removes a modality without ModDrop."""
-    f = cfg.fusion
+    f, moved = cfg.fusion, moved_fields(cfg.fusion)
     out = []
-    if "k" in f.model_fields_set and f.impute != "knn":
+    if "k" in moved and f.impute != "knn":
         out.append(("fusion.k", f"applies to --impute knn, not --impute {f.impute}; leave it out"))
-    if "absent" in f.model_fields_set and not (f.moddrop or f.moddrop_p):
+    if "absent" in moved and not (f.moddrop or f.moddrop_p):
         out.append(("fusion.absent", "applies to --moddrop or --moddrop-p (how training drops a modality); "
                                      "score a run with `stew evaluate RUN --missing --absent ...`"))
     return out
