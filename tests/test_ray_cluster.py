@@ -163,7 +163,7 @@ def test_a_killed_node_and_a_killed_driver_lose_no_run_and_run_none_twice(cluste
             os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     before = _store(out)
-    assert at_node_kill < at_node_kill + 2 <= len(before) < N_RUNS
+    assert at_node_kill < at_node_kill + 2 <= len(before) < N_RUNS, (at_node_kill, len(before))
     # The run lost with the node was retried on the head node, not reported failed.
     assert not re.search(r"^failed ", logs[0].read_text(), flags=re.MULTILINE), logs[0].read_text()[-3000:]
     # Resume: the recorded runs are skipped, untouched; the others finish.
@@ -172,23 +172,24 @@ def test_a_killed_node_and_a_killed_driver_lose_no_run_and_run_none_twice(cluste
     wall = time.time() - t0
     assert resumed.returncode == 0, logs[1].read_text()[-3000:]
     assert f"{N_RUNS}/{N_RUNS} runs done ({N_RUNS - len(before)} trained now, {len(before)} already finished)" \
-        in logs[1].read_text()
+        in logs[1].read_text(), logs[1].read_text()[-3000:]
     after = _store(out)
-    assert len(after) == N_RUNS and all(after[k] == row for k, row in before.items())
-    assert json.loads((out / "reproduce.json").read_text())["failed"] == {}
+    assert len(after) == N_RUNS and all(after[k] == row for k, row in before.items()), (before, after)
+    assert json.loads((out / "reproduce.json").read_text())["failed"] == {}, logs[1].read_text()[-3000:]
     # No run announced twice; the resumed driver trained exactly the runs the killed one had not recorded
     # (the killed one may have recorded a run and died before its progress line).
     first, second = (re.findall(r"^tiny: \d+/\d+ runs done \(([^)]+)\)", log.read_text(), flags=re.MULTILINE)
                      for log in logs)
     assert len(first + second) == len(set(first + second)), first + second
     recorded_first = {row[1] for row in before.values()}
-    assert set(first) <= recorded_first and set(second) == {row[1] for row in after.values()} - recorded_first
+    assert set(first) <= recorded_first and set(second) == {row[1] for row in after.values()} - recorded_first, \
+        (first, second, recorded_first)
     for *_, run_dir in after.values():  # every recorded run's folder is finished
         assert (out / run_dir / "metrics.json").is_file() and (out / run_dir / "model" / "model.json").is_file()
     # Once more: nothing to train.
     again = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=180)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert f"{N_RUNS}/{N_RUNS} runs done (0 trained now, {N_RUNS} already finished)" in again.stdout
+    assert f"{N_RUNS}/{N_RUNS} runs done (0 trained now, {N_RUNS} already finished)" in again.stdout, again.stdout
     print(f"worker node killed at {t_node:.1f}s ({at_node_kill}/{N_RUNS} runs recorded), the driver at "
           f"{len(before)}/{N_RUNS}; resumed and finished at {wall:.1f}s")
 
