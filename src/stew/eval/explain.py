@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 Predict = Callable[[np.ndarray], np.ndarray]
+# Given a clip's super-samples [start, end), a function from 0/1 masks (batch, super-samples) to scores, or None
+SegmentPredict = Callable[[list[tuple[int, int]]], Predict | None]
 
 # The true-vs-predicted categories' names, in the thesis's numbering (1-4).
 CATEGORIES: tuple[str, ...] = (
@@ -145,6 +147,8 @@ def explain_clip(
     seed: int = 0,
     batch_size: int = 32,
     positive_probability: bool = False,
+    by_segments: SegmentPredict | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Explanation:
     """Explain ``predict(wave)`` with LIME over time segments
     (docs/methods/conflictnet.md#explanations).
@@ -154,6 +158,10 @@ def explain_clip(
     exactly as the model sees it (e.g. already RMS-normalised): the perturbations zero-fill that signal.
     ``positive_probability`` explains P_pos = (1 + score) / 2 (eq. 3.7, the thesis's scale); since ridge
     is linear in its targets, that halves every weight and keeps the order.
+
+    ``by_segments``: called once with the super-samples' bounds; when it returns a function, that function
+    scores each batch of perturbations from their masks instead of ``predict`` from their waveforms (the
+    same scores, computed faster: stew.eval.perturb). ``say``: a progress line every 10 s and at the end.
     """
     from lime.lime_base import LimeBase  # lime pulls in sklearn: import only when explaining
 
@@ -182,11 +190,20 @@ def explain_clip(
     masks = rng.integers(0, 2, size=(n_samples, n_feat), dtype=np.int8)
     masks[0] = 1
 
+    score = by_segments(bounds) if by_segments is not None else None
+    if score is None:
+        def score(m: np.ndarray) -> np.ndarray:
+            return predict(x[None, :] * m[:, seg_of_sample].astype(np.float32))
+
     scores = np.empty(n_samples)
+    t0 = last = time.monotonic()
     for lo in range(0, n_samples, batch_size):
         m = masks[lo : lo + batch_size]
-        batch = x[None, :] * m[:, seg_of_sample].astype(np.float32)
-        scores[lo : lo + len(m)] = _scores(predict(batch), len(m))
+        scores[lo : lo + len(m)] = _scores(score(m), len(m))
+        done, now = lo + len(m), time.monotonic()
+        if say is not None and (now - last >= 10 or done == n_samples):
+            last = now
+            say(f"LIME: {done}/{n_samples} perturbations · {progress.so_far(t0, done, n_samples)}")
 
     labels = (1.0 + scores) / 2.0 if positive_probability else scores
     width = float(kernel_width)
@@ -431,7 +448,8 @@ TARGET_KINDS = ("probability", "score")
 
 
 def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples: int = 2000, seed: int = 0,
-                  top: int = 3, target_kind: str = "probability") -> tuple[Explanation, Path, Path]:
+                  top: int = 3, target_kind: str = "probability", device: str | None = None,
+                  ) -> tuple[Explanation, Path, Path]:
     """``stew explain``: LIME over a raw-audio model's prediction for one file.
 
     The clip is read as the model was trained and as ``stew predict`` reads it (sample rate, clip length,
@@ -439,14 +457,17 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
     than the model's clip length is zero-padded and the padding masked, so the unperturbed prediction is
     ``stew predict``'s. The super-samples cover the real samples only (padding has no effect to explain).
     Perturbed clips are predicted in batches without renormalising, as the thesis zero-filled the
-    normalised input. ``target_kind``: ``probability`` explains P(positive) = (1 + y) / 2 (thesis eq. 3.7),
-    ``score`` the prediction y itself (weights twice as large, same order).
+    normalised input, the convolutions of the unchanged parts computed once (stew.eval.perturb).
+    ``target_kind``: ``probability`` explains P(positive) = (1 + y) / 2 (thesis eq. 3.7), ``score`` the
+    prediction y itself (weights twice as large, same order). ``device``: where the forward passes run (a
+    torch device name; None: a CUDA GPU when torch sees one, else the CPU).
     """
     import torch
 
     from stew.data.formats.waveform import prepare_clip, read_audio
     from stew.deploy import load_model
     from stew.errors import DataError
+    from stew.eval.perturb import segment_predict, waveform_predict
     from stew.models.conflictnet import RawAudioModel
     from stew.util.atomic import check_output_folder
 
@@ -461,26 +482,10 @@ def explain_model(model_dir: Path, audio_file: Path, out_dir: Path, *, n_samples
     wave, _ = read_audio(Path(audio_file), sr)
     clip, real = prepare_clip(wave, int(samples) if samples else None)  # cut, normalise, pad: as in training
     wave = clip[:real]  # what LIME perturbs; predict pads it back to the clip length
-    present = torch.from_numpy(np.arange(len(clip)) < real)  # stew.deploy.audio's mask
-    m = model.spec.modality
-
-    # 2,000 forward passes of a 30 s clip take minutes on a CPU: a line every 10 s says how far along.
-    t0, last, done = time.monotonic(), [time.monotonic()], [0]
-
-    @torch.inference_mode()
-    def predict(batch: np.ndarray) -> np.ndarray:
-        x = torch.zeros(len(batch), len(clip), 1)
-        x[:, :real, 0] = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        mask = present.expand(len(batch), -1)
-        out = model.predict({"x": {m: x}, "present": {m: mask}})[:, 0, 0].numpy()
-        done[0] += len(batch)
-        now = time.monotonic()
-        if now - last[0] >= 10 or done[0] == n_samples:
-            last[0] = now
-            progress.say(f"LIME: {done[0]}/{n_samples} perturbations · {progress.so_far(t0, done[0], n_samples)}")
-        return out
-
-    expl = explain_clip(predict, wave, sr, n_samples=n_samples, seed=seed,
-                        positive_probability=target_kind == "probability")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    expl = explain_clip(waveform_predict(model, clip, real, dev), wave, sr, n_samples=n_samples, seed=seed,
+                        positive_probability=target_kind == "probability", say=progress.say,
+                        by_segments=lambda bounds: segment_predict(model, clip, real, bounds, dev))
     json_path, png_path = write_explanation(expl, wave, sr, Path(out_dir), top=top)
     return expl, json_path, png_path

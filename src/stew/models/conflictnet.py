@@ -88,6 +88,11 @@ class ConvBlock(nn.Module):
         z, mask = self.pool(z), steps_mask(mask, pool, pool)
         return self.bn(z, mask), mask
 
+    def steps(self, mask: torch.Tensor) -> torch.Tensor:
+        """The output step mask of an input step mask, as :meth:`forward` derives it."""
+        pool = self.pool.kernel_size
+        return steps_mask(steps_mask(mask, self.conv.kernel_size[0], 1), pool, pool)
+
 
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
     """Keras's hard sigmoid, clip(0.2 x + 0.5, 0, 1) (not PyTorch's x/6 + 1/2)."""
@@ -250,12 +255,26 @@ class ConflictNet(nn.Module):
             z, mask = self.avg_pool(z), steps_mask(mask, self.spec.avg_pool, self.spec.avg_pool)
         return z.transpose(1, 2), mask
 
+    def steps(self, mask: torch.Tensor) -> torch.Tensor:
+        """The step mask [B, S] of LSTM-1's input for a sample mask [B, T], without the convolutions: a step is
+        True when every sample of its receptive field is (what :meth:`sequence` returns)."""
+        for block in self.blocks:
+            mask = block.steps(mask)
+        return steps_mask(mask, self.spec.avg_pool, self.spec.avg_pool) if self.avg_pool is not None else mask
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.dense(self.dropout(self.summary(x, mask))).unsqueeze(1)
+        return self.tail(*self.sequence(x, mask))
+
+    def tail(self, h: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """Pre-activation outputs [B, 1, n_out] from the front end's output ``(h, steps)`` (:meth:`sequence`)."""
+        return self.dense(self.dropout(self.summarise(h, steps))).unsqueeze(1)
 
     def summary(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The clip's summary vector [B, u2] that the dense layer reads (LSTM-2's last real step, or GAP)."""
-        h, steps = self.sequence(x, mask)
+        return self.summarise(*self.sequence(x, mask))
+
+    def summarise(self, h: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """:meth:`summary` from the front end's output ``(h, steps)``."""
         h = self.lstm1(h)
         if self.attention is not None:
             h = self.attention(h, steps)
@@ -314,6 +333,11 @@ class RawAudioModel(nn.Module):
         """Predictions: the activated outputs, then the affine map fitted on them (after the tanh, not
         before it, so the map's [min, max] is the one it was fitted to)."""
         return self.outputs(batch) * self.out_scale + self.out_shift
+
+    def predict_from_front_end(self, h: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict` from the front end's output (``self.net.sequence``): LIME reuses the convolutions
+        of the parts of a clip its perturbations leave unchanged (stew.eval.perturb)."""
+        return self.net.activate(self.net.tail(h, steps)) * self.out_scale + self.out_shift
 
     def latents(self, batch: dict) -> torch.Tensor:
         """The clip's summary vector [B, 1, u2] (what `stew report` projects)."""
