@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from stew.errors import DataError
-from stew.eval.explain import CATEGORIES, analysis_run
+from stew.eval.explain import CATEGORIES, analysis_run, explain_model
 from stew.report import write_report
 from stew.report.lime import LIME_CACHE
 from tests.test_cli import invoke
@@ -69,6 +69,19 @@ def test_report_has_analysis_plots_counts_and_a_cached_lime_explanation(rep, mon
     sec2 = _section(write_report(rep, rep / "b.html", lime_samples=16).read_text())
     assert "reused from the cache" in sec2 and 'alt="LIME explanation' in sec2
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == mtimes
+    monkeypatch.undo()
+
+    # issue 28: the key names what was explained, and the caption says it; an explanation of the score y cached
+    # under the old key (no target kind) is not taken for one of P(positive)
+    assert clip["key"]["target_kind"] == "probability"
+    assert "explaining P(positive) = (1 + ŷ) / 2" in sec and "explaining P(positive)" in sec2
+    for f in cache.iterdir():
+        f.unlink()
+    explain_model(cache.parent / "model", Path(clip["audio"]), cache, n_samples=16, target_kind="score")
+    old_key = {k: v for k, v in clip["key"].items() if k != "target_kind"}
+    (cache / "clip.json").write_text(json.dumps({"key": old_key, "audio": clip["audio"]}))
+    assert _section(write_report(rep, rep / "old.html", lime_samples=16).read_text()).count("computed now") == 1
+    assert json.loads((cache / "explanation.json").read_text())["target"] == "p_pos"
 
     # a budget of 0 skips LIME; 1 is refused before anything is drawn
     assert "LIME explanation skipped" in _section(write_report(rep, rep / "c.html", lime_samples=0).read_text())

@@ -1,8 +1,8 @@
 """The report's LIME explanation of one ConflictNET clip, cached in the run folder (RUN/explain-report/).
 
 The cache holds explanation.json, explanation.png and clip.json; clip.json keys the cache on the clip,
-the LIME budget, the seed and the model's weights, so regenerating a report reuses the explanation until
-one of them changes.
+the LIME budget, the seed, what is explained (``stew explain --target-kind``) and the model's weights, so
+regenerating a report reuses the explanation until one of them changes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from stew.util.atomic import write_text_atomic
 
 LIME_CACHE = "explain-report"  # inside the run folder: explanation.json, explanation.png, clip.json
 LIME_SEED = 0
+LIME_TARGET = "probability"  # stew explain's default: P(positive) = (1 + y) / 2, the thesis's eq. 3.7
+# What each explanation's ``target`` field means, for the caption
+TARGET_WORDS = {"p_pos": "P(positive) = (1 + ŷ) / 2 (the thesis's eq. 3.7)", "score": "the prediction ŷ itself"}
 
 
 def lime_html(rep: Report, labels: dict[str, str], group: str, seed: int, run_dir: Path, split: str,
@@ -38,7 +41,8 @@ def lime_html(rep: Report, labels: dict[str, str], group: str, seed: int, run_di
     if lime_samples == 0:
         return f"<p class='note'>LIME explanation skipped (a budget of 0 perturbations) for {what}.</p>"
     cache = run_dir / LIME_CACHE
-    key = {"sequence": seq, "n_samples": int(lime_samples), "seed": LIME_SEED, "model": _model_stamp(run_dir)}
+    key = {"sequence": seq, "n_samples": int(lime_samples), "seed": LIME_SEED, "target_kind": LIME_TARGET,
+           "model": _model_stamp(run_dir)}
     cached = _cached_explanation(cache, key)
     where = f"reused from the cache in <code>{esc(cache)}</code>"
     if cached is None:
@@ -63,8 +67,10 @@ def lime_html(rep: Report, labels: dict[str, str], group: str, seed: int, run_di
     seg_table = (f"<table class='paper-table lime-segments'><caption>Super-samples, most relevant first</caption>"
                  f"<thead><tr><th>segment</th><th>time (s)</th><th>weight</th></tr></thead>"
                  f"<tbody>{seg_rows}</tbody></table>")
-    caption = (f"<b>LIME explanation</b> of {what}: log-magnitude spectrogram with the top super-samples shaded "
-               f"(red: towards more conflict, blue: towards less); {expl['n_samples']} perturbations (the thesis "
+    explained = TARGET_WORDS.get(expl.get("target"), f"target {expl.get('target')}")
+    caption = (f"<b>LIME explanation</b> of {what}, explaining {esc(explained)}: log-magnitude spectrogram with the "
+               f"top super-samples shaded (red: towards more conflict, blue: towards less); "
+               f"{expl['n_samples']} perturbations (the thesis "
                f"used 2,000), surrogate R² {expl['score']:.3f}, kernel width {expl['kernel_width']:g}; {where}.")
     return figure_html(png_img(png, f"LIME explanation: {group} {seq}"), caption) + seg_table
 
@@ -98,11 +104,12 @@ def _run_lime(run_dir: Path, audio: Path, cache: Path, key: dict[str, Any],
 
     if not os.access(run_dir, os.W_OK | os.X_OK) or (cache.exists() and not os.access(cache, os.W_OK | os.X_OK)):
         with tempfile.TemporaryDirectory(prefix="stew-lime-") as tmp:
-            explain_model(run_dir / "model", audio, Path(tmp) / "out", n_samples=lime_samples, seed=LIME_SEED)
+            explain_model(run_dir / "model", audio, Path(tmp) / "out", n_samples=lime_samples, seed=LIME_SEED,
+                          target_kind=LIME_TARGET)
             return read(Path(tmp) / "out"), "not cached (the run folder is read-only)"
     # clip.json goes first, so an interrupted run leaves no stale key, and explain_model's output check only
     # sees its own files; it is written back last, once both outputs are complete.
     (cache / "clip.json").unlink(missing_ok=True)
-    explain_model(run_dir / "model", audio, cache, n_samples=lime_samples, seed=LIME_SEED)
+    explain_model(run_dir / "model", audio, cache, n_samples=lime_samples, seed=LIME_SEED, target_kind=LIME_TARGET)
     write_text_atomic(cache / "clip.json", json.dumps({"key": key, "audio": str(audio)}, indent=2) + "\n")
     return read(cache), f"computed now and cached in <code>{esc(cache)}</code>"
