@@ -153,3 +153,30 @@ def test_check_says_what_a_probe_inside_train_cannot_show():
     train_only = ds.replace_sequences(s for s in ds.sequences if s.split == "train")
     assert "without a labelled test split the probe can only compare" in shown(train_only)
     assert "without a labelled test split" not in shown(ds)
+
+
+def test_guard_on_validation_ships_its_winning_arm_without_training_it_again(tmp_path):
+    """With validation from test the guard's arms train on all the training groups: the winner is written as
+    the run, not trained a second time, and equals what a second training gives (--resume reads the arms
+    back from disk, without their models, and so fits the winner again)."""
+    data = write_native(fitted_or_not(True), tmp_path / "d")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("max_epochs: 2\npatience: 2\ncmstew: {teacher_folds: 2}\n")
+    args = ["train", "--data", data, "--method", "cmstew", "--modality", "audio", "--teacher", "video",
+            "--config", cfg, "--out", tmp_path / "run"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    ship = rec["recipe"]["guard"]["shipped"]
+    assert rec["data"]["val_from"] == "test" and rec["recipe"]["guard"]["on"] == "validation (from test)"
+    assert f"final model: the guard's {ship} run" in res.output and "final fit:" not in res.output
+    arm = tmp_path / "run" / "guard" / ship
+    assert (tmp_path / "run" / "predictions.csv").read_text() == (arm / "predictions.csv").read_text()
+    assert rec["config"]["out"] == str(tmp_path / "run") and (tmp_path / "run" / "logs").is_dir()
+    assert (tmp_path / "run" / "teacher").is_dir() == (ship == "transfer")
+    (tmp_path / "run" / "metrics.json").unlink()
+    res = invoke(*args, "--resume")
+    assert res.exit_code == 0 and "final fit:" in res.output, res.output
+    again = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (again["val"], again["test"]) == (rec["val"], rec["test"])
+    assert (tmp_path / "run" / "predictions.csv").read_text() == (arm / "predictions.csv").read_text()

@@ -114,10 +114,36 @@ def reuse_or_run(cfg: TrainConfig, ds: Dataset) -> RunResult:
 
 
 def fit_and_write(
-    cfg: TrainConfig, ds: Dataset, out: Path | None, t0: float, record: dict | None = None
+    cfg: TrainConfig, ds: Dataset, out: Path | None, t0: float, record: dict | None = None,
+    trained: RunResult | None = None,
 ) -> RunResult:
     """One resolved configuration on one dataset: carve validation, stage 1, the grid, the fit, the run
-    folder. ``record`` joins metrics.json (CM-StEW's guard writes its decision there)."""
+    folder. ``record`` joins metrics.json (CM-StEW's guard writes its decision there). ``trained``: a run of
+    this very configuration on these very groups, still in memory (the guard's arm when validation comes
+    from test), written as this run instead of being trained a second time."""
+    if trained is not None and trained.model is not None:
+        # Same configuration, carve and seed: training again would give the same weights (CPU runs are
+        # bit-identical per seed, tests/test_training.py) at the cost of the whole run, teachers included.
+        result = trained
+        result.metrics["config"] = {**result.metrics["config"], "out": None if out is None else str(out),
+                                    "progress": cfg.progress}
+        # Its per-epoch logs, and its cross-fitted teachers (<run>/teacher, stages.train_teachers), go with it.
+        for part in ("logs", "teacher"):
+            if out is not None and trained.folder is not None and (trained.folder / part).is_dir():
+                shutil.copytree(trained.folder / part, out / part, dirs_exist_ok=True)
+    else:
+        result = _fit_fresh(cfg, ds, out)
+    result.metrics.update(record or {})
+    result.metrics["wall_s"] = round(time.time() - t0, 2)
+    if out is not None:
+        _write_run(result, out)
+        result.folder = out
+    tracking.finish(result.metrics, out)
+    return result
+
+
+def _fit_fresh(cfg: TrainConfig, ds: Dataset, out: Path | None) -> RunResult:
+    """Carve validation, stage 1, the grid or the one fit."""
     method = methods.get(cfg.method)
     ds = carve(cfg, ds)
     work = out or Path(tempfile.mkdtemp(prefix="stew-run-"))
@@ -135,12 +161,6 @@ def fit_and_write(
     finally:
         if out is None:
             shutil.rmtree(work, ignore_errors=True)
-    result.metrics.update(record or {})
-    result.metrics["wall_s"] = round(time.time() - t0, 2)
-    if out is not None:
-        _write_run(result, out)
-        result.folder = out
-    tracking.finish(result.metrics, out)
     return result
 
 

@@ -132,7 +132,7 @@ def guarded_run(
     t_guard = time.monotonic()
     if cfg.val_from == "test":
         say(f"guard: CM-StEW vs unimodal ({cfg.arch}) on the validation groups taken from the test split, "
-            "2 runs before the final fit")
+            "2 runs; the winner is the final model")
         runs = {}
         for i, (arm, arm_cfg) in enumerate(arms.items()):
             d = out / "guard" / arm if out is not None else None
@@ -183,6 +183,11 @@ def guarded_run(
             "folds": folds, "on": "validation (from test)" if not folds else "held-out folds", "metric": key,
             "transfer": scores["transfer"], "unimodal": scores["unimodal"], "mean_gain": gain, "p_value": p,
             "shipped": ship, "reason": reason, "wall_s": round(time.monotonic() - t_guard, 1)}}
+    if not folds and runs[ship].model is not None:
+        # Validation from test: the winning arm already trained on all the training groups.
+        say(f"final model: the guard's {ship} run ({cfg.modality}, {cfg.arch}), already trained on all the "
+            "training groups")
+        return fit_and_write(arms[ship], ds, out, t0, record, trained=runs[ship])
     say(f"final fit: {ship} ({cfg.modality}, {cfg.arch}) on all the training groups")
     return fit_and_write(arms[ship], ds, out, t0, record)
 
