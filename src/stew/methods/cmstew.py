@@ -121,8 +121,8 @@ class CMStEW(Method):
 # TE student, alpha and beta from a grid on the validation carve. "stew" is what the
 # measurements support (BENCHMARKS.md, "Making transfer pay", "CMU-MOSI on unseen videos"): cross-fitted
 # teachers, a student without context across frames at a frame rate and a Bi-GRU over a recording's
-# utterances otherwise (docs/transfer.md#choices-where-the-sources-are-silent-u),
-# student, fixed alpha and beta, distillation on unlabelled steps, and the negative-transfer guard.
+# utterances otherwise (docs/transfer.md#choices-where-the-sources-are-silent-u), fixed alpha and beta,
+# distillation on unlabelled steps, and the negative-transfer guard.
 
 TEACHER = "teacher:"
 TEACHER_PRED = "teacher-prediction:"
