@@ -14,6 +14,7 @@ from stew.data.preprocess import device_of, to_device
 from stew.errors import DataError
 from stew.training.devices import resolve_device
 from tests.conftest import FAST
+from tests.test_cli import one_line_error
 
 runner = CliRunner()
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU-only machine refuses")
@@ -25,12 +26,6 @@ def train(data, out, *args):
     return runner.invoke(app, ["train", "--data", str(data), "--modality", "audio", "--arch", "mlp", "--config",
                                str(cfg), "--out", str(out), *map(str, args)])
 
-
-def one_line_error(res) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
-    return lines[0]
 
 
 @no_gpu

@@ -27,7 +27,7 @@ import yaml
 
 from stew.data.formats.native import write_native
 from tests.conftest import tiny_utterances
-from tests.test_reproduce import N_RUNS, TINY
+from tests.test_reproduce import N_RUNS, TINY, _row_count
 
 pytest.importorskip("ray")
 
@@ -147,14 +147,14 @@ def test_a_killed_node_and_a_killed_driver_lose_no_run_and_run_none_twice(cluste
     try:
         # The worker node dies while it trains a run, once the protocol is under way (a run recorded).
         deadline = time.time() + 180
-        while time.time() < deadline and driver.poll() is None and not (_rows(out) >= 1 and _running_task(node)):
+        while time.time() < deadline and driver.poll() is None and not (_row_count(out) >= 1 and _running_task(node)):
             time.sleep(0.1)
         assert driver.poll() is None, f"the protocol ended before the node was killed:\n{logs[0].read_text()[-3000:]}"
-        at_node_kill = _rows(out)
+        at_node_kill = _row_count(out)
         _kill_session(node)
         t_node = time.time() - t0
         # The head node alone goes on (the lost run retried there); then the driver dies too.
-        while time.time() < deadline and driver.poll() is None and _rows(out) < at_node_kill + 2:
+        while time.time() < deadline and driver.poll() is None and _row_count(out) < at_node_kill + 2:
             time.sleep(0.1)
         assert driver.poll() is None, f"the protocol ended before the driver was killed:\n{logs[0].read_text()[-3000:]}"
         os.killpg(driver.pid, signal.SIGKILL)
@@ -199,15 +199,3 @@ def _store(out: Path) -> dict[str, tuple]:
         rows = {r[0]: r for r in db.execute("SELECT key, name, finished_at, metrics, run_dir FROM runs")}
     db.close()
     return rows
-
-
-def _rows(out: Path) -> int:
-    if not (out / "store.sqlite").is_file():
-        return 0
-    try:
-        with sqlite3.connect(out / "store.sqlite") as db:
-            n = db.execute("SELECT count(*) FROM runs").fetchone()[0]
-        db.close()
-        return n
-    except sqlite3.OperationalError:  # the schema is not written yet
-        return 0

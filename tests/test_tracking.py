@@ -15,6 +15,7 @@ from stew.config import TrainConfig
 from stew.experiments.protocols import load_protocol
 from stew.experiments.store import run_key
 from tests.conftest import FAST
+from tests.test_cli import one_line_error
 
 runner = CliRunner()
 
@@ -26,12 +27,6 @@ def train(data, out, *args):
     return runner.invoke(app, ["train", "--data", str(data), "--modality", "audio", "--arch", "mlp", "--config",
                                str(cfg), "--out", str(out), *map(str, args)])
 
-
-def one_line_error(res) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
-    return lines[0]
 
 
 def test_mlflow_run_in_the_sqlite_store(utt_dir, tmp_path):
