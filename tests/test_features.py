@@ -25,6 +25,7 @@ from stew.data.features import (
 from stew.data.io import load_dataset
 from stew.deploy.audio import predict_audio
 from stew.errors import DataError
+from stew.util.digest import sha256_file
 
 SR = 16000
 
@@ -163,7 +164,7 @@ def test_cache_hits_skip_opensmile_and_misses_recompute(tmp_path: Path, counted:
     assert counted[0] == 7
     assert not np.array_equal(changed.sequences[1].features["audio"], first.sequences[1].features["audio"])
     # A damaged entry is recomputed, not trusted; --no-cache neither reads nor writes.
-    key = cache_key(F._content_hash(root / "c0.wav"), lld)
+    key = cache_key(sha256_file(root / "c0.wav"), lld)
     (cache / key[:2] / f"{key}.npy").write_bytes(b"\x93NUMPY garbage")
     extract_folder(root, lld, tmp_path / "d5", cache_dir=cache, progress=False)
     assert counted[0] == 8

@@ -60,6 +60,7 @@ from stew.data.formats.waveform import SILENCE_RMS, read_audio
 from stew.errors import DataError
 from stew.util import progress
 from stew.util.atomic import check_output_folder
+from stew.util.digest import sha256_file
 
 __all__ = ["MODALITY", "SETS", "ExtractorSettings", "cache_key", "default_cache_dir", "extract_all", "extract_file",
            "extract_folder", "features_of_signal", "opensmile_version", "resolve_cache"]
@@ -249,17 +250,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "stew" / "features"
 
 
-def _content_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    except OSError as e:
-        raise DataError(f"cannot read: {e.strerror or e}", file=path) from None
-    return h.hexdigest()
-
-
 def cache_key(content_sha256: str, settings: ExtractorSettings) -> str:
     """The cache entry of a file's content under ``settings`` (the settings JSON includes the openSMILE
     version and the framing version)."""
@@ -315,7 +305,7 @@ def resolve_cache(cache_dir: Path | None, cache: bool) -> Path | None:
 def _extract_cached(path: Path, settings: ExtractorSettings, cache_dir: Path | None) -> np.ndarray:
     if cache_dir is None:
         return extract_file(path, settings)
-    key = cache_key(_content_hash(path), settings)
+    key = cache_key(sha256_file(path), settings)
     entry = cache_dir / key[:2] / f"{key}.npy"
     y = _cache_load(entry, settings.dim)
     if y is None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from stew.data.dataset import Dataset
 from stew.errors import DataError
+from stew.util.digest import feed_file
 
 
 def load_dataset(path: str | Path, *, feature_set: str | None = None, fold: int | None = None) -> Dataset:
@@ -67,7 +68,5 @@ def data_fingerprint(path: Path) -> str:
     )
     for f in files:
         h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        feed_file(h, f)
     return h.hexdigest()[:20]

@@ -16,28 +16,15 @@ A folder from before the digests (no ``sha256`` key) still loads, unverified, wi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from stew.deploy.meta import ARTEFACTS, ModelMeta
 from stew.errors import DataError
+from stew.util.digest import sha256_file
 
-_CHUNK = 1 << 20  # streamed: a large model is never read into memory at once
 _log = logging.getLogger(__name__)
 _noticed: set[Path] = set()
-
-
-def sha256_file(path: Path) -> str:
-    """The SHA-256 hex digest of the file at ``path``; an unreadable file is a one-line DataError."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-    except OSError as e:
-        raise DataError(f"cannot read: {e.strerror or e}", file=path) from None
-    return h.hexdigest()
 
 
 def artefact_digests(folder: Path) -> dict[str, str]:
