@@ -28,7 +28,7 @@ from typing import Any
 
 from stew.config import TrainConfig
 from stew.errors import DataError, first_line
-from stew.experiments.workers import accelerator_of, cores, pool_of, run_metrics, threads_per_worker
+from stew.experiments.workers import cores, pool_of, run_metrics, threads_per_worker
 
 ENGINES = ("local", "ray")
 RETRIES = 2  # Ray re-runs a task whose worker process or node died this many times before it fails
@@ -251,7 +251,7 @@ def run_configs(engine: LocalEngine | RayEngine, runs: Sequence[tuple[str, Train
         while todo and (engine.capacity is None or len(running) < engine.capacity):
             i = todo.pop()
             cfg = runs[i][1]
-            running[engine.submit(run_metrics, cfg, accelerator=accelerator_of(cfg))] = i
+            running[engine.submit(run_metrics, cfg, accelerator=cfg.accelerator)] = i
         finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
         for fut in finished:
             i = running.pop(fut)

@@ -61,15 +61,6 @@ def run_metrics(cfg: TrainConfig) -> dict[str, Any]:
     return dict(run(cfg, dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)).metrics)
 
 
-def accelerator_of(cfg: TrainConfig) -> str:
-    """What the run asks of its device: "cpu", "gpu" or "auto" (an engine reserves a GPU for "gpu").
-
-    Hook for issue 26, item 1: TrainConfig has no ``accelerator`` field yet, so every run is "cpu" (CPU
-    threads only); once the field exists, a Ray task of a run that asks for a GPU reserves one.
-    """
-    return str(getattr(cfg, "accelerator", None) or "cpu")
-
-
 def execute(cfg_json: str, key: str, missing: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train one run (resuming from its last checkpoint) and return its metrics.json and wall time.
 
@@ -186,8 +177,8 @@ def sigterm_as_interrupt() -> None:
 def submit(pool: Any, job: Job) -> Future:
     # Only the fields the protocol set travel: a recipe's defaults apply to what was left open (the stew
     # recipe's per-step student), which a full dump would mark as set.
-    # A run that asks for a GPU tells the engine (a Ray task then reserves one); the default is CPU only.
-    accelerator = accelerator_of(job.cfg)
+    # A run that may use a GPU (gpu, or auto) tells the engine: a Ray task then reserves one where a node has one.
+    accelerator = job.cfg.accelerator
     hint = {} if accelerator == "cpu" else {"accelerator": accelerator}
     return pool.submit(execute, job.cfg.model_dump_json(exclude_unset=True), job.key, job.missing, **hint)
 
