@@ -36,6 +36,14 @@ DEFAULT_MLFLOW_DB = "mlruns.db"  # --tracker mlflow without --tracking-uri: this
 TRAIN_VAL_GROUPS = 10  # validation groups carved from train unless val_groups says otherwise (the papers')
 
 
+# Fields that change where or how fast a run executes, where it is tracked or where its fits are shared, not
+# what it computes: left out of a run's identity (the run store's key, the fit cache's). A GPU's results are
+# not bit-identical to the CPU's (docs/devices.md), but a sweep resumed on other hardware keeps its finished
+# runs; precision changes the arithmetic and stays in.
+NOT_IN_IDENTITY = ("out", "progress", "threads", "resume", "overwrite", "data", "accelerator", "devices", "tracker",
+                   "tracking_uri", "experiment", "fit_cache")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -259,6 +267,10 @@ class TrainConfig(Strict):
     plateau_factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
     plateau_patience: Annotated[int, Field(ge=0)] = 10
     threads: Count | None = None
+    # A folder of finished fits shared between runs (docs/architecture.md#shared-fits): a fit whose identity
+    # (training.fitcache) is already there is copied, not trained again. reproduce, rank and transfer set it
+    # under their output folder; their runs then train CM-StEW's cross-fitted teachers once per seed.
+    fit_cache: Path | None = None
     progress: bool = True
     resume: bool = False
     # A non-empty run folder is refused unless the run resumes it or replaces it (an earlier run is

@@ -19,7 +19,9 @@ Two label levels (``Dataset.label_level``):
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -111,6 +113,21 @@ class Dataset:
                     f"{what} needs each modality on the labels' steps, but dataset {self.name!r} is not aligned "
                     f"(sequence {s.id!r}: {len(s)} label rows; steps {shown})"
                 )
+
+    def digest(self) -> str:
+        """SHA-256 of what a fit reads: the description, and every sequence's split, features, masks,
+        targets and step ids (in memory: a subset, a fusion or added unlabelled pairs digest differently)."""
+        h = hashlib.sha256(json.dumps(
+            [self.name, self.task, self.targets, self.modalities, self.n_classes, self.label_range,
+             self.step_rate_hz, self.label_level, self.meta], default=str, sort_keys=True).encode())
+        for s in sorted(self.sequences, key=lambda s: s.id):
+            h.update(json.dumps([s.id, s.group, s.split, s.step_ids]).encode())
+            arrays = [a for m in sorted(s.features) for a in (s.features[m], s.masks[m])] + [s.targets]
+            for a in arrays:
+                a = np.ascontiguousarray(a)
+                h.update(f"{a.dtype}{a.shape}".encode())
+                h.update(a.data)
+        return h.hexdigest()
 
     def replace_sequences(self, sequences: Iterable[Sequence]) -> Dataset:
         return replace(self, sequences=list(sequences))

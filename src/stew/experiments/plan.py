@@ -16,6 +16,7 @@ from stew.data.io import data_fingerprint
 from stew.errors import DataError
 from stew.experiments.protocols import Protocol
 from stew.experiments.store import RunStore, run_key
+from stew.training.fitcache import FITS
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Plan:
 
     def _config(self, group: str, seed: int) -> TrainConfig:
         cfg = self.protocol.config(group, self.data, seed, self.out / "runs" / group / f"seed{seed}", self.overrides)
+        if cfg.fit_cache is None:  # fits several runs share (CM-StEW's cross-fitted teachers of a seed) train once
+            cfg = cfg.model_copy(update={"fit_cache": self.out / FITS})
         params = self.tuned.get(group)
         if params:
             from stew.experiments.tune import apply_params

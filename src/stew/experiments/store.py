@@ -16,6 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from stew.config import NOT_IN_IDENTITY
 from stew.errors import DataError
 
 SCHEMA = """
@@ -34,16 +35,9 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 
-# Fields that change where or how fast a run executes, or where it is tracked, not what it computes. (A GPU's
-# results are not bit-identical to the CPU's, docs/devices.md, but a sweep resumed on other hardware keeps its
-# finished runs; precision changes the arithmetic and stays in the key.)
-_NOT_IN_KEY = ("out", "progress", "threads", "resume", "overwrite", "data", "accelerator", "devices", "tracker",
-               "tracking_uri", "experiment")
-
-
 def run_key(config: dict[str, Any], data_fingerprint: str, teacher_key: str | None = None) -> str:
     """Deterministic key of one run: its configuration (minus paths and speed settings), data and teacher."""
-    cfg = {k: v for k, v in config.items() if k not in _NOT_IN_KEY}
+    cfg = {k: v for k, v in config.items() if k not in NOT_IN_IDENTITY}
     if "cmstew" in cfg:  # the teacher is identified by its own key, not by where its folder lies
         cfg["cmstew"] = {k: v for k, v in cfg["cmstew"].items() if k != "teacher_run"}
     blob = json.dumps({"config": cfg, "data": data_fingerprint, "teacher": teacher_key}, sort_keys=True, default=str)

@@ -31,6 +31,7 @@ from stew.experiments.rank import RankResult, rank_modalities, render_ranking
 from stew.experiments.workers import dataset
 from stew.methods.cmstew import recipe_arch
 from stew.scoring import metrics
+from stew.training.fitcache import FITS
 from stew.training.run import run
 from stew.util.atomic import write_text_atomic
 from stew.util.progress import Runs
@@ -149,6 +150,8 @@ def transfer(
         ranked = rank_modalities(base, seeds, work / "rank", console, engine)
         # Every CM-StEW run validates where the ranking's unimodal runs did: the comparison is on the same groups.
         base = base.model_copy(update={**(ranked.validation or {}), "flagged": (ranked.leakage or {}).get("flagged")})
+        if base.fit_cache is None:  # the stew recipe's cross-fitted teachers of a stronger modality train once per seed
+            base = base.model_copy(update={"fit_cache": work / FITS})
         render_ranking(ranked, console)
         gap = DEFAULT_GAP.get(ranked.metric, 0.05) if gap is None else gap
         console.print(f"transfer pairs: stronger beats weaker by >= {gap:g} validation {ranked.metric}")

@@ -28,7 +28,7 @@ from stew.data.splits import add_unlabelled, grouped_folds
 from stew.deploy import save_model
 from stew.errors import DataError
 from stew.scoring.postprocess import apply_chains, fit_chains
-from stew.training import stages, tracking
+from stew.training import fitcache, stages, tracking
 from stew.training.devices import CPU, resolve_device
 from stew.training.evaluate import predict_sequences, predictions_frame, score, selection_key, validation_latents
 from stew.training.loop import fit
@@ -121,22 +121,35 @@ def fit_and_write(
     folder. ``record`` joins metrics.json (CM-StEW's guard writes its decision there). ``trained``: a run of
     this very configuration on these very groups, still in memory (the guard's arm when validation comes
     from test), written as this run instead of being trained a second time."""
-    if trained is not None and trained.model is not None:
+    reuse = trained if trained is not None and trained.model is not None else None
+    # A fit another run of the sweep already made (the same configuration on the same data) is copied.
+    key = fitcache.identity(cfg, ds) if out is not None and reuse is None else None
+    fit_metrics = None  # a fresh fit's own record, published to the fit cache
+    if reuse is not None:
         # Same configuration, carve and seed: training again would give the same weights (CPU runs are
         # bit-identical per seed, tests/test_training.py) at the cost of the whole run, teachers included.
-        result = trained
+        result = reuse
         result.metrics["config"] = {**result.metrics["config"], "out": None if out is None else str(out),
                                     "progress": cfg.progress}
         # Its per-epoch logs, and its cross-fitted teachers (<run>/teacher, stages.train_teachers), go with it.
         for part in ("logs", "teacher"):
-            if out is not None and trained.folder is not None and (trained.folder / part).is_dir():
-                shutil.copytree(trained.folder / part, out / part, dirs_exist_ok=True)
+            if out is not None and reuse.folder is not None and (reuse.folder / part).is_dir():
+                shutil.copytree(reuse.folder / part, out / part, dirs_exist_ok=True)
+    elif out is not None and (copied := fitcache.restore(cfg, key, out)) is not None:
+        progress.sayer(cfg.progress)(f"the same fit is in the fit cache ({cfg.fit_cache}): copied, not trained")
+        result = copied
     else:
         result = _fit_fresh(cfg, ds, out)
+        fit_metrics = dict(result.metrics)
     result.metrics.update(record or {})
     result.metrics["wall_s"] = round(time.time() - t0, 2)
     if out is not None:
-        _write_run(result, out)
+        if result.model is None:  # copied from the fit cache: all in place but metrics.json, written last
+            write_text_atomic(out / METRICS, json.dumps(result.metrics, indent=2))
+        else:
+            _write_run(result, out)
+        if fit_metrics is not None:
+            fitcache.publish(cfg, key, out, fit_metrics)
         result.folder = out
     tracking.finish(result.metrics, out)
     return result
