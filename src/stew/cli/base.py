@@ -144,7 +144,7 @@ TargetOpt = Annotated[str | None, typer.Option(help="regression target; default 
 # Where the runs of reproduce, rank, transfer and tune execute (stew.experiments.engines).
 EngineOpt = Annotated[
     str, typer.Option("--engine", help="local (this machine's processes) | ray (Ray tasks on a cluster; "
-                                       "pip install 'stew[cluster]')"),
+                                       "pip install 'stew\\[cluster]')"),
 ]
 AddressOpt = Annotated[
     str | None, typer.Option(help="with --engine ray: an existing Ray cluster (HOST:PORT of its head, or auto); "

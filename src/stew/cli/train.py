@@ -116,7 +116,7 @@ def train(
         help="32 (default) | bf16-mixed (CPU or GPU) | 16-mixed (GPU only)")] = None,
     tracker: Annotated[str | None, typer.Option(
         help="none (default) | mlflow | tensorboard: parameters, per-epoch metrics, the run folder "
-             "(pip install 'stew[tracking]')")] = None,
+             "(pip install 'stew\\[tracking]')")] = None,
     tracking_uri: Annotated[str | None, typer.Option(
         help="mlflow: tracking URI (default sqlite:///mlruns.db in the working folder); tensorboard: a folder "
              "(default RUN/logs/tensorboard)")] = None,
