@@ -102,6 +102,18 @@ def test_resume_continues_from_last_checkpoint(frames_dir, tmp_path):
     assert sorted(resumed_log["epoch"].dropna().unique()) == [2, 3]  # started where the first run stopped
 
 
+def test_a_fresh_fit_replaces_the_logs_of_an_earlier_fit_in_its_folder(frames_dir, tmp_path, recwarn):
+    out = tmp_path / "run"
+    stale = out / "logs" / "resumed-0"
+    stale.mkdir(parents=True)
+    (stale / "metrics.csv").write_text("epoch,train_loss\n7,1.0\n")
+    (out / "logs" / "metrics.csv").write_text("epoch,train_loss\n9,1.0\n")
+    run(cfg(frames_dir, out, modality="a", max_epochs=2, patience=10, resume=True))  # no checkpoint: a fresh fit
+    assert not stale.exists()
+    assert sorted(pd.read_csv(out / "logs" / "metrics.csv")["epoch"].dropna().unique()) == [0, 1]
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
+
+
 def test_a_run_killed_mid_training_resumes_from_its_periodic_checkpoint(frames_dir, tmp_path, monkeypatch):
     from stew.training import loop as training
 

@@ -4,6 +4,7 @@ and selects epochs on whole validation recordings, resumable checkpoints, and pr
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -226,10 +227,12 @@ def fit(method: Method, cfg: TrainConfig, bundle: Bundle, run_dir: Path) -> Stew
     """Train ``method`` and leave it holding the weights of its best validation epoch."""
     device = resolve_device(cfg)
     module = StewModule(method, cfg, bundle)
-    trackers = tracking.loggers(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     resuming = cfg.resume and last.is_file()
+    if not resuming:  # a fresh fit replaces the folder's run: logs of an earlier fit there would mix with its own
+        shutil.rmtree(run_dir / "logs", ignore_errors=True)
+    trackers = tracking.loggers(cfg, run_dir)
     # A resumed run logs beside the original logs instead of overwriting them.
     version = f"resumed-{len(list((run_dir / 'logs').glob('resumed-*')))}" if resuming else ""
     trainer = L.Trainer(
