@@ -160,6 +160,38 @@ def test_threads_never_oversubscribe():
         assert threads_per_worker(w) >= 1
 
 
+def test_default_workers_one_per_core_fewer_where_memory_is_short(tmp_path, monkeypatch):
+    from stew.experiments import workers
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "features.npy", "wb") as f:
+        f.truncate(2**30)  # a sparse 1 GiB file: a worker needs 1 + 3 x 1 = 4 GiB
+    monkeypatch.setattr(workers, "cores", lambda: 8)
+    monkeypatch.setattr(workers, "available_memory", lambda: 64 * 2**30)
+    assert workers.default_workers(data) == (8, "")
+    monkeypatch.setattr(workers, "available_memory", lambda: 10 * 2**30)
+    n, why = workers.default_workers(data)
+    assert n == 2 and why.startswith("--workers 2 of 8 cores: each run may take 4.0 GB and 10.0 GB is free")
+    assert workers.default_workers(None) == (8, "")  # 1 GiB each without data
+    monkeypatch.setattr(workers, "available_memory", lambda: 2**20)
+    assert workers.default_workers(data)[0] == 1  # never none
+    monkeypatch.setattr(workers, "available_memory", lambda: None)  # not Linux: the cores
+    assert workers.default_workers(data) == (8, "")
+    assert workers.available_memory() is None or workers.available_memory() > 0
+
+
+def test_rank_says_when_memory_caps_its_workers(utt_dir, tmp_path, monkeypatch):
+    from stew.experiments import workers
+
+    monkeypatch.setattr(workers, "cores", lambda: 4)
+    monkeypatch.setattr(workers, "available_memory", lambda: 2**20)  # room for one: the runs stay in this process
+    res = CliRunner().invoke(app, ["rank", "--data", str(utt_dir), "--method", "linear", "--seeds", "1",
+                                   "--out", str(tmp_path / "rank")])
+    assert res.exit_code == 0, res.output
+    assert "--workers 1 of 4 cores" in res.output and (tmp_path / "rank" / "rank.json").is_file()
+
+
 # -- the run store --------------------------------------------------------------------------------
 
 def test_run_key_is_deterministic_and_covers_what_matters():

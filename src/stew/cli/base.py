@@ -150,3 +150,22 @@ AddressOpt = Annotated[
     str | None, typer.Option(help="with --engine ray: an existing Ray cluster (HOST:PORT of its head, or auto); "
                                   "default a new local Ray instance. --out must be on storage every node sees"),
 ]
+WorkersOpt = Annotated[int | None, typer.Option(
+    min=1, help="runs in parallel. local: processes (default one per core, fewer where memory is short); ray: at "
+                "most this many in flight (default as many as the cluster places)")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(min=1, help="torch threads (ray: CPUs) per run; default cores // workers (ray: 1)")
+]
+
+
+def workers_for(engine: str, workers: int | None, data: Path | None) -> int | None:
+    """``--workers`` as given, or the local engine's default for ``data`` (stew.experiments.workers), saying
+    so when memory made it fewer than the cores."""
+    if workers is not None or engine != "local":
+        return workers
+    from stew.experiments.workers import default_workers
+
+    n, why = default_workers(data)
+    if why:
+        progress.say(why)
+    return n

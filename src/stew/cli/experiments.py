@@ -21,10 +21,13 @@ from stew.cli.base import (
     ModalityOpt,
     TargetOpt,
     TeacherOpt,
+    ThreadsOpt,
+    WorkersOpt,
     app,
     cli_errors,
     console,
     table_console,
+    workers_for,
 )
 from stew.errors import DataError
 from stew.util.atomic import check_output_folder
@@ -56,6 +59,8 @@ def rank(
     fmt: FormatOpt = TableFormat.table,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train every modality's unimodal (or linear) model over seeds and print the ranking (validation decides)."""
     from stew.config import load_config
@@ -63,8 +68,8 @@ def rank(
     from stew.experiments.rank import rank_modalities, render_ranking
 
     cfg = load_config(config, dict(data=data, method=method, arch=arch, target=target, max_epochs=max_epochs,
-                                   overwrite=overwrite or None))
-    eng = open_engine(engine, address, threads=cfg.threads)
+                                   overwrite=overwrite or None, threads=threads))
+    eng = open_engine(engine, address, workers=workers_for(engine, workers, cfg.data), threads=cfg.threads)
     if out is not None:  # before any data are loaded: an earlier result is never replaced by accident
         check_output_folder(out, overwrite=cfg.overwrite)
     c = table_console(fmt)
@@ -94,6 +99,8 @@ def transfer_cmd(
     fmt: FormatOpt = TableFormat.table,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Rank the modalities, run every clear stronger-to-weaker pair, compare with the weaker unimodal."""
     from stew.config import load_config
@@ -102,8 +109,8 @@ def transfer_cmd(
 
     if method != "cmstew":
         raise DataError("stew transfer supports --method cmstew")
-    cfg = load_config(config, dict(data=data, overwrite=overwrite or None, recipe=recipe))
-    eng = open_engine(engine, address, threads=cfg.threads)
+    cfg = load_config(config, dict(data=data, overwrite=overwrite or None, recipe=recipe, threads=threads))
+    eng = open_engine(engine, address, workers=workers_for(engine, workers, cfg.data), threads=cfg.threads)
     if out is not None:  # before any data are loaded: an earlier result is never replaced by accident
         check_output_folder(out, overwrite=cfg.overwrite)
     transfer(cfg, list(range(seeds)), out.absolute() if out else None, table_console(fmt), gap, eng)
@@ -190,12 +197,8 @@ def reproduce_cmd(
     seeds: Annotated[int | None, typer.Option(
         min=1, help="seeds 0..N-1 (per fold: runs 0..N*folds-1 where the protocol has folds); default the protocol's"
     )] = None,
-    workers: Annotated[int | None, typer.Option(
-        min=1, help="runs in parallel: local, each in its own process (default 2); ray, at most this many in "
-                    "flight (default: as many as the cluster places)")] = None,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="torch threads (ray: CPUs) per run; default cores // workers (ray: 1)")
-    ] = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
     tuned: Annotated[
         str | None, typer.Option(help="storage URL of stew tune studies the protocol's groups name")
     ] = None,
@@ -230,9 +233,7 @@ def reproduce_cmd(
     p = load_protocol(protocol)
     sigterm_as_interrupt()
     c = table_console(fmt)
-    if workers is None and engine == "local":
-        workers = 2
-    summary = reproduce(p, data, out, seeds=seeds, workers=workers, tuned_storage=tuned,
+    summary = reproduce(p, data, out, seeds=seeds, workers=workers_for(engine, workers, data), tuned_storage=tuned,
                         overrides=parse_overrides(set_ or []), only=only, threads=threads,
                         console=c, engine=engine, address=address)
     proto, store = results.load(out)

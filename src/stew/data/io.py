@@ -56,17 +56,23 @@ def load_dataset(path: str | Path, *, feature_set: str | None = None, fold: int 
     )
 
 
+def data_files(path: Path) -> list[Path]:
+    """The files a data path stands for: the path itself, or every file under the folder (hidden ones
+    excluded, as caches are), sorted."""
+    path = Path(path)
+    return [path] if path.is_file() else sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+
+
 def data_fingerprint(path: Path) -> str:
-    """SHA-256 over every file's relative path and contents (hidden files excluded)."""
+    """SHA-256 over every data file's relative path and contents (:func:`data_files`)."""
     path = Path(path)
     if not path.exists():
         raise DataError("data folder does not exist", file=path)
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
-    for f in files:
+    for f in data_files(path):
         h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
         feed_file(h, f)
     return h.hexdigest()[:20]

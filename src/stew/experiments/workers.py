@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stew.config import TrainConfig
+from stew.data.io import data_files
 from stew.experiments.plan import Job
 from stew.util.atomic import write_text_atomic
 
@@ -28,6 +29,47 @@ def cores() -> int:
 
 def threads_per_worker(workers: int) -> int:
     return max(1, cores() // max(1, workers))
+
+
+# What one local worker holds, for the default --workers [U] (docs/cluster.md "How many workers"): a process
+# with torch, Lightning and a small model (a MOSI run peaks at 0.94 GB), plus the data it loads, counted as
+# three copies of its data files (the arrays, their standardised copy and the training windows).
+WORKER_BASE_BYTES = 1 << 30
+DATA_COPIES = 3
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can still give (MemAvailable); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def data_bytes(data: Path | None) -> int:
+    """The size of the data files at ``data`` (0 for None or a path that does not exist)."""
+    if data is None or not Path(data).exists():
+        return 0
+    return sum(f.stat().st_size for f in data_files(Path(data)))
+
+
+def default_workers(data: Path | None = None) -> tuple[int, str]:
+    """The local engine's default ``--workers``: one per core (one torch thread each: small recurrent models
+    run faster as parallel runs than as threads of one run), fewer where their memory would not fit.
+    Returns the number and, when memory capped it, why (one line for the user)."""
+    n, free = cores(), available_memory()
+    if free is None:
+        return n, ""
+    need = WORKER_BASE_BYTES + DATA_COPIES * data_bytes(data)
+    fit = max(1, free // need)
+    if fit >= n:
+        return n, ""
+    return fit, (f"--workers {fit} of {n} cores: each run may take {need / 2**30:.1f} GB and "
+                 f"{free / 2**30:.1f} GB is free (--workers N to choose)")
 
 
 def init_worker(threads: int | None) -> None:
