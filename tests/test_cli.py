@@ -135,6 +135,7 @@ def test_transfer_ranks_runs_clear_pairs_and_prints_table(utt_dir, tmp_path):
     res = invoke("transfer", "--data", utt_dir, "--config", c, "--seeds", 2, "--gap", 1.0, "--out", tmp_path / "t")
     assert res.exit_code == 0, res.output
     assert "stronger beats weaker by >= 1 validation f1_weighted" in res.output
+    assert not list((tmp_path / "t").rglob("checkpoints"))  # finished runs of a sweep keep no resumption state
     rank = json.loads((tmp_path / "t" / "rank" / "rank.json").read_text())["targets"]["label"]
     strong, weak = rank["ranking"]
     (pair,) = json.loads((tmp_path / "t" / "transfer.json").read_text())

@@ -85,6 +85,8 @@ def test_the_cache_holds_each_fits_own_record_not_the_run_around_it(tmp_path, mo
     assert published and not list((tmp_path / "fits").glob(".part-*"))
     for p in published:  # the guard's decision and the leakage verdict belong to the run, not to its fits
         assert not {"recipe", "leakage", "wall_s"} & set(json.loads(p.read_text())), p
+    # A fit, not its resumption state: the teachers' checkpoints (in the run folder) are not published.
+    assert list((tmp_path / "guarded").rglob("checkpoints")) and not list((tmp_path / "fits").rglob("checkpoints"))
     # The guard's final fit is a fit of the winning arm's configuration: run again, it is copied whole.
     trained = count_fits(monkeypatch)
     again = run(stew_cfg(tmp_path, "audio", "again", guard_folds=2), ds)

@@ -12,6 +12,7 @@ import time
 import types
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -290,21 +291,50 @@ def test_changed_settings_make_new_runs(finished, tiny_setup, tmp_path):
     assert not {j.key for j in a} & {j.key for j in b}
 
 
-def test_execute_resumes_from_the_checkpoint(tiny_setup, tmp_path):
-    """A run killed mid-training continues from last.ckpt; a folder of another run is cleared first."""
+def test_execute_resumes_from_the_checkpoint(tiny_setup, tmp_path, monkeypatch):
+    """A run killed mid-training continues from last.ckpt, and its checkpoints go once it has finished; a
+    folder of another run is cleared first."""
     from stew.config import TrainConfig
+    from stew.training import loop
 
     _, data, _ = tiny_setup
-    cfg = TrainConfig(data=data, modality="audio", out=tmp_path / "r", **{**FAST, "max_epochs": 2, "patience": 5})
-    first = execute(cfg.model_copy(update={"max_epochs": 1}).model_dump_json(), "k1")
-    assert first["metrics"]["selection"]["epochs_run"] == 1
-    (tmp_path / "r" / "metrics.json").unlink()  # as if killed before finishing
+    r = tmp_path / "r"
+    cfg = TrainConfig(data=data, modality="audio", out=r, **{**FAST, "max_epochs": 3, "patience": 5})
+    monkeypatch.setattr(loop, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
+    original = loop.StewModule.on_train_epoch_end
+
+    def killed_in_epoch_2(self):
+        original(self)
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.StewModule, "on_train_epoch_end", killed_in_epoch_2)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        execute(cfg.model_dump_json(), "k1")
+    assert (r / "checkpoints" / "last.ckpt").is_file() and not (r / "metrics.json").exists()
+    monkeypatch.setattr(loop.StewModule, "on_train_epoch_end", original)
     resumed = execute(cfg.model_dump_json(), "k1")
-    assert resumed["metrics"]["selection"]["epochs_run"] == 2
-    assert list((tmp_path / "r" / "logs").glob("resumed-*"))
+    assert resumed["metrics"]["selection"]["epochs_run"] == 3
+    resumed_log = pd.read_csv(r / "logs" / "resumed-0" / "metrics.csv")
+    assert sorted(resumed_log["epoch"].dropna().unique()) == [1, 2]  # epoch 0 was checkpointed
+    assert not (r / "checkpoints").exists()  # finished: a sweep never resumes it
     fresh = execute(cfg.model_dump_json(), "k2")  # another key: nothing is reused
-    assert not list((tmp_path / "r" / "logs").glob("resumed-*"))
-    assert fresh["metrics"]["selection"]["epochs_run"] == 2
+    assert not list((r / "logs").glob("resumed-*"))
+    assert fresh["metrics"]["selection"]["epochs_run"] == 3
+
+
+def test_a_finished_runs_checkpoints_go_but_not_those_of_another_run_below_it(tmp_path):
+    from stew.experiments.workers import JOB_FILE, drop_checkpoints
+
+    run = tmp_path / "run"
+    own = [run / "checkpoints", run / "teacher" / "text" / "fold0" / "checkpoints", run / "guard" / "a" / "checkpoints"]
+    other = run / "cand" / "checkpoints"  # a grid candidate of the sweep, maybe still training
+    for d in (*own, other):
+        d.mkdir(parents=True)
+        (d / "last.ckpt").write_bytes(b"x")
+    (run / "cand" / JOB_FILE).write_text("{}")
+    drop_checkpoints(run)
+    assert not any(d.exists() for d in own) and (other / "last.ckpt").is_file()
 
 
 def test_missing_modality_fails_before_training(tiny_setup, tmp_path):

@@ -86,7 +86,7 @@ def publish(cfg: TrainConfig, key: str | None, out: Path, fit_metrics: dict[str,
 
 def _copy_entries(src: Path, dst: Path) -> None:
     for name in FIT_ENTRIES:
-        if (src / name).is_dir():
-            shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
+        if (src / name).is_dir():  # a finished fit, not its resumption state (the teachers' checkpoints)
+            shutil.copytree(src / name, dst / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
         elif (src / name).is_file():
             shutil.copy2(src / name, dst / name)
