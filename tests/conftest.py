@@ -121,3 +121,20 @@ def utt_dir(tmp_path: Path) -> Path:
 # Small and quick model settings for training tests.
 FAST = {"gru_units": 8, "d_model": 8, "ffn": 16, "clf_hidden": 16, "max_epochs": 3, "patience": 3,
         "lr": 1e-2, "progress": False, "val_groups": 4}
+
+
+def kill_training_after(monkeypatch: pytest.MonkeyPatch, epoch: int):
+    """Make the next fit stop as a kill would (KeyboardInterrupt) at the end of ``epoch`` (0-based), having
+    checkpointed every epoch before it; returns the undo, after which fits run to the end again."""
+    from stew.training import loop
+
+    monkeypatch.setattr(loop, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
+    original = loop.StewModule.on_train_epoch_end
+
+    def killed(self):
+        original(self)
+        if self.current_epoch == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.StewModule, "on_train_epoch_end", killed)
+    return lambda: monkeypatch.setattr(loop.StewModule, "on_train_epoch_end", original)

@@ -31,7 +31,7 @@ from stew.experiments.reproduce import parse_overrides, reproduce
 from stew.experiments.store import RunStore, run_key
 from stew.experiments.workers import execute, threads_per_worker
 from stew.methods.cmstew import apply_recipe
-from tests.conftest import FAST, tiny_utterances
+from tests.conftest import FAST, kill_training_after, tiny_utterances
 from tests.test_cli import one_line_error
 
 TINY = {
@@ -295,24 +295,15 @@ def test_execute_resumes_from_the_checkpoint(tiny_setup, tmp_path, monkeypatch):
     """A run killed mid-training continues from last.ckpt, and its checkpoints go once it has finished; a
     folder of another run is cleared first."""
     from stew.config import TrainConfig
-    from stew.training import loop
 
     _, data, _ = tiny_setup
     r = tmp_path / "r"
     cfg = TrainConfig(data=data, modality="audio", out=r, **{**FAST, "max_epochs": 3, "patience": 5})
-    monkeypatch.setattr(loop, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
-    original = loop.StewModule.on_train_epoch_end
-
-    def killed_in_epoch_2(self):
-        original(self)
-        if self.current_epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.StewModule, "on_train_epoch_end", killed_in_epoch_2)
+    revive = kill_training_after(monkeypatch, epoch=1)
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         execute(cfg.model_dump_json(), "k1")
     assert (r / "checkpoints" / "last.ckpt").is_file() and not (r / "metrics.json").exists()
-    monkeypatch.setattr(loop.StewModule, "on_train_epoch_end", original)
+    revive()
     resumed = execute(cfg.model_dump_json(), "k1")
     assert resumed["metrics"]["selection"]["epochs_run"] == 3
     resumed_log = pd.read_csv(r / "logs" / "resumed-0" / "metrics.csv")

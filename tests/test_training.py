@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from stew.config import TrainConfig
 from stew.data.formats.native import read_native, write_native
 from stew.training.run import run
-from tests.conftest import FAST, tiny_frames
+from tests.conftest import FAST, kill_training_after, tiny_frames
 
 
 def cfg(data, out=None, **kw):
@@ -115,23 +115,13 @@ def test_a_fresh_fit_replaces_the_logs_of_an_earlier_fit_in_its_folder(frames_di
 
 
 def test_a_run_killed_mid_training_resumes_from_its_periodic_checkpoint(frames_dir, tmp_path, monkeypatch):
-    from stew.training import loop as training
-
-    monkeypatch.setattr(training, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
-    original = training.StewModule.on_train_epoch_end
-
-    def killed_in_epoch_2(self):
-        original(self)
-        if self.current_epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training.StewModule, "on_train_epoch_end", killed_in_epoch_2)
+    revive = kill_training_after(monkeypatch, epoch=2)
     out = tmp_path / "run"
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         run(cfg(frames_dir, out, modality="a", max_epochs=5, patience=10))
     assert (out / "checkpoints" / "last.ckpt").is_file() and not (out / "metrics.json").exists()
     assert not list((out / "checkpoints").glob("*.tmp"))
-    monkeypatch.setattr(training.StewModule, "on_train_epoch_end", original)
+    revive()
     resumed = run(cfg(frames_dir, out, modality="a", max_epochs=5, patience=10, resume=True))
     assert resumed["selection"]["epochs_run"] == 5
     resumed_log = pd.read_csv(out / "logs" / "resumed-0" / "metrics.csv")
