@@ -51,8 +51,8 @@ def available_memory() -> int | None:
 
 
 def data_bytes(data: Path | None) -> int:
-    """The size of the data files at ``data`` (0 for None or a path that does not exist)."""
-    if data is None or not Path(data).exists():
+    """The size of the data files at ``data`` (0 for None or a path that does not exist: nothing to load)."""
+    if data is None:
         return 0
     return sum(f.stat().st_size for f in data_files(Path(data)))
 
@@ -122,11 +122,13 @@ def execute(cfg_json: str, key: str, missing: tuple[str, ...] = ()) -> dict[str,
 
     A folder left by a different run (another key) is cleared first, so a stale checkpoint is never
     resumed. A run killed after writing metrics.json but before it was recorded is not trained again.
-    Then each ``missing`` evaluation (zero, knnK) whose ``missing-*.json`` is not already in the folder
-    is run; the returned metrics carry them all under ``"missing"``.
+    Once it has finished, its checkpoints go (:func:`drop_checkpoints`). Then each ``missing`` evaluation
+    (zero, knnK) whose ``missing-*.json`` is not already in the folder is run; the returned metrics carry
+    them all under ``"missing"``.
     """
     cfg = TrainConfig.model_validate_json(cfg_json)
     res = _train(cfg, key)
+    drop_checkpoints(Path(cfg.out))
     if missing:
         t0 = time.time()
         res["metrics"]["missing"] = missing_scores(cfg, missing)
@@ -147,16 +149,13 @@ def _train(cfg: TrainConfig, key: str) -> dict[str, Any]:
     done = out / "metrics.json"
     if done.is_file():
         try:
-            metrics = json.loads(done.read_text())
-            drop_checkpoints(out)
-            return {"metrics": metrics, "wall_s": 0.0}
+            return {"metrics": json.loads(done.read_text()), "wall_s": 0.0}
         except json.JSONDecodeError:
             pass  # killed while writing it: train again from the checkpoint
     write_text_atomic(job_file, json.dumps({"key": key}))
     t0 = time.time()
     ds = dataset(str(cfg.data), cfg.feature_set or cfg.target, cfg.fold)
     run(cfg.model_copy(update={"resume": True}), ds)
-    drop_checkpoints(out)
     return {"metrics": json.loads(done.read_text()), "wall_s": time.time() - t0}
 
 
